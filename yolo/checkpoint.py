@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import io
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from yolo.fileio import atomic_torch_save, atomic_write_text  # noqa: F401  (re-exported)
 from yolo.model import DetectionModel, ModelConfigError, module_shapes
 
 FORMAT = "yolov5-slim/1"
@@ -162,7 +160,7 @@ def safe_torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", pickle_module=_SafePickleModule, weights_only=False)
     except UnsafeCheckpointError:
         raise
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError) as e:
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, OSError, ValueError, TypeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
 
@@ -303,6 +301,9 @@ def _load_state(model: nn.Module, state: dict, path: Path) -> None:
 # ---------------------------------------------------------------- saving
 
 
+_MODEL_DERIVED = ("format", "arch", "state_dict", "names", "stride", "anchors", "date")  # never taken from meta
+
+
 def checkpoint_dict(model: nn.Module, meta: dict | None = None, extra: dict | None = None) -> dict:
     """Our format: plain types and tensors only (loads with weights_only=True)."""
     from yolo.model import de_parallel
@@ -321,7 +322,7 @@ def checkpoint_dict(model: nn.Module, meta: dict | None = None, extra: dict | No
         "source": dict(meta.pop("source", {})),
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
     }
-    ckpt.update({k: _plain(v) for k, v in meta.items() if k not in ("format", "arch", "state_dict")})
+    ckpt.update({k: _plain(v) for k, v in meta.items() if k not in _MODEL_DERIVED})
     if extra:
         ckpt["train_state"] = extra
     return ckpt
@@ -332,22 +333,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict | None = None
     path = Path(path)
     atomic_torch_save(checkpoint_dict(model, meta, extra), path)
     return path
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def file_sha256(path: Path) -> str:

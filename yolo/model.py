@@ -163,6 +163,8 @@ def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
         if not (isinstance(row, (list, tuple)) and len(row) == 4):
             raise ModelConfigError(f"{where}expected [from, number, module, args]")
         f, n, name, args = row
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1 or not isinstance(args, (list, tuple, type(None))):
+            raise ModelConfigError(f"{where}number must be a positive integer and args a list")
         spec = get_module_spec(str(name), where)
         args = [_literal(a, nc, anchors) for a in (args or [])]
         n_ = max(round(n * gd), 1) if n > 1 else n
@@ -379,7 +381,7 @@ def reset_detect_head(model: DetectionModel, nc: int, names: list[str] | None = 
     new.stride = old.stride.clone()
     for k in ("i", "f", "type", "np"):
         setattr(new, k, getattr(old, k))
-    new.to(old.anchors.device)
+    new.to(old.anchors.device).train(old.training)
     model.model[-1] = new
     model.yaml["nc"] = nc
     model.names = list(names) if names else [str(i) for i in range(nc)]

@@ -1,0 +1,76 @@
+"""Which pipeline stages are finished, with which inputs: lets a re-run skip, resume or redo stages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yolo.fileio import atomic_write_text
+
+STATE_FILE = "pipeline.json"
+
+
+def stage_key(params: dict[str, Any], upstream: str = "") -> str:
+    """A stage's identity: its own parameters plus the key of the stage it consumes.
+
+    Chaining the upstream key means a change early in the pipeline invalidates everything after it.
+    """
+    blob = json.dumps({"params": params, "upstream": upstream}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class StageRecord:
+    name: str
+    key: str
+    status: str = "running"  # running | done
+    outputs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    started: float = 0.0
+    seconds: float = 0.0
+
+
+class PipelineState:
+    """pipeline.json in the run folder, rewritten atomically after every change."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / STATE_FILE
+        self.stages: dict[str, StageRecord] = {}
+        if self.path.is_file():
+            raw = json.loads(self.path.read_text())
+            self.stages = {k: StageRecord(**v) for k, v in raw.get("stages", {}).items()}
+
+    def save(self) -> None:
+        data = {"schema": "yolov5-slim.pipeline/1", "stages": {k: asdict(v) for k, v in self.stages.items()}}
+        atomic_write_text(self.path, json.dumps(data, indent=2, default=str))
+
+    def status(self, name: str, key: str) -> str:
+        """'done' (skip), 'resume' (same inputs, interrupted), 'changed' (inputs differ: redo) or 'new'."""
+        rec = self.stages.get(name)
+        if rec is None:
+            return "new"
+        if rec.key != key:
+            return "changed"
+        return "done" if rec.status == "done" else "resume"
+
+    def begin(self, name: str, key: str, params: dict[str, Any]) -> None:
+        rec = self.stages.get(name)
+        if rec is None or rec.key != key:
+            self.stages[name] = StageRecord(name=name, key=key, params=params, started=time.time())
+        else:
+            rec.status, rec.started = "running", time.time()
+        self.save()
+
+    def finish(self, name: str, outputs: dict[str, Any]) -> None:
+        rec = self.stages[name]
+        rec.status, rec.outputs = "done", outputs
+        rec.seconds = round(time.time() - rec.started, 1)
+        self.save()
+
+    def outputs(self, name: str) -> dict[str, Any]:
+        return self.stages[name].outputs

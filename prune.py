@@ -1,0 +1,50 @@
+#!/usr/bin/env python
+"""yolov5-slim command line: `python prune.py <command> ...`.
+
+Commands: prune (the default when the first argument is a flag), sweep, val, export, benchmark, report,
+detect, pipeline, demo. Each command lives in its package; this file only dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+COMMAND_MODULES = ("prune.cli", "yolo.cli", "reports.cli", "pipeline.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prune.py",
+        description="Shrink YOLOv5 detectors: sparse training, DepGraph channel pruning, slicing, export, reports.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:  # a package without commands in this checkout
+            if e.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["prune", *argv]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from yolo.errors import run_cli
+
+    return run_cli(args.func, args, debug=bool(os.environ.get("YOLO_SLIM_DEBUG")))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Device selection with YOLOv5's `--device` syntax: 'cpu', '0', '0,1', 'cuda:0' or '' (best available)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+class DeviceError(ValueError):
+    """A --device value this machine cannot honour."""
+
+
+def select_device(device: str | int | torch.device | None = "") -> torch.device:
+    """Resolve a --device value; '0,1' selects the first listed GPU (DDP assigns the rest per rank)."""
+    if isinstance(device, torch.device):
+        return device
+    spec = str(device if device is not None else "").strip().lower().replace("cuda:", "")
+    if spec in ("cpu", "mps"):
+        if spec == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise DeviceError("--device mps: Apple MPS is not available on this machine")
+        return torch.device(spec)
+    if spec == "":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    ids = [s for s in spec.split(",") if s]
+    if not all(s.isdigit() for s in ids):
+        raise DeviceError(f"--device {device!r}: expected 'cpu', a GPU index like '0' or a list like '0,1'")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {device}: CUDA is not available here (use --device cpu)")
+    n = torch.cuda.device_count()
+    bad = [i for i in ids if int(i) >= n]
+    if bad:
+        raise DeviceError(f"--device {device}: GPU {bad[0]} does not exist ({n} visible)")
+    local_rank = int(os.environ.get("LOCAL_RANK", -1))
+    return torch.device(f"cuda:{ids[local_rank] if 0 <= local_rank < len(ids) else ids[0]}")

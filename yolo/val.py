@@ -1,0 +1,261 @@
+"""Scoring a detector on a YOLO-format split with the official protocol, COCO mAP from pycocotools.
+
+Protocol (as YOLOv5 val.py): long side resized to imgsz, rectangular batches sorted by aspect ratio with
+half-a-stride padding, conf 0.001, IoU 0.6 class-aware multi-label NMS, max 300 detections, predictions
+mapped back to original pixels. Models are either a torch module or a predictor object (e.g. an ONNX
+Runtime session wrapper) with `names`, `stride`, `input_shape` and `__call__(float images) -> decoded`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from yolo.boxes import scale_boxes, xywh2xyxy
+from yolo.metrics import (
+    DetectionStats,
+    coco_evaluate,
+    coco_gt_from_labels,
+    image_id_from_path,
+    predictions_to_coco,
+)
+from yolo.nms import non_max_suppression
+
+
+class ScoringError(ValueError):
+    """The model and the data cannot be scored together (e.g. class counts differ)."""
+
+
+@dataclass
+class Timer:
+    """Accumulated milliseconds per stage, reported per image like YOLOv5."""
+
+    totals: dict[str, float] = field(default_factory=lambda: {"pre": 0.0, "inf": 0.0, "nms": 0.0})
+
+    def add(self, key: str, seconds: float) -> None:
+        self.totals[key] += seconds * 1e3
+
+    def per_image(self, n: int) -> dict[str, float]:
+        return {k: v / max(n, 1) for k, v in self.totals.items()}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _predictor(model: Any, device: torch.device, half: bool) -> tuple[Callable, list[str], int, Any]:
+    """A callable images->decoded predictions, class names, max stride and fixed input shape (or None)."""
+    if isinstance(model, nn.Module):
+        from yolo.model import de_parallel
+
+        m = de_parallel(model)
+        m.eval().to(device)
+        if half:
+            m.half()
+        stride = int(max(m.stride))
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            out = m(x)
+            return out[0] if isinstance(out, (list, tuple)) else out
+
+        return run, list(m.names), stride, None
+    return model, list(model.names), int(getattr(model, "stride", 32)), getattr(model, "input_shape", None)
+
+
+def _check_classes(names: list[str], data_names: list[str], data_path: Any) -> None:
+    if len(names) != len(data_names):
+        raise ScoringError(
+            f"model predicts {len(names)} classes but {data_path} has {len(data_names)} "
+            "(score with a model trained on this data, or fine-tune first: finetune.py --weights ... --data ...)"
+        )
+
+
+def build_val_loader(
+    data_cfg: Any,
+    split: str = "val",
+    imgsz: int = 640,
+    batch_size: int = 32,
+    stride: int = 32,
+    rect: bool = True,
+    workers: int = 2,
+):
+    """The scoring dataloader: rectangular batches (pad 0.5) unless rect is off (fixed square input)."""
+    from yolo.data import create_dataloader
+
+    files = getattr(data_cfg, split)
+    if not files:
+        raise ScoringError(f"{data_cfg.yaml_path}: split '{split}' has no images")
+    loader, _ = create_dataloader(
+        files,
+        imgsz,
+        batch_size,
+        stride=stride,
+        names=data_cfg.names,
+        augment=False,
+        rect=rect,
+        pad=0.5 if rect else 0.0,
+        workers=workers,
+        shuffle=False,
+        prefix=f"{split}: ",
+    )
+    return loader
+
+
+def evaluate(
+    model: Any,
+    data_cfg: Any,
+    split: str = "val",
+    imgsz: int = 640,
+    batch_size: int = 32,
+    conf_thres: float = 0.001,
+    iou_thres: float = 0.6,
+    max_det: int = 300,
+    device: str | torch.device = "cpu",
+    half: bool = False,
+    rect: bool = True,
+    dataloader: Any = None,
+    verbose: bool = False,
+    save_json: str | Path | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score `model` on a split; returns COCO mAP (pycocotools), YOLOv5-style P/R and per-stage speed."""
+    from yolo.data import load_data_yaml
+
+    if not hasattr(data_cfg, "names"):
+        data_cfg = load_data_yaml(data_cfg)
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    run, names, stride, fixed = _predictor(model, device, half and device.type == "cuda")
+    _check_classes(names, data_cfg.names, data_cfg.yaml_path)
+    if dataloader is None:
+        size = max(fixed) if fixed else imgsz
+        dataloader = build_val_loader(data_cfg, split, size, batch_size, stride, rect and not fixed, workers)
+    acc = _Accumulator(data_cfg.names)
+    timer = Timer()
+    with torch.inference_mode(), _progress(progress, len(dataloader), f"scoring {split}") as advance:
+        for imgs, targets, paths, shapes in dataloader:
+            t0 = time.perf_counter()
+            x = imgs.to(device, non_blocking=True)
+            x = (x.half() if half and device.type == "cuda" else x.float()) / 255
+            _sync(device)
+            t1 = time.perf_counter()
+            preds = run(x)
+            _sync(device)
+            t2 = time.perf_counter()
+            dets = non_max_suppression(
+                preds.float(), conf_thres, iou_thres, multi_label=True, max_det=max_det
+            )
+            t3 = time.perf_counter()
+            timer.add("pre", t1 - t0)
+            timer.add("inf", t2 - t1)
+            timer.add("nms", t3 - t2)
+            acc.add_batch(x.shape[2:], dets, targets, paths, shapes)
+            advance()
+    result = acc.finish(verbose)
+    result["speed_ms"] = timer.per_image(result["images"])
+    result.update({"split": split, "imgsz": imgsz if not fixed else list(fixed), "conf_thres": conf_thres,
+                   "iou_thres": iou_thres, "max_det": max_det})
+    if save_json:
+        _write_json(Path(save_json), acc.json_predictions)
+        result["predictions_json"] = str(save_json)
+    return result
+
+
+class _Accumulator:
+    """Per-image ground truth and detections in original pixels, for both metrics."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.stats = DetectionStats()
+        self.images: list[dict] = []
+        self.labels: dict[Any, np.ndarray] = {}
+        self.coco_predictions: list[dict] = []
+        self.json_predictions: list[dict] = []
+        self._ids: set = set()
+
+    def add_batch(self, input_hw, dets, targets, paths, shapes) -> None:
+        h, w = int(input_hw[0]), int(input_hw[1])
+        for si, det in enumerate(dets):
+            (h0, w0), ratio_pad = shapes[si][0], shapes[si][1]
+            lab = targets[targets[:, 0] == si, 1:].float().cpu()
+            boxes = xywh2xyxy(lab[:, 1:5]) * torch.tensor([w, h, w, h], dtype=torch.float32)
+            scale_boxes((h, w), boxes, (h0, w0), ratio_pad)
+            labels = torch.cat((lab[:, :1], boxes), 1)
+            pred = det.float().cpu().clone()
+            scale_boxes((h, w), pred[:, :4], (h0, w0), ratio_pad)
+            self.stats.add(pred, labels)
+            json_id = image_id_from_path(paths[si])
+            coco_id = len(self.images) + 1  # unique even when two folders hold the same file stem
+            self.images.append({"id": coco_id, "file_name": Path(paths[si]).name, "width": int(w0), "height": int(h0)})
+            self.labels[coco_id] = labels.numpy()
+            rows = predictions_to_coco(pred, coco_id)
+            self.coco_predictions.extend(rows)
+            self.json_predictions.extend({**r, "image_id": json_id} for r in rows)
+
+    def finish(self, verbose: bool) -> dict[str, Any]:
+        own = self.stats.compute(self.names)
+        gt = coco_gt_from_labels(self.images, self.labels, self.names)
+        coco = coco_evaluate(gt, self.coco_predictions, self.names, verbose=verbose)
+        own_by_class = {row["class"]: row for row in own["per_class"]}
+        per_class = [
+            {
+                **own_by_class.get(row["class"], {"class": row["class"], "name": row["name"]}),
+                "ap50": row["ap50"],
+                "ap": row["ap"],
+                "yolo_ap50": own_by_class.get(row["class"], {}).get("ap50", 0.0),
+                "yolo_ap": own_by_class.get(row["class"], {}).get("ap", 0.0),
+            }
+            for row in coco["per_class"]
+        ]
+        return {
+            "evaluator": "pycocotools",
+            "map50": coco["map50"],
+            "map": coco["map"],
+            "precision": own["precision"],
+            "recall": own["recall"],
+            "yolo_map50": own["map50"],
+            "yolo_map": own["map"],
+            "images": own["images"],
+            "instances": own["instances"],
+            "per_class": per_class,
+        }
+
+
+def _write_json(path: Path, rows: list[dict]) -> None:
+    from yolo.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(rows))
+
+
+class _progress:
+    """A transient rich progress bar when asked for and on a terminal; otherwise silent."""
+
+    def __init__(self, enabled: bool, total: int, label: str):
+        self.enabled, self.total, self.label = enabled, total, label
+        self._bar = None
+
+    def __enter__(self) -> Callable[[], None]:
+        import sys
+
+        if not (self.enabled and sys.stderr.isatty()):
+            return lambda: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self._bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), transient=True)
+        self._bar.start()
+        task = self._bar.add_task(self.label, total=self.total)
+        return lambda: self._bar.advance(task)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
