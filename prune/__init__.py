@@ -1,0 +1,24 @@
+"""Structured channel pruning of YOLOv5: dependency graph, global importance, compensation, physical slicing."""
+
+from prune.api import (
+    PruneConfig,
+    PruneError,
+    PruneGraph,
+    PrunePlan,
+    PruneTable,
+    PruneWarning,
+    SweepResult,
+    apply_plan,
+    build_graph,
+    plan_pruning,
+    prune_model,
+    recalibrate_bn,
+    save_pruned,
+    sweep,
+)
+
+__all__ = [
+    "PruneConfig", "PruneError", "PruneGraph", "PrunePlan", "PruneTable", "PruneWarning",
+    "SweepResult",
+    "apply_plan", "build_graph", "plan_pruning", "prune_model", "recalibrate_bn", "save_pruned", "sweep",
+]  # fmt: skip

@@ -1,0 +1,102 @@
+"""Question: is static int8 worth it for yolov5n on this CPU, and which variant?
+
+Exports the baseline fp32 ONNX (fixed 640x640), builds int8 variants (activation type, calibration method,
+number of calibration images), times each interleaved with fp32 at 1 thread, scores fp32 and every variant
+on coco128 val (square 640 letterbox, pycocotools), and writes bench/results/int8.json.
+
+    python bench/int8.py                       # defaults: ../shared weights and coco128
+    python bench/int8.py --variants u8-minmax-n32 s8-minmax-n32 --rounds 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("YOLO_SLIM_SHARED", REPO.parent / "shared"))
+
+from reports.export import check_parity, export_onnx  # noqa: E402
+from reports.latency import environment  # noqa: E402
+from reports.quantize import Int8Config, select_int8  # noqa: E402
+from yolo.checkpoint import load_model  # noqa: E402
+from yolo.data import load_data_yaml  # noqa: E402
+from yolo.fileio import atomic_write_text  # noqa: E402
+
+DEFAULT_VARIANTS = [
+    "u8-minmax-n32",
+    "s8-minmax-n32",
+    "u8-entropy-n32",
+    "u8-percentile-n32",
+    "u8-minmax-n128",
+    "u8-minmax-n32-fhead",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", default=str(SHARED / "weights" / "yolov5n.pt"))
+    ap.add_argument("--data", default=str(SHARED / "datasets" / "coco128" / "coco128.yaml"))
+    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
+    ap.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds (each runs every model once)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--map-tolerance", type=float, default=0.01)
+    ap.add_argument("--no-eval", action="store_true", help="latency only")
+    ap.add_argument("--workdir", default=str(REPO / "runs" / "bench_int8"))
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "int8.json"))
+    args = ap.parse_args(argv)
+
+    t0 = time.time()
+    work = Path(args.workdir)
+    model, meta = load_model(args.weights)
+    fp32 = export_onnx(model, work / "yolov5n.onnx", args.imgsz, metadata=meta)
+    parity = check_parity(model, fp32, [SHARED / "reference" / "bus.jpg"])
+    print(parity.summary())
+    data = load_data_yaml(args.data)
+    configs = [Int8Config.from_tag(v) for v in args.variants]
+    n_calib = max(c.images for c in configs)
+    calib = list(data.train)[:n_calib]
+    sel = select_int8(
+        fp32,
+        work,
+        calib,
+        configs,
+        data_cfg=None if args.no_eval else data,
+        map_tolerance=args.map_tolerance,
+        threads=args.threads,
+        rounds=args.rounds,
+        eval_kwargs={"batch_size": 8, "imgsz": args.imgsz},
+    )
+    print(sel.reason)
+    result = {
+        "question": "static int8 (ORT QDQ, per-channel) vs fp32 for yolov5n: latency at 1 thread and mAP50-95",
+        "command": " ".join(["python", "bench/int8.py", *map(shlex.quote, argv if argv is not None else sys.argv[1:])]),
+        "environment": environment(),
+        "settings": {
+            "weights": args.weights,
+            "data": args.data,
+            "imgsz": args.imgsz,
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "calibration": "first N images of the train split, letterboxed square like inference",
+            "scoring": "yolo.val.evaluate with OnnxDetector: fixed square letterbox, conf 0.001, IoU 0.6",
+            "map_tolerance": args.map_tolerance,
+        },
+        "parity_fp32": parity.to_dict(),
+        "selection": sel.to_dict(),
+        "seconds": round(time.time() - t0, 1),
+    }
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Question: how much faster is a channel-pruned yolov5n than the baseline on this CPU, against its FLOPs cut?
+
+Prunes yolov5n at each --ratios (prune.prune_model, BN-|gamma| importance, no fine-tuning: accuracy is not
+the point here), exports baseline and pruned models to fixed 640x640 ONNX, and times them interleaved
+(round-robin) with ONNX Runtime at 1 thread and at all usable cores (optionally PyTorch too). Extra ONNX
+files can be added with --onnx. Writes bench/results/latency.json.
+
+    python bench/latency.py                          # yolov5n vs pruned at 0.3 and 0.5
+    python bench/latency.py --ratios --onnx a.onnx b.onnx   # only the given files
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("YOLO_SLIM_SHARED", REPO.parent / "shared"))
+
+from reports.export import check_parity, export_onnx  # noqa: E402
+from reports.latency import add_ratios, benchmark_files  # noqa: E402
+from yolo.checkpoint import load_model  # noqa: E402
+from yolo.fileio import atomic_write_text  # noqa: E402
+from yolo.flops import count_gflops, count_params  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", default=str(SHARED / "weights" / "yolov5n.pt"))
+    ap.add_argument("--ratios", type=float, nargs="*", default=[0.3, 0.5], help="prune ratios (channels removed)")
+    ap.add_argument("--round-to", type=int, default=8, help="kept channels per group rounded to a multiple of this")
+    ap.add_argument("--onnx", nargs="*", default=[], help="extra ONNX files to time alongside")
+    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--threads", nargs="+", default=["1", "all"])
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--torch", action="store_true", help="also time the PyTorch modules (CPU, or --device)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workdir", default=str(REPO / "runs" / "bench_latency"))
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "latency.json"))
+    args = ap.parse_args(argv)
+
+    t0 = time.time()
+    work = Path(args.workdir)
+    base, meta = load_model(args.weights)
+    models = {"baseline": base}
+    for r in args.ratios:
+        from prune.api import PruneConfig, prune_model
+
+        pruned, _ = prune_model(base, PruneConfig(ratio=r, round_to=args.round_to, imgsz=args.imgsz))
+        models[f"pruned-{r:g}"] = pruned
+    paths, info = {}, {}
+    bus = SHARED / "reference" / "bus.jpg"
+    for name, m in models.items():
+        p = export_onnx(m, work / f"{name}.onnx", args.imgsz, metadata=meta)
+        parity = check_parity(m, p, [bus] if bus.is_file() else [], raise_on_fail=True) if bus.is_file() else None
+        paths[name] = p
+        info[name] = {
+            "params": count_params(m),
+            "gflops": count_gflops(m, args.imgsz),
+            "onnx_mb": os.path.getsize(p) / 1e6,
+            "parity": parity.summary() if parity else None,
+        }
+        print(f"{name}: {info[name]['params'] / 1e6:.3f}M params, {info[name]['gflops']:.2f} GFLOPs -> {p}")
+    for f in args.onnx:
+        paths[Path(f).stem] = Path(f)
+        info[Path(f).stem] = {"onnx_mb": os.path.getsize(f) / 1e6}
+    threads = [None if t == "all" else int(t) for t in args.threads]
+    res = benchmark_files(
+        paths,
+        threads=threads,
+        runs=args.runs,
+        warmup=args.warmup,
+        imgsz=args.imgsz,
+        torch_models=models if args.torch else None,
+        device=args.device,
+    )
+    first = next(iter(paths))
+    for setting, rows in res["results"].items():
+        add_ratios(rows, first)
+        for name, r in rows.items():
+            key = name.split(" (torch")[0]
+            if info.get(key, {}).get("gflops") and info.get(first, {}).get("gflops"):
+                r["gflops_ratio"] = info[key]["gflops"] / info[first]["gflops"]
+            print(
+                f"threads {setting:>3}  {name:28s} median {r['median_ms']:7.2f} ms  p90 {r['p90_ms']:7.2f} ms  "
+                f"speed-up {r['speedup']:.2f}x"
+                + (f"  (GFLOPs {r['gflops_ratio']:.2f}x)" if "gflops_ratio" in r else "")
+            )
+    result = {
+        "question": "ONNX Runtime CPU latency of pruned vs baseline yolov5n (interleaved, fixed 640x640 input)",
+        "command": " ".join(
+            ["python", "bench/latency.py", *map(shlex.quote, argv if argv is not None else sys.argv[1:])]
+        ),
+        "models": info,
+        **res,
+        "seconds": round(time.time() - t0, 1),
+    }
+    atomic_write_text(args.out, json.dumps(result, indent=2, default=str) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""`finetune.py`: argument parsing (YOLOv5 flag names) around `finetune.trainer.train`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from finetune.optim import OPTIMIZERS
+from sparsity.bn_l1 import LAYER_CHOICES, SCHEDULES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="finetune.py",
+        description="Train / fine-tune a YOLOv5 detector; with --sparsity, the sparse-training stage (BN L1).",
+    )
+    p.add_argument("--weights", default="", help="start from: official YOLOv5 .pt, ours, or a pruned checkpoint")
+    p.add_argument("--cfg", default="", help="model yaml to start from scratch (e.g. yolo/cfgs/yolov5n.yaml)")
+    p.add_argument("--data", default="", help="data.yaml (YOLOv5 format)")
+    p.add_argument("--hyp", default=None, help="hyperparameter yaml (default: hyp.scratch-low values)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=16, help="total batch size over all processes")
+    p.add_argument("--imgsz", "--img", "--img-size", dest="imgsz", type=int, default=640, help="train/val size")
+    p.add_argument("--device", default="", help="cpu, 0 or 0,1 (default: first GPU, else CPU)")
+    p.add_argument("--workers", type=int, default=8, help="dataloader workers per process")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="SGD")
+    p.add_argument("--cos-lr", action="store_true", help="cosine LR schedule (default linear)")
+    p.add_argument("--nbs", type=int, default=64, help="nominal batch size (= --batch-size: no accumulation)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--project", default="runs/finetune")
+    p.add_argument("--name", default="exp")
+    p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
+    p.add_argument("--resume", nargs="?", const=True, default=False,
+                   help="continue a run: its last.pt, its folder, or nothing for the newest run in --project")
+    p.add_argument("--noval", action="store_true", help="score only after the final epoch")
+    p.add_argument("--val-every", type=int, default=1, help="score every N epochs (and after the last)")
+    p.add_argument("--close-mosaic", type=int, default=0, help="turn mosaic off for the last N epochs")
+    p.add_argument("--freeze", nargs="+", type=int, default=[0],
+                   help="freeze layers: N = first N layers, or a list of layer indices")
+    p.add_argument("--label-smoothing", type=float, default=None, help="overrides hyp label_smoothing")
+    p.add_argument("--sparsity", type=float, default=0.0,
+                   help="sparse training: L1 rate on BatchNorm scales (e.g. 0.001); 0 = plain training")
+    p.add_argument("--sparsity-schedule", choices=SCHEDULES, default="constant",
+                   help="constant, or linear decay of the rate to 0 over the run")
+    p.add_argument("--sparsity-layers", choices=LAYER_CHOICES, default="all",
+                   help="all BatchNorms, or prunable: skip those feeding residual adds")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    args.hyp_overrides = {} if args.label_smoothing is None else {"label_smoothing": args.label_smoothing}
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from finetune.trainer import NonFiniteLossError, TrainingInterrupted
+    from yolo.errors import run_cli
+
+    args = parse_args(argv)
+    debug = bool(os.environ.get("YOLO_SLIM_DEBUG"))
+    try:
+        return run_cli(_run, args, debug=debug)
+    except TrainingInterrupted:
+        return 130  # the trainer printed where last.pt is and how to resume
+    except NonFiniteLossError:
+        return 1  # the trainer printed the one-line reason
+
+
+def _run(args: argparse.Namespace) -> None:
+    from finetune.trainer import train
+
+    result = train(args)
+    if result.run_dir is not None:
+        m = result.metrics
+        print(f"done: {result.epochs} epochs, {result.optimizer_steps} optimizer steps; "
+              f"mAP50 {m.get('map50', float('nan')):.3f} mAP50-95 {m.get('map', float('nan')):.3f}; "
+              f"best {result.best}, last {result.last}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

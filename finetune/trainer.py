@@ -1,0 +1,681 @@
+"""The YOLOv5 training engine: fine-tuning, transfer learning and the sparse stage share this one loop.
+
+`train(opt)` builds everything from a `TrainOptions` (or the argparse Namespace of `finetune.py`) and returns
+a `TrainResult`. Behaviour follows YOLOv5's train.py: three parameter groups, warm-up with np.interp,
+accumulation to a nominal batch, linear or cosine LR per epoch, EMA, AMP on CUDA, gradient clipping, DDP.
+
+Nothing is lost: `weights/last.pt` is written atomically after every epoch and on Ctrl-C (with the exact
+position); `--resume` restores weights, EMA, optimizer, LR position, optimizer-step counter, callbacks and
+RNG state. A non-finite loss stops the run before the weights or last.pt are touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from finetune import ddp
+from finetune.callbacks import Callbacks
+from finetune.ema import ModelEMA
+from finetune.hyp import dump_hyp, load_hyp
+from finetune.optim import (
+    apply_warmup,
+    build_optimizer,
+    clip_gradients,
+    lr_lambda,
+    nominal_accumulate,
+    set_epoch_lr,
+    warmup_iters,
+)
+from finetune.progress import EpochProgress, is_tty, log
+from finetune.runs import ResultsLog, increment_run_dir, plot_results, write_yaml
+from finetune.state import init_seeds, rng_state, set_rng_state
+from sparsity.callback import SparsityCallback
+from yolo.loss import YoloLoss, scale_loss_gains
+
+LOSS_NAMES = ("train/box_loss", "train/obj_loss", "train/cls_loss")
+METRIC_KEYS = (
+    ("metrics/precision", "precision"),
+    ("metrics/recall", "recall"),
+    ("metrics/mAP_0.5", "map50"),
+    ("metrics/mAP_0.5:0.95", "map"),
+)
+RESUME_OVERRIDABLE = ("device", "workers", "quiet")
+
+
+@dataclass
+class TrainOptions:
+    """Everything a training run needs; field names are the `finetune.py` flags (dashes -> underscores)."""
+
+    data: str = ""
+    weights: str = ""
+    cfg: str = ""
+    hyp: Optional[str] = None
+    hyp_overrides: dict = field(default_factory=dict)
+    epochs: int = 100
+    batch_size: int = 16
+    imgsz: int = 640
+    device: str = ""
+    workers: int = 8
+    optimizer: str = "SGD"
+    cos_lr: bool = False
+    nbs: int = 64
+    seed: int = 0
+    project: str = "runs/finetune"
+    name: str = "exp"
+    exist_ok: bool = False
+    resume: Union[str, bool] = False
+    noval: bool = False
+    val_every: int = 1
+    close_mosaic: int = 0
+    freeze: list = field(default_factory=lambda: [0])
+    sparsity: float = 0.0
+    sparsity_schedule: str = "constant"
+    sparsity_layers: str = "all"
+    amp: bool = True
+    quiet: bool = False
+
+    @classmethod
+    def from_any(cls, opt: TrainOptions | argparse.Namespace | dict) -> TrainOptions:
+        if isinstance(opt, cls):
+            return dataclasses.replace(opt)
+        values = vars(opt) if isinstance(opt, argparse.Namespace) else dict(opt)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def plain(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Optional[Path]
+    last: Optional[Path]
+    best: Optional[Path]
+    epochs: int  # epochs completed in total (including those before a resume)
+    optimizer_steps: int
+    metrics: dict  # the last validation (map50, map, precision, recall, ...)
+    best_fitness: float
+    model: Optional[nn.Module] = field(default=None, repr=False)  # the EMA model (main process)
+
+
+class TrainError(ValueError):
+    """Options that cannot start a run; the message is one line."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or the weights) became NaN/inf; the run stopped and last.pt holds the last good state."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C: last.pt was saved with the exact position; `resume_hint` says how to continue."""
+
+    def __init__(self, message: str, last: Path | None):
+        super().__init__(message)
+        self.message, self.last = message, last
+
+
+def fitness(metrics: dict) -> float:
+    """YOLOv5's model fitness: 0.1 * mAP50 + 0.9 * mAP50-95."""
+    return 0.1 * float(metrics.get("map50", 0.0)) + 0.9 * float(metrics.get("map", 0.0))
+
+
+def train(
+    opt: TrainOptions | argparse.Namespace | dict,
+    callbacks: list | tuple = (),
+    loss_hooks: list | tuple = (),
+) -> TrainResult:
+    """Run one training (fine-tuning, transfer learning or sparse training) and return where it went."""
+    return Trainer(TrainOptions.from_any(opt), callbacks, loss_hooks).run()
+
+
+class Trainer:
+    """State of one run; callbacks receive it. Public attributes: model (maybe DDP), bare_model, ema,
+    optimizer, epoch, epochs, start_epoch, batch_index, nb, ni, optimizer_steps, run_dir, is_main, hyp."""
+
+    def __init__(self, opt: TrainOptions, callbacks=(), loss_hooks=()):
+        self.opt = opt
+        sparse = SparsityCallback(opt.sparsity, opt.sparsity_schedule, opt.sparsity_layers)
+        self.callbacks = Callbacks([sparse, *callbacks])
+        self.loss_hooks: list[Callable] = list(loss_hooks)
+        self.dist = ddp.dist_info_from_env()
+        self.ready = False
+        self.run_dir: Path | None = None
+        self.ema: ModelEMA | None = None
+        self.epoch = self.start_epoch = self.start_iter = 0
+        self.batch_index = self.ni = 0
+        self.last_opt_step = -1
+        self.optimizer_steps = 0
+        self.best_fitness = -1.0
+        self.metrics: dict = {}
+        self.loss_items = torch.zeros(3)
+        self.position = (0, 0)  # (epoch, batch) a resume continues from
+        self.resume_state: dict | None = None
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    @property
+    def bare_model(self) -> nn.Module:
+        return self.model.module if isinstance(self.model, nn.parallel.DistributedDataParallel) else self.model
+
+    @property
+    def epochs(self) -> int:
+        return self.opt.epochs
+
+    @property
+    def last_path(self) -> Path | None:
+        return self.run_dir / "weights" / "last.pt" if self.run_dir else None
+
+    @property
+    def best_path(self) -> Path | None:
+        return self.run_dir / "weights" / "best.pt" if self.run_dir else None
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> TrainResult:
+        try:
+            self.setup()
+            self.callbacks.run("on_train_start", self)
+            for epoch in range(self.start_epoch, self.epochs):
+                self.train_epoch(epoch)
+                self.end_epoch(epoch)
+            result = self.result()
+            self.callbacks.run("on_train_end", self, result)
+            return result
+        except KeyboardInterrupt as e:
+            if not self.ready or isinstance(e, TrainingInterrupted):
+                raise
+            raise self.save_interrupted() from None
+        except NonFiniteLossError as e:
+            log(f"error: {e}", self.is_main)
+            raise
+        finally:
+            ddp.cleanup_distributed()
+
+    def setup(self) -> None:
+        self._resolve_resume()
+        self.device = ddp.resolve_device(self.opt.device, self.dist)
+        ddp.init_distributed(self.dist, self.device)
+        init_seeds(self.opt.seed + 1 + self.dist.rank)
+        self.amp = self.opt.amp and self.device.type == "cuda"
+        self.hyp = self.resume_state["hyp"] if self.resume_state else load_hyp(self.opt.hyp, self.opt.hyp_overrides)
+        self._check_options()
+        self._setup_run_dir()
+        self._setup_data()
+        self._setup_model()
+        self._setup_loaders()
+        self._setup_optimisation()
+        if self.resume_state:
+            self._restore(self.resume_state)
+        self.model = ddp.wrap_ddp(self.model, self.dist, self.device)
+        self.results = ResultsLog(self.run_dir / "results.csv") if self.run_dir else None
+        if self.results is not None and self.resume_state:
+            self.results.load(before_epoch=self.start_epoch)
+        self.position = (self.start_epoch, self.start_iter)
+        self.ready = True
+        self._log_start()
+
+    # ------------------------------------------------------------------ set-up pieces
+
+    def _resolve_resume(self) -> None:
+        if not self.opt.resume:
+            return
+        from yolo.checkpoint import read_checkpoint
+
+        path = find_resume_checkpoint(self.opt.resume, self.opt.project)
+        ckpt = read_checkpoint(path)
+        state = ckpt.get("train_state")
+        if not state:
+            raise TrainError(f"{path}: holds no training state to resume (a best.pt or a final export?)")
+        saved = TrainOptions.from_any(state["opt"])
+        for k in RESUME_OVERRIDABLE:
+            setattr(saved, k, getattr(self.opt, k))
+        saved.resume = str(path)
+        if state["epoch"] >= saved.epochs:
+            raise TrainError(f"{path}: training to {saved.epochs} epochs is finished; nothing to resume")
+        self.opt = saved
+        self.resume_state = state
+        self.resume_path = path
+        self.run_dir_resumed = path.parent.parent if path.parent.name == "weights" else path.parent
+
+    def _check_options(self) -> None:
+        o = self.opt
+        if not o.data:
+            raise TrainError("--data is required (a data yaml)")
+        if not (o.weights or o.cfg):
+            raise TrainError("give --weights (a checkpoint) or --cfg (a model yaml to start from scratch)")
+        if o.batch_size % self.dist.world_size:
+            raise TrainError(f"--batch-size {o.batch_size} is not a multiple of the {self.dist.world_size} processes")
+        if o.epochs < 1 or o.val_every < 1 or o.nbs < 1:
+            raise TrainError("--epochs, --val-every and --nbs must be >= 1")
+
+    def _setup_run_dir(self) -> None:
+        run_dir = None
+        if self.is_main:
+            if self.resume_state:
+                run_dir = self.run_dir_resumed
+            else:
+                run_dir = increment_run_dir(self.opt.project, self.opt.name, self.opt.exist_ok)
+            self._guard_input_weights(run_dir)
+            (run_dir / "weights").mkdir(parents=True, exist_ok=True)
+            write_yaml(run_dir / "args.yaml", self.opt.plain())
+            dump_hyp(self.hyp, run_dir / "hyp.yaml")
+        run_dir = ddp.broadcast_object(str(run_dir) if run_dir else None, self.dist)
+        self.run_dir = Path(run_dir) if (run_dir and self.is_main) else None
+
+    def _guard_input_weights(self, run_dir: Path) -> None:
+        if not self.opt.weights or self.resume_state:
+            return
+        src = Path(self.opt.weights).resolve()
+        for out in (run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt"):
+            if out.resolve() == src:
+                raise TrainError(f"the run would overwrite its input weights {self.opt.weights}; use another --name")
+
+    def _setup_data(self) -> None:
+        from yolo.data import load_data_yaml
+
+        self.data_cfg = load_data_yaml(self.opt.data)
+
+    def _setup_model(self) -> None:
+        model, meta = self._load_initial_model()
+        nc, names = self.data_cfg.nc, list(self.data_cfg.names)
+        self.new_head = False
+        if model.nc != nc:
+            from yolo.model import reset_detect_head
+
+            log(f"transfer learning: the model has {model.nc} classes, {self.opt.data} has {nc}: "
+                "new Detect head", self.is_main)
+            reset_detect_head(model, nc, names)
+            self.new_head = True
+        model.names = names
+        freeze_layers(model, self.opt.freeze)
+        self.model = model.to(self.device)
+        self.source_meta = {"history": list(meta.get("history") or []), "source": dict(meta.get("source") or {})}
+        if self.resume_state:
+            self.source_meta = dict(self.resume_state["source_meta"])
+
+    def _load_initial_model(self) -> tuple[nn.Module, dict]:
+        from yolo.checkpoint import load_model
+        from yolo.model import build_model
+
+        if self.resume_state:
+            model, meta = load_model(self.resume_path)  # EMA weights; training weights restored later
+            return model, meta
+        if self.opt.weights:
+            if self.opt.cfg:
+                log(f"--weights given: --cfg {self.opt.cfg} is ignored", self.is_main)
+            return load_model(self.opt.weights)
+        model = build_model(self.opt.cfg, nc=self.data_cfg.nc)
+        return model, {"source": {"cfg": str(self.opt.cfg)}, "history": []}
+
+    def _setup_loaders(self) -> None:
+        from yolo.data import create_dataloader
+
+        o, gs = self.opt, self.grid_size
+        self.train_loader, self.dataset = create_dataloader(
+            self.data_cfg.train, o.imgsz, o.batch_size // self.dist.world_size, stride=gs,
+            names=self.data_cfg.names, augment=True, hyp=self.hyp, workers=o.workers, shuffle=True,
+            rank=self.dist.rank, world_size=self.dist.world_size, seed=o.seed, prefix="train: ",
+        )
+        self.nb = len(self.train_loader)
+        self.val_loader = None
+        if self.is_main:
+            from yolo.val import build_val_loader
+
+            self.val_loader = build_val_loader(
+                self.data_cfg, "val", o.imgsz, max(o.batch_size // self.dist.world_size * 2, 1), gs,
+                workers=o.workers,
+            )
+
+    @property
+    def grid_size(self) -> int:
+        return max(int(self.bare_model.stride.max()), 32)
+
+    def _setup_optimisation(self) -> None:
+        o, hyp, model = self.opt, self.hyp, self.bare_model
+        self.nominal_accumulate = nominal_accumulate(o.nbs, o.batch_size)
+        self.accumulate = self.nominal_accumulate
+        decay = hyp["weight_decay"] * o.batch_size * self.accumulate / o.nbs
+        self.optimizer = build_optimizer(model, o.optimizer, hyp["lr0"], hyp["momentum"], decay)
+        self.lf = lr_lambda(o.epochs, hyp["lrf"], o.cos_lr)
+        self.nw = warmup_iters(hyp["warmup_epochs"], self.nb)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        self.ema = ModelEMA(model) if self.is_main else None
+        detect = model.model[-1]
+        self.compute_loss = YoloLoss(model, scale_loss_gains(hyp, detect.nl, detect.nc, o.imgsz))
+
+    def _restore(self, state: dict) -> None:
+        model = self.bare_model
+        if self.ema is not None:
+            self.ema.ema.load_state_dict(model.state_dict())  # the file's primary weights are the EMA
+            self.ema.updates = int(state["ema_updates"])
+        model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.start_iter = int(state["epoch"]), int(state["iter"])
+        self.last_opt_step = int(state["last_opt_step"])
+        self.optimizer_steps = int(state["optimizer_steps"])
+        self.best_fitness = float(state["best_fitness"])
+        self.metrics = dict(state.get("metrics") or {})
+        self.callbacks.load_state_dict(state.get("callbacks") or {})
+        if int(state.get("world_size", 1)) == self.dist.world_size:
+            set_rng_state(state["rng"])
+        if int(state.get("nb", self.nb)) != self.nb:
+            log(f"warning: {self.nb} batches per epoch now, {state['nb']} when the run started", self.is_main)
+        log(f"resuming {self.resume_path} from epoch {self.start_epoch}, batch {self.start_iter} "
+            f"({self.optimizer_steps} optimizer steps done)", self.is_main)
+
+    def _log_start(self) -> None:
+        o = self.opt
+        stage = f"sparse training (sr {o.sparsity}, {o.sparsity_schedule})" if o.sparsity > 0 else "training"
+        log(f"{stage}: {o.epochs} epochs, batch {o.batch_size} (accumulate to {o.nbs}), {self.nb} batches/epoch, "
+            f"imgsz {o.imgsz}, {o.optimizer}, device {self.device}"
+            f"{f' x{self.dist.world_size} processes' if self.dist.distributed else ''}; results in {self.run_dir}",
+            self.is_main and not o.quiet)
+
+    # ------------------------------------------------------------------ epochs
+
+    def train_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.model.train()
+        self._maybe_close_mosaic(epoch)
+        set_epoch_lr(self.optimizer, self.lf(epoch))
+        start = self.start_iter if epoch == self.start_epoch else 0
+        self.position = (epoch, start)
+        self.optimizer.zero_grad()
+        self.callbacks.run("on_epoch_start", self)
+        mloss, seen = torch.zeros(3), 0
+        self.epoch_t0 = time.time()
+        live = is_tty() and self.is_main and not self.opt.quiet
+        with EpochProgress(live, self.nb, f"epoch {epoch}/{self.epochs - 1}", start) as bar:
+            for i, (imgs, targets, _paths, _shapes) in enumerate(self._batches(epoch, start), start):
+                self.train_step(i, imgs, targets)
+                mloss = (mloss * seen + self.loss_items.cpu()) / (seen + 1)
+                seen += 1
+                bar.update(mloss, int(targets.shape[0]), int(imgs.shape[-1]))
+                self.callbacks.run("on_batch_end", self)
+        self.mloss = mloss
+
+    def train_step(self, i: int, imgs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.batch_index, self.ni = i, i + self.nb * self.epoch
+        ni = self.ni
+        if self.nw and ni <= self.nw:
+            self.accumulate = apply_warmup(
+                self.optimizer, ni, self.nw, self.lf(self.epoch), self.hyp, self.opt.nbs, self.opt.batch_size
+            )
+        imgs = imgs.to(self.device, non_blocking=True).float() / 255
+        targets = targets.to(self.device)
+        with torch.autocast(self.device.type, enabled=self.amp):
+            preds = self.model(imgs)
+            loss, items = self.compute_loss(preds, targets)
+            for hook in self.loss_hooks:
+                extra = hook(self, imgs, targets, preds)
+                if extra is not None:
+                    loss = loss + extra
+            if self.dist.distributed:
+                loss = loss * self.dist.world_size  # DDP averages gradients over processes
+        if not ddp.all_finite(loss.detach(), self.dist):
+            raise NonFiniteLossError(
+                f"loss is {loss.sum().item()} at epoch {self.epoch}, iteration {i} of {self.nb} "
+                f"(global {ni}); training stopped, last good checkpoint kept: {self.last_path or 'rank 0'}"
+            )
+        self.scaler.scale(loss.sum()).backward()
+        self.loss_items = items.detach()
+        if ni - self.last_opt_step >= self.accumulate:
+            self.optimizer_step()
+            self.last_opt_step = ni
+            self.position = (self.epoch, i + 1)
+
+    def optimizer_step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        clip_gradients(self.model, max_norm=10.0)
+        self.callbacks.run("on_before_optimizer_step", self)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.optimizer_steps += 1
+        self.callbacks.run("on_optimizer_step", self)
+
+    def end_epoch(self, epoch: int) -> None:
+        row: dict[str, Any] = {"epoch": epoch}
+        row.update({k: float(v) for k, v in zip(LOSS_NAMES, self.mloss)})
+        row.update({f"lr/pg{j}": g["lr"] for j, g in enumerate(self.optimizer.param_groups)})
+        is_best = False
+        if self.is_main:
+            self.ema.update_attr(self.bare_model)
+            if self._should_validate(epoch):
+                self.metrics = self.validate()
+                fi = fitness(self.metrics)
+                is_best = fi > self.best_fitness
+                self.best_fitness = max(fi, self.best_fitness)
+            row.update({k: self.metrics.get(m, math.nan) if self._validated_now else math.nan
+                        for k, m in METRIC_KEYS})
+            row["fitness"] = fitness(self.metrics) if self._validated_now else math.nan
+        row["optimizer_steps"] = self.optimizer_steps
+        self.callbacks.run("on_epoch_end", self, row)
+        if self.is_main:
+            self._check_weights_finite(epoch)
+            row["time"] = time.time() - self.epoch_t0
+            self.position = (epoch + 1, 0)
+            self.results.append(row)
+            self.save_last()
+            if is_best:
+                self.save_checkpoint(self.best_path, with_state=False)
+            if self._validated_now:
+                plot_results(self.results.rows, self.run_dir / "results.png")
+            log(format_row(row, self.epochs), not self.opt.quiet)
+        self.position = (epoch + 1, 0)
+
+    def _should_validate(self, epoch: int) -> bool:
+        final = epoch + 1 == self.epochs
+        due = not self.opt.noval and (epoch + 1) % self.opt.val_every == 0
+        self._validated_now = final or due
+        return self._validated_now
+
+    def validate(self) -> dict:
+        from yolo.val import evaluate
+
+        res = evaluate(
+            self.ema.ema, self.data_cfg, split="val", imgsz=self.opt.imgsz, device=self.device,
+            half=False, dataloader=self.val_loader, progress=not self.opt.quiet,
+        )
+        self.ema.ema.float()
+        return {k: v for k, v in res.items() if isinstance(v, (int, float))}
+
+    def _maybe_close_mosaic(self, epoch: int) -> None:
+        n = self.opt.close_mosaic
+        if n and epoch >= self.epochs - n and getattr(self.dataset, "mosaic", False):
+            self.dataset.mosaic = False
+            self.train_loader = _clone_loader(self.train_loader)  # persistent workers hold a dataset copy
+            log(f"mosaic off for the last {n} epochs", self.is_main and not self.opt.quiet)
+
+    def _batches(self, epoch: int, start: int):
+        """The epoch's batches in a deterministic order (seed + epoch), from batch `start`."""
+        loader = self.train_loader
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        elif getattr(loader, "generator", None) is not None:
+            loader.generator.manual_seed(self.opt.seed + epoch)
+        if start == 0:
+            return iter(loader)
+        return iter(_skip_batches(loader, start))
+
+    def _check_weights_finite(self, epoch: int) -> None:
+        if not all(torch.isfinite(p).all() for p in self.bare_model.parameters()):
+            raise NonFiniteLossError(
+                f"weights became non-finite during epoch {epoch}; training stopped, last good checkpoint kept: "
+                f"{self.last_path}"
+            )
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_last(self) -> None:
+        self.save_checkpoint(self.last_path, with_state=True)
+
+    def save_checkpoint(self, path: Path, with_state: bool) -> None:
+        from yolo.checkpoint import save_checkpoint
+
+        save_checkpoint(path, self.ema.ema, self._meta(), self._train_state() if with_state else None)
+
+    def _meta(self) -> dict:
+        o = self.opt
+        entry = {
+            "op": "sparse_train" if o.sparsity > 0 else "finetune",
+            "data": str(o.data),
+            "epochs": o.epochs,
+            "epochs_done": self.position[0],
+            "optimizer_steps": self.optimizer_steps,
+            "imgsz": o.imgsz,
+            "new_head": self.new_head,
+            "sparsity": o.sparsity,
+            "sparsity_schedule": o.sparsity_schedule,
+            "run_dir": str(self.run_dir),
+            "metrics": {k: float(v) for k, v in self.metrics.items()},
+        }
+        return {
+            "imgsz": o.imgsz,
+            "history": [*self.source_meta["history"], entry],
+            "source": self.source_meta["source"],
+        }
+
+    def _train_state(self) -> dict:
+        epoch, it = self.position
+        return {
+            "epoch": epoch,
+            "iter": it,
+            "last_opt_step": self.last_opt_step,
+            "optimizer_steps": self.optimizer_steps,
+            "best_fitness": self.best_fitness,
+            "metrics": {k: float(v) for k, v in self.metrics.items()},
+            "model": {k: v.detach().cpu().clone() for k, v in self.bare_model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema_updates": self.ema.updates,
+            "opt": self.opt.plain(),
+            "hyp": dict(self.hyp),
+            "rng": rng_state(),
+            "callbacks": self.callbacks.state_dict(),
+            "source_meta": self.source_meta,
+            "nb": self.nb,
+            "world_size": self.dist.world_size,
+        }
+
+    def save_interrupted(self) -> TrainingInterrupted:
+        epoch, it = self.position
+        if not self.is_main:
+            return TrainingInterrupted("interrupted", None)
+        self.save_last()
+        msg = (f"interrupted at epoch {epoch}, batch {it}: saved {self.last_path}; "
+               f"resume with: python finetune.py --resume {self.run_dir}")
+        log(msg)
+        return TrainingInterrupted(msg, self.last_path)
+
+    def result(self) -> TrainResult:
+        best = self.best_path if self.best_path and self.best_path.is_file() else None
+        return TrainResult(
+            run_dir=self.run_dir, last=self.last_path, best=best, epochs=self.position[0],
+            optimizer_steps=self.optimizer_steps, metrics=dict(self.metrics), best_fitness=self.best_fitness,
+            model=self.ema.ema if self.ema is not None else None,
+        )
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def find_resume_checkpoint(resume: str | bool, project: str | Path) -> Path:
+    """--resume with a last.pt path, a run folder, or nothing (the newest last.pt under --project)."""
+    if resume is True or resume in ("", "True"):
+        found = sorted(Path(project).glob("*/weights/last.pt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise TrainError(f"--resume: no */weights/last.pt under {project}")
+        return found[-1]
+    p = Path(str(resume))
+    if p.is_dir():
+        p = p / "weights" / "last.pt" if (p / "weights").is_dir() else p / "last.pt"
+    if not p.is_file():
+        raise TrainError(f"--resume {resume}: {p} not found")
+    return p
+
+
+def freeze_layers(model: nn.Module, freeze: list | tuple | int | None) -> list[str]:
+    """YOLOv5's --freeze: [N] freezes layers 0..N-1, [a, b, ...] those layer indices. Returns frozen names."""
+    if freeze is None:
+        return []
+    idx = [freeze] if isinstance(freeze, int) else list(freeze)
+    layers = list(range(idx[0])) if len(idx) == 1 else idx
+    prefixes = tuple(f"model.{x}." for x in layers)
+    frozen = []
+    for name, p in model.named_parameters():
+        if prefixes and name.startswith(prefixes):
+            p.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+class _SkipBatchSampler:
+    def __init__(self, batch_sampler, skip: int):
+        self.batch_sampler, self.skip = batch_sampler, skip
+
+    def __iter__(self):
+        for k, batch in enumerate(self.batch_sampler):
+            if k >= self.skip:
+                yield batch
+
+    def __len__(self) -> int:
+        return max(len(self.batch_sampler) - self.skip, 0)
+
+
+def _clone_loader(
+    loader: torch.utils.data.DataLoader, batch_sampler=None, persistent: bool | None = None
+) -> torch.utils.data.DataLoader:
+    """A new loader over the same dataset, sampler and generator (fresh worker processes)."""
+    persistent = loader.persistent_workers if persistent is None else persistent
+    return torch.utils.data.DataLoader(
+        loader.dataset,
+        batch_sampler=batch_sampler or loader.batch_sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        worker_init_fn=loader.worker_init_fn,
+        generator=loader.generator,
+        persistent_workers=persistent and loader.num_workers > 0,
+    )
+
+
+def _skip_batches(loader: torch.utils.data.DataLoader, skip: int) -> torch.utils.data.DataLoader:
+    """The same loader without its first `skip` batches (indices are skipped, no image is loaded)."""
+    return _clone_loader(loader, _SkipBatchSampler(loader.batch_sampler, skip), persistent=False)
+
+
+def format_row(row: dict, epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs - 1}"]
+    parts += [f"{k.split('/')[1].replace('_loss', '')} {row[k]:.4f}" for k in LOSS_NAMES]
+    for key, label in (("metrics/precision", "P"), ("metrics/recall", "R"), ("metrics/mAP_0.5", "mAP50"),
+                       ("metrics/mAP_0.5:0.95", "mAP50-95")):
+        v = row.get(key, math.nan)
+        if isinstance(v, float) and not math.isnan(v):
+            parts.append(f"{label} {v:.3f}")
+    if row.get("sparsity_sr"):
+        parts.append(f"sr {row['sparsity_sr']:.2g}")
+    if "gamma_lt_1e-2" in row:
+        parts.append(f"|gamma|<1e-2 {row['gamma_lt_1e-2']:.3f}")
+    parts.append(f"steps {row['optimizer_steps']}")
+    if "time" in row:
+        parts.append(f"{row['time']:.1f}s")
+    return "  ".join(parts)

@@ -1,0 +1,125 @@
+"""`pipeline` (checkpoint -> shrunken model in one command) and `demo` (the same on synthetic data)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+from pipeline.run import PipelineOptions, run_pipeline
+
+DEMO_MODEL = {
+    # A YOLOv5n layout at a third of its width: big enough to learn the demo shapes in minutes on two cores,
+    # with the same coupling (C3 residuals, SPPF, concats, 3-level Detect) as the real models.
+    "base": "yolov5n",
+    "width_multiple": 0.125,
+    "depth_multiple": 0.33,
+}
+
+
+def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
+    p.add_argument("--imgsz", "--img", type=int, default=d.imgsz, help=f"train/score size (default {d.imgsz})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--device", default=d.device, help="cpu, 0, 0,1 ...")
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--hyp", default=d.hyp, help="hyperparameter yaml for the training stages")
+    p.add_argument("--nbs", type=int, default=d.nbs, help="nominal batch (= --batch-size: no accumulation)")
+    p.add_argument("--optimizer", default=d.optimizer, choices=("SGD", "AdamW"))
+    p.add_argument("--cos-lr", action="store_true")
+    p.add_argument("--dense-epochs", type=int, default=d.dense_epochs,
+                   help="also train the model WITHOUT the penalty for this many epochs, for comparison (0 = no)")
+    p.add_argument("--sparse-epochs", type=int, default=d.sparse_epochs,
+                   help="epochs of the sparse-training stage (BN-L1); 0 prunes the given weights directly")
+    p.add_argument("--sparsity", type=float, default=d.sparsity, help="L1 rate on BatchNorm scales")
+    p.add_argument("--sparsity-schedule", default=d.sparsity_schedule, choices=("constant", "linear"))
+    amount = p.add_mutually_exclusive_group()
+    amount.add_argument("--ratio", type=float, default=None, help="fraction of prunable channels REMOVED")
+    amount.add_argument("--target-flops", type=float, default=None, help="fraction of FLOPs KEPT (default 0.5)")
+    amount.add_argument("--target-params", type=float, default=None, help="fraction of parameters KEPT")
+    p.add_argument("--importance", default=d.importance, choices=("slim", "l1", "l2"))
+    p.add_argument("--min-keep", type=float, default=d.min_keep, help="per-layer floor (fraction, or count >= 1)")
+    p.add_argument("--round-to", type=int, default=d.round_to, help="kept channels rounded to a multiple of N")
+    p.add_argument("--ignore", action="append", default=[], help="glob of module names to leave alone (repeatable)")
+    p.add_argument("--compensate", default=d.compensate, choices=("beta", "mean", "none"))
+    p.add_argument("--recalibrate", type=int, default=d.recalibrate, help="re-estimate BN stats on N images")
+    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
+    p.add_argument("--teacher", action="store_true", help="distil from the unpruned (sparse) model while fine-tuning")
+    p.add_argument("--int8", action="store_true", help="also quantize the fine-tuned model to int8 (ONNX Runtime)")
+    p.add_argument("--latency-runs", type=int, default=d.latency_runs, help="timed runs per model (interleaved)")
+    p.add_argument("--threads", type=int, nargs="+", default=d.threads,
+                   help="ORT thread counts to time (0 = all cores); default 1 0")
+    p.add_argument("--project", default=d.project)
+    p.add_argument("--name", default=d.name)
+    p.add_argument("--new", action="store_true", help="start a new run folder (exp2, ...) instead of resuming")
+    p.add_argument("--quiet", action="store_true")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d = PipelineOptions()
+    p = sub.add_parser("pipeline", help="baseline -> sparse training -> prune -> fine-tune -> export -> report",
+                       description="Run every stage into one run folder; re-running resumes and skips finished stages.")
+    p.add_argument("--weights", default="", help="starting checkpoint: official YOLOv5 .pt or a yolov5-slim .pt")
+    p.add_argument("--cfg", default="", help="or a model yaml to train from scratch in the sparse stage")
+    p.add_argument("--data", required=True, help="data.yaml")
+    _add_common(p, d)
+    p.set_defaults(func=run_pipeline_cli)
+
+    dd = demo_defaults()
+    q = sub.add_parser("demo", help="the whole pipeline on synthetic data made here (no downloads)",
+                       description="Make a synthetic dataset, train a small model from scratch with the sparsity "
+                                   "penalty, prune to half the FLOPs, fine-tune, export ONNX and print the report.")
+    q.add_argument("--n-train", type=int, default=400, help="synthetic training images")
+    q.add_argument("--n-val", type=int, default=100, help="synthetic validation images")
+    q.add_argument("--data-dir", default="runs/demo/data", help="where the synthetic dataset is written")
+    _add_common(q, dd)
+    q.set_defaults(func=run_demo, project="runs/demo", name="exp")
+
+
+def demo_defaults() -> PipelineOptions:
+    """The demo's knobs: sized to finish in about ten minutes on two CPU cores."""
+    return PipelineOptions(imgsz=128, batch_size=32, nbs=32, sparse_epochs=60, dense_epochs=0, finetune_epochs=20,
+                           sparsity=5e-3, sparsity_schedule="constant", target_flops=0.5, optimizer="SGD",
+                           latency_runs=100, threads=[1], project="runs/demo", workers=2)
+
+
+def options_from_args(args: argparse.Namespace, base: PipelineOptions | None = None) -> PipelineOptions:
+    base = base or PipelineOptions()
+    values = {f.name: getattr(args, f.name) for f in fields(PipelineOptions) if hasattr(args, f.name)}
+    if values.get("ratio") is None and values.get("target_flops") is None and values.get("target_params") is None:
+        values["target_flops"] = 0.5
+    values["threads"] = list(values.get("threads") or [1])
+    opt = PipelineOptions(**{**base.__dict__, **values})
+    return opt
+
+
+def run_pipeline_cli(args: argparse.Namespace) -> dict:
+    return run_pipeline(options_from_args(args), new=args.new)
+
+
+def demo_model_cfg() -> dict:
+    from yolo.model import load_model_yaml
+
+    cfg = load_model_yaml(DEMO_MODEL["base"])
+    cfg.update(width_multiple=DEMO_MODEL["width_multiple"], depth_multiple=DEMO_MODEL["depth_multiple"])
+    return cfg
+
+
+def run_demo(args: argparse.Namespace) -> dict:
+    import yaml
+
+    from yolo.synthetic import make_synthetic_dataset
+
+    data_dir = Path(args.data_dir)
+    data_yaml = data_dir / "data.yaml"
+    if not data_yaml.is_file():
+        print(f"making the synthetic dataset in {data_dir} ({args.n_train} train / {args.n_val} val images)")
+        data_yaml = make_synthetic_dataset(data_dir, n_train=args.n_train, n_val=args.n_val, img_size=args.imgsz,
+                                           seed=args.seed)
+    n_classes = len(yaml.safe_load(Path(data_yaml).read_text())["names"])
+    cfg = demo_model_cfg()
+    cfg["nc"] = n_classes
+    cfg_path = data_dir / "demo_model.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    args.cfg, args.weights, args.data = str(cfg_path), "", str(data_yaml)
+    return run_pipeline(options_from_args(args, demo_defaults()), new=args.new)

@@ -1,0 +1,300 @@
+"""The whole path in one run folder: baseline -> sparse training -> prune -> fine-tune -> export -> report.
+
+Each stage writes into its own sub-folder and is recorded in pipeline.json with a key made from its
+parameters and the key of the stage before it. Re-running the same command skips finished stages, resumes an
+interrupted training stage from its last.pt, and redoes (saying so) every stage whose inputs changed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.state import PipelineState, stage_key
+from yolo.fileio import atomic_write_text
+
+
+class PipelineError(ValueError):
+    """A pipeline request that cannot run; one line naming the flag or file."""
+
+
+@dataclass
+class PipelineOptions:
+    """Pipeline settings; names are the `prune.py pipeline` flags (dashes -> underscores)."""
+
+    data: str = ""
+    weights: str = ""  # starting checkpoint (official YOLOv5 .pt or ours)
+    cfg: str = ""  # or a model yaml to train from scratch in the sparse stage
+    imgsz: int = 640
+    batch_size: int = 16
+    device: str = "cpu"
+    workers: int = 2
+    seed: int = 0
+    hyp: str | None = None
+    nbs: int = 64
+    optimizer: str = "SGD"
+    cos_lr: bool = False
+    dense_epochs: int = 0  # optional: train the same model without the penalty, for comparison
+    sparse_epochs: int = 30
+    sparsity: float = 1e-3
+    sparsity_schedule: str = "constant"
+    ratio: float | None = None
+    target_flops: float | None = 0.5
+    target_params: float | None = None
+    importance: str = "slim"
+    min_keep: float = 0.1
+    round_to: int = 8
+    ignore: list[str] = field(default_factory=list)
+    compensate: str = "beta"
+    recalibrate: int = 0
+    finetune_epochs: int = 30
+    teacher: bool = False
+    int8: bool = False
+    latency_runs: int = 50
+    threads: list[int] = field(default_factory=lambda: [1, 0])
+    project: str = "runs/pipeline"
+    name: str = "exp"
+    quiet: bool = False
+
+    def validate(self) -> PipelineOptions:
+        if not self.data:
+            raise PipelineError("--data is required (a YOLOv5 data.yaml)")
+        if not (self.weights or self.cfg):
+            raise PipelineError("give --weights (a checkpoint to shrink) or --cfg (a model yaml to train from scratch)")
+        if self.cfg and not self.weights and self.sparse_epochs < 1:
+            raise PipelineError("--cfg trains from scratch: --sparse-epochs must be >= 1")
+        amounts = [x for x in (self.ratio, self.target_flops, self.target_params) if x is not None]
+        if len(amounts) != 1:
+            raise PipelineError("give exactly one of --ratio (fraction REMOVED), --target-flops or --target-params "
+                                "(fraction KEPT)")
+        for flag, v in (("--weights", self.weights), ("--data", self.data), ("--hyp", self.hyp)):
+            if v and not Path(v).is_file():
+                raise PipelineError(f"{flag} {v}: file not found")
+        return self
+
+
+def _train_args(opt: PipelineOptions, run_dir: Path, name: str, epochs: int, **kw: Any) -> dict:
+    """The finetune.py arguments of a training stage (its run folder is <run>/<stage>)."""
+    args = {
+        "data": opt.data, "imgsz": opt.imgsz, "batch_size": opt.batch_size, "device": opt.device,
+        "workers": opt.workers, "seed": opt.seed, "hyp": opt.hyp, "nbs": opt.nbs, "optimizer": opt.optimizer,
+        "cos_lr": opt.cos_lr, "epochs": epochs, "project": str(run_dir), "name": name, "exist_ok": True,
+        "quiet": opt.quiet,
+    }
+    args.update(kw)
+    return args
+
+
+class Pipeline:
+    """Runs the stages in order, each one skipped, resumed or redone according to pipeline.json."""
+
+    def __init__(self, opt: PipelineOptions, run_dir: Path, log: Callable[[str], None] = print):
+        self.opt = opt.validate()
+        self.run_dir = Path(run_dir)
+        self.state = PipelineState(self.run_dir)
+        self.log = log
+        self._upstream = ""
+
+    # ---------------------------------------------------------------- stage mechanics
+    def _stage(self, name: str, params: dict, body: Callable[[bool], dict]) -> dict:
+        key = stage_key(params, self._upstream)
+        status = self.state.status(name, key)
+        self._upstream = key
+        if status == "done":
+            self.log(f"[{name}] already done with these inputs: skipped")
+            return self.state.outputs(name)
+        if status == "changed":
+            self.log(f"[{name}] inputs changed since the last run: redoing this stage (and the ones after it)")
+        elif status == "resume":
+            self.log(f"[{name}] was interrupted: resuming")
+        else:
+            self.log(f"[{name}] running")
+        self.state.begin(name, key, params)
+        t0 = time.time()
+        outputs = body(status == "resume")
+        self.state.finish(name, outputs)
+        self.log(f"[{name}] done in {time.time() - t0:.0f} s")
+        return outputs
+
+    def _train(self, stage: str, resume: bool, **kw: Any) -> dict:
+        from finetune.trainer import TrainOptions, train
+
+        args = _train_args(self.opt, self.run_dir, stage, **kw)
+        last = self.run_dir / stage / "weights" / "last.pt"
+        if resume and last.is_file():
+            args["resume"] = str(last)
+        elif (self.run_dir / stage).exists():
+            _clear_dir(self.run_dir / stage)
+        res = train(TrainOptions.from_any(args))
+        best = res.best if res.best and Path(res.best).is_file() else res.last
+        return {"last": str(res.last), "best": str(best), "metrics": _brief(res.metrics),
+                "epochs": res.epochs, "optimizer_steps": res.optimizer_steps}
+
+    # ---------------------------------------------------------------- stages
+    def run(self) -> dict:
+        o = self.opt
+        start = {"weights": _file_id(o.weights), "cfg": o.cfg, "data": _file_id(o.data), "imgsz": o.imgsz}
+        baseline = self._stage("baseline", start, lambda r: self._baseline())
+        train_common = {"batch": o.batch_size, "seed": o.seed, "hyp": _file_id(o.hyp), "nbs": o.nbs,
+                        "optimizer": o.optimizer, "cos_lr": o.cos_lr}
+        root = self._upstream
+        dense = None
+        if o.dense_epochs > 0:
+            dense = self._stage("dense", {**train_common, "epochs": o.dense_epochs},
+                                lambda r: self._train("dense", r, epochs=o.dense_epochs, **self._start_weights()))
+            self._upstream = root  # the dense model is a side branch: it does not feed the sparse stage
+        if o.sparse_epochs > 0:
+            sparse = self._stage(
+                "sparse",
+                {**train_common, "epochs": o.sparse_epochs, "sparsity": o.sparsity, "schedule": o.sparsity_schedule},
+                lambda r: self._train("sparse", r, epochs=o.sparse_epochs, sparsity=o.sparsity,
+                                      sparsity_schedule=o.sparsity_schedule, **self._start_weights()),
+            )
+            prunable = sparse["last"]
+        else:
+            prunable = o.weights
+        prune_params = {k: getattr(o, k) for k in ("ratio", "target_flops", "target_params", "importance",
+                                                    "min_keep", "round_to", "ignore", "compensate", "recalibrate")}
+        pruned = self._stage("prune", prune_params, lambda r: self._prune(prunable))
+        teacher = prunable if o.teacher else None
+        finetuned = self._stage(
+            "finetune", {**train_common, "epochs": o.finetune_epochs, "teacher": bool(teacher)},
+            lambda r: self._train("finetune", r, epochs=o.finetune_epochs, weights=pruned["weights"],
+                                  **({"teacher": teacher} if teacher else {})),
+        ) if o.finetune_epochs > 0 else {"best": pruned["weights"]}
+        models = {"baseline": prunable, "pruned": pruned["weights"], "finetuned": finetuned["best"]}
+        if dense:
+            models["dense"] = dense["best"]
+        report = self._stage("report", {"int8": o.int8, "runs": o.latency_runs, "threads": o.threads},
+                             lambda r: self._report(models))
+        summary = {"run_dir": str(self.run_dir), "baseline": baseline, "models": models, "report": report}
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+        return summary
+
+    def _start_weights(self) -> dict:
+        return {"weights": self.opt.weights} if self.opt.weights else {"cfg": self.opt.cfg}
+
+    def _baseline(self) -> dict:
+        """Score the starting checkpoint when its classes match the data (else: transfer learning, said once)."""
+        o = self.opt
+        if not o.weights:
+            return {"note": f"training from scratch ({o.cfg}): no starting model to score"}
+        from yolo.checkpoint import load_model
+        from yolo.data import load_data_yaml
+        from yolo.flops import model_info
+        from yolo.val import evaluate
+
+        model, meta = load_model(o.weights)
+        data = load_data_yaml(o.data)
+        info = model_info(model, o.imgsz)
+        if model.nc != data.nc:
+            self.log(f"[baseline] {o.weights} predicts {model.nc} classes, {o.data} has {data.nc}: "
+                     "transfer learning, the sparse stage trains a new Detect head")
+            return {"info": info, "note": "class count differs from the data: transfer learning"}
+        res = evaluate(model, data, imgsz=o.imgsz, batch_size=o.batch_size, device=o.device, workers=o.workers)
+        _save_json(self.run_dir / "baseline" / "metrics.json", res)
+        self.log(f"[baseline] mAP50 {res['map50']:.3f}  mAP50-95 {res['map']:.3f}  "
+                 f"{info['params'] / 1e6:.2f}M params  {info['gflops']:.2f} GFLOPs")
+        return {"info": info, "metrics": _brief(res)}
+
+    def _prune(self, weights: str) -> dict:
+        from prune.cli import save_pruned
+
+        from prune.api import PruneConfig, prune_model
+        from yolo.checkpoint import load_model
+        from yolo.data import load_data_yaml
+        from yolo.val import evaluate
+
+        o = self.opt
+        model, meta = load_model(weights)
+        cfg = PruneConfig(ratio=o.ratio, target_flops=o.target_flops, target_params=o.target_params,
+                          importance=o.importance, min_keep=o.min_keep, round_to=o.round_to,
+                          ignore=tuple(o.ignore), compensate=o.compensate, recalibrate=o.recalibrate, imgsz=o.imgsz)
+        data = load_data_yaml(o.data)
+        calib = _calib_loader(data, o) if (o.compensate == "mean" or o.recalibrate) else None
+        pruned, table = prune_model(model, cfg, calib_loader=calib)
+        out_dir = self.run_dir / "prune"
+        path = save_pruned(out_dir, pruned, meta, table, cfg)
+        res = evaluate(pruned, data, imgsz=o.imgsz, batch_size=o.batch_size, device=o.device, workers=o.workers)
+        _save_json(out_dir / "metrics.json", res)
+        self.log(f"[prune] {table.summary_line() if hasattr(table, 'summary_line') else ''} "
+                 f"before fine-tuning: mAP50 {res['map50']:.3f} mAP50-95 {res['map']:.3f}")
+        return {"weights": str(path), "metrics": _brief(res)}
+
+    def _report(self, models: dict[str, str]) -> dict:
+        from reports.report import build_entries, write_report
+
+        o = self.opt
+        out = self.run_dir / "report"
+        threads = [t or None for t in o.threads]
+        entries = build_entries(models, out, data=o.data, imgsz=o.imgsz, threads=threads, runs=o.latency_runs,
+                                eval_kwargs={"batch_size": o.batch_size, "workers": o.workers}, log=self.log)
+        if o.int8:
+            entries.append(self._int8_entry(models["finetuned"], out))
+        paths = write_report(out, entries, args=asdict(o), extras={})
+        return {k: str(v) for k, v in paths.items()}
+
+    def _int8_entry(self, weights: str, out: Path):
+        from reports.quantize import quantize_best
+        from reports.report import ModelEntry
+
+        o = self.opt
+        q = quantize_best(out / "finetuned.onnx", o.data, out / "finetuned_int8.onnx", imgsz=o.imgsz)
+        return ModelEntry.measure("int8", onnx_path=q["path"], imgsz=o.imgsz, metrics=q.get("metrics", {}),
+                                  latency=q.get("latency", {}), notes=q.get("notes", {}))
+
+
+def _calib_loader(data, o: PipelineOptions):
+    from yolo.data import create_dataloader
+
+    loader, _ = create_dataloader(data.train, o.imgsz, 8, workers=0, shuffle=True, seed=o.seed)
+    return loader
+
+
+def _brief(metrics: dict | None) -> dict:
+    keys = ("map50", "map", "precision", "recall")
+    return {k: float(metrics[k]) for k in keys if metrics and k in metrics}
+
+
+def _file_id(path: str | None) -> str | None:
+    """A file's identity for stage keys: path, size and modification time (cheap, catches replacements)."""
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        return str(path)
+    st = p.stat()
+    return f"{p.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def _save_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str))
+
+
+def _clear_dir(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
+
+
+def resolve_run_dir(project: str, name: str, new: bool = False) -> Path:
+    """Re-use project/name when it holds a pipeline (so re-running resumes it); --new makes exp2, exp3, ..."""
+    from finetune.runs import increment_run_dir
+
+    base = Path(project) / name
+    if not new and (base / "pipeline.json").is_file():
+        return base
+    if not new and not base.exists():
+        base.mkdir(parents=True)
+        return base
+    return increment_run_dir(project, name, exist_ok=False)
+
+
+def run_pipeline(opt: PipelineOptions, new: bool = False, log: Callable[[str], None] = print) -> dict:
+    opt.validate()
+    run_dir = resolve_run_dir(opt.project, opt.name, new)
+    log(f"pipeline run folder: {run_dir}")
+    return Pipeline(opt, run_dir, log).run()

@@ -1,0 +1,36 @@
+"""Library entry points: build the graph, plan, apply, or all three at once."""
+
+from __future__ import annotations
+
+import warnings
+
+from torch import nn
+
+from prune.apply import PruneWarning, apply_plan, recalibrate_bn
+from prune.config import PruneConfig, PruneError
+from prune.graph import PruneGraph, build_graph
+from prune.plan import PrunePlan, plan_pruning
+from prune.runs import save_pruned
+from prune.sweep import SweepResult, sweep
+from prune.table import PruneTable
+
+
+def prune_model(
+    model: nn.Module, config: PruneConfig, calib_loader=None, graph: PruneGraph | None = None
+) -> tuple[nn.Module, PruneTable]:
+    """Plan and apply in one call; returns (pruned copy, prune table). The input model is not changed."""
+    config.validate()
+    if (config.compensate == "mean" or config.recalibrate) and calib_loader is None:
+        raise PruneError("compensate='mean' and recalibrate need calibration images (--data / calib_loader)")
+    plan = plan_pruning(graph if graph is not None else model, config)
+    for w in plan.warnings:
+        warnings.warn(w, PruneWarning, stacklevel=2)
+    pruned = apply_plan(model, plan, calib_loader=calib_loader)
+    return pruned, plan.table
+
+
+__all__ = [
+    "PruneConfig", "PruneError", "PruneGraph", "PrunePlan", "PruneTable", "PruneWarning",
+    "SweepResult",
+    "apply_plan", "build_graph", "plan_pruning", "prune_model", "recalibrate_bn", "save_pruned", "sweep",
+]  # fmt: skip

@@ -1,0 +1,169 @@
+"""`prune` and `sweep` subcommands (the top-level prune.py dispatcher calls `register`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from prune.config import DEFAULT_MIN_KEEP, DEFAULT_ROUND_TO, DEFAULT_WARN_GAMMA, PruneConfig, PruneError
+from prune.runs import increment_path, save_pruned
+from prune.sweep import DEFAULT_RATIOS
+
+__all__ = ["register", "run_prune", "run_sweep", "save_pruned", "calib_loader"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prune", help="prune channels of a YOLOv5 checkpoint (network slimming + DepGraph)",
+                       description="Remove the least important channels (BatchNorm |gamma| by default) over the "
+                                   "whole model with one global threshold, slice the weights and save a smaller "
+                                   "checkpoint plus the prune table in runs/prune/exp*.")  # fmt: skip
+    _common(p, name="exp")
+    amount = p.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--ratio", type=float, help="fraction of the prunable channels REMOVED, in [0, 1)")
+    amount.add_argument("--target-flops", type=float, help="fraction of the FLOPs KEPT, in (0, 1] (e.g. 0.5)")
+    amount.add_argument("--target-params", type=float, help="fraction of the parameters KEPT, in (0, 1]")
+    p.add_argument("--recalibrate", type=int, default=0, metavar="N",
+                   help="re-estimate BatchNorm statistics on N training images after slicing (needs --data)")
+    p.set_defaults(func=run_prune)
+
+    s = sub.add_parser("sweep", help="prune copies at several ratios; report size and (with --data) mAP",
+                       description="Prune copies of the model at each ratio (no fine-tuning) and report params, "
+                                   "GFLOPs and, with --data, mAP50 / mAP50-95, as a table and a PNG.")  # fmt: skip
+    _common(s, name="sweep")
+    s.add_argument("--ratios", type=float, nargs="+", default=list(DEFAULT_RATIOS),
+                   help="fractions of channels REMOVED to try (default 0.1 0.2 ... 0.9)")
+    s.add_argument("--share", type=float, default=0.9,
+                   help="name the largest ratio whose mAP50 stays >= share x the unpruned mAP50 (default 0.9)")
+    s.set_defaults(func=run_sweep, recalibrate=0)
+
+
+def _common(p: argparse.ArgumentParser, name: str) -> None:
+    p.add_argument("--weights", required=True, help="official YOLOv5 .pt or a yolov5-slim checkpoint")
+    p.add_argument("--data", default=None, help="data.yaml: calibration images (mean/recalibrate), mAP in sweep")
+    p.add_argument("--imgsz", "--img", type=int, default=None, help="image size for GFLOPs (default: checkpoint's)")
+    p.add_argument("--importance", choices=("slim", "l1", "l2"), default="slim",
+                   help="slim: BatchNorm |gamma| (default); l1/l2: filter magnitude")
+    p.add_argument("--min-keep", type=float, default=DEFAULT_MIN_KEEP,
+                   help="per-layer floor: fraction (<1) or count (>=1) of channels kept (default 0.1, >= 1 always)")
+    p.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO,
+                   help=f"kept channels per layer rounded up to a multiple of N (default {DEFAULT_ROUND_TO})")
+    p.add_argument("--ignore", action="append", default=[], metavar="GLOB",
+                   help="leave layers matching this module-name pattern alone, e.g. 'model.0.*' (repeatable)")
+    p.add_argument("--compensate", choices=("beta", "mean", "none"), default="beta",
+                   help="fold removed channels' constant act(beta) (default) or mean input into their consumers")
+    p.add_argument("--calib-images", type=int, default=64, help="images for --compensate mean (default 64)")
+    p.add_argument("--warn-gamma", type=float, default=DEFAULT_WARN_GAMMA,
+                   help=f"warn when a removed channel has |gamma| above this (default {DEFAULT_WARN_GAMMA})")
+    p.add_argument("--batch-size", type=int, default=16, help="batch size for calibration / scoring")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--project", default="runs/prune", help="parent folder of run folders (default runs/prune)")
+    p.add_argument("--name", default=name, help=f"run folder name (default {name}, then {name}2, ...)")
+    p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
+    p.add_argument("--device", default="cpu", help="cpu, 0, cuda:0 ... (default cpu)")
+
+
+def config_from_args(args: argparse.Namespace, imgsz: int) -> PruneConfig:
+    return PruneConfig(
+        ratio=getattr(args, "ratio", None), target_flops=getattr(args, "target_flops", None),
+        target_params=getattr(args, "target_params", None), importance=args.importance, min_keep=args.min_keep,
+        round_to=args.round_to, ignore=tuple(args.ignore or ()), compensate=args.compensate,
+        recalibrate=int(getattr(args, "recalibrate", 0) or 0), calib_images=args.calib_images,
+        warn_gamma=args.warn_gamma, imgsz=imgsz,
+    )  # fmt: skip
+
+
+def calib_loader(data: Any, imgsz: int, n_images: int, batch_size: int = 16, stride: int = 32, workers: int = 0):
+    """Training images (evenly spaced over the split), letterboxed, no augmentation: for 'mean' and BN stats."""
+    from yolo.data import create_dataloader, load_data_yaml
+
+    cfg = data if hasattr(data, "train") else load_data_yaml(data)
+    files = list(cfg.train)
+    if not files:
+        raise PruneError(f"{getattr(cfg, 'yaml_path', data)}: no training images for calibration")
+    step = max(1, len(files) // max(n_images, 1))
+    files = files[::step][:n_images]
+    loader, _ = create_dataloader(files, imgsz, min(batch_size, len(files)), stride=stride, names=cfg.names,
+                                  augment=False, rect=False, workers=workers, shuffle=False)  # fmt: skip
+    return loader
+
+
+def _load(args: argparse.Namespace):
+    from yolo.checkpoint import load_model
+    from yolo.device import select_device
+
+    device = select_device(args.device)
+    model, meta = load_model(args.weights, device)
+    imgsz = int(args.imgsz or meta.get("imgsz") or 640)
+    return model, meta, imgsz, device
+
+
+def _calib(args, config: PruneConfig, model, need: bool):
+    if not need:
+        return None
+    if not args.data:
+        raise PruneError("--compensate mean and --recalibrate need training images: give --data")
+    n = max(config.calib_images, config.recalibrate)
+    stride = int(max(model.stride.tolist())) if hasattr(model, "stride") else 32
+    return calib_loader(args.data, config.imgsz, n, args.batch_size, stride, args.workers)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 140)
+
+
+def run_prune(args: argparse.Namespace) -> dict:
+    from prune.apply import apply_plan
+    from prune.graph import build_graph
+    from prune.plan import plan_pruning
+
+    PruneConfig(ratio=args.ratio, target_flops=args.target_flops, target_params=args.target_params).validate()
+    model, meta, imgsz, _ = _load(args)
+    config = config_from_args(args, imgsz).validate()
+    calib = _calib(args, config, model, config.compensate == "mean" or config.recalibrate > 0)
+    graph = build_graph(model, config.imgsz, config.ignore)
+    plan = plan_pruning(graph, config)
+    pruned = apply_plan(model, plan, calib_loader=calib)
+    save_dir = increment_path(args.project, args.name, args.exist_ok)
+    path = save_pruned(save_dir, pruned, meta, plan.table, config, weights=args.weights)
+    console = _console()
+    console.print(plan.table.rich_table())
+    for name, why in plan.table.protected:
+        console.print(f"[yellow]protected[/yellow] {name}: {why}")
+    for w in plan.table.warnings:
+        console.print(f"[bold yellow]warning:[/bold yellow] {w}")
+    console.print(plan.table.summary_line())
+    console.print(f"saved {path} and prune_table.csv/.json/.txt in {save_dir}")
+    return {"save_dir": str(save_dir), "weights": str(path), "table": plan.table}
+
+
+def run_sweep(args: argparse.Namespace) -> dict:
+    from prune.sweep import sweep
+
+    if not 0 < args.share <= 1:
+        raise PruneError(f"--share {args.share} must be in (0, 1]")
+    bad = [r for r in args.ratios if not 0 <= r < 1]
+    if bad:
+        raise PruneError(f"--ratios {bad[0]} is outside [0, 1): ratios are fractions of channels REMOVED")
+    model, meta, imgsz, device = _load(args)
+    config = config_from_args(args, imgsz)
+    config.ratio = 0.0
+    config.validate()
+    calib = _calib(args, config, model, config.compensate == "mean")
+    console = _console()
+    res = sweep(model, args.ratios, data=args.data, config=config, share=args.share, calib_loader=calib,
+                log=lambda m: print(m, file=sys.stderr), batch_size=args.batch_size, workers=args.workers,
+                device=device)  # fmt: skip
+    save_dir = increment_path(args.project, args.name, args.exist_ok)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    res.to_csv(save_dir / "sweep.csv")
+    res.to_json(save_dir / "sweep.json")
+    png = res.plot(save_dir / "sweep.png")
+    console.print(res.rich_table())
+    if args.data and res.best_ratio is None:
+        console.print(f"no ratio keeps mAP50 >= {args.share:g} x the unpruned model's")
+    console.print(f"saved sweep.csv/.json and {Path(png).name} in {save_dir}")
+    return {"save_dir": str(save_dir), "result": res}

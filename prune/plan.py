@@ -1,0 +1,187 @@
+"""Which channels go: one global order of all prunable channels by importance, cut by a ratio or a target.
+
+The k least important channels (over all groups) are the candidates; each group then keeps at least its floor
+(min_keep) and rounds what it keeps UP to a multiple of round_to (never above its size). For a FLOPs/params
+target, k is found by bisection: the cost is monotone in k, rounding included, so the plan returned keeps the
+largest cost that is still <= the target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+
+from prune.config import PruneConfig, PruneError
+from prune.cost import CostModel
+from prune.graph import GroupInfo, Member, PruneGraph, Sink, build_graph
+from prune.importance import group_scores
+from prune.table import PruneRow, PruneTable
+
+
+@dataclass
+class GroupPlan:
+    info: GroupInfo
+    keep: int
+    removed: np.ndarray  # group channel indices removed (sorted)
+
+    def member_removed(self, m: Member) -> np.ndarray:
+        """Module-level channel indices of member `m` that go."""
+        return np.sort(m.idxs[np.isin(m.root, self.removed)])
+
+
+@dataclass
+class PrunePlan:
+    config: PruneConfig
+    groups: list[GroupPlan]
+    sinks: dict[str, Sink | None]
+    shapes: dict[str, tuple[int, ...]]  # module name -> shape before pruning, to check the plan fits a model
+    table: PruneTable
+    in_ch: int = 3
+    probe_size: int = 64
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def removed_channels(self) -> int:
+        return int(sum(len(g.removed) for g in self.groups))
+
+
+class Selector:
+    """Global ordering of channels and the per-group keep counts for the first k of them."""
+
+    def __init__(self, graph: PruneGraph, scores: list[np.ndarray], config: PruneConfig):
+        self.graph, self.scores, self.config = graph, scores, config
+        self.sizes = np.array([g.channels for g in graph.groups], dtype=np.int64)
+        self.floors = np.array([config.floor(int(c)) for c in self.sizes], dtype=np.int64)
+        flat = np.concatenate(scores) if scores else np.zeros(0)
+        order = np.argsort(flat, kind="stable")
+        rank = np.empty(len(flat), dtype=np.int64)
+        rank[order] = np.arange(len(flat))
+        self.sorted_scores = flat[order]
+        bounds = np.cumsum(np.r_[0, self.sizes])
+        self.positions = [np.sort(rank[bounds[i] : bounds[i + 1]]) for i in range(len(self.sizes))]
+        self.total = len(flat)
+        self.cost = CostModel(graph)
+
+    def keeps(self, k: int) -> np.ndarray:
+        """Channels kept per group when the k globally least important are candidates for removal."""
+        raw = self.sizes - np.array([np.searchsorted(p, k) for p in self.positions], dtype=np.int64)
+        keep = np.maximum(raw, self.floors)
+        n = int(self.config.round_to)
+        if n > 1:
+            keep = np.minimum(self.sizes, -(-keep // n) * n)
+        return keep
+
+    def cost_at(self, k: int) -> tuple[float, float]:
+        return self.cost.evaluate(self.sizes - self.keeps(k))
+
+    def threshold(self, k: int) -> float:
+        """Scores strictly below this are removed (ties broken by order): the score of the first channel kept."""
+        if self.total == 0:
+            return 0.0
+        return float(self.sorted_scores[k]) if k < self.total else math.inf
+
+    def k_for_ratio(self, ratio: float) -> int:
+        return int(round(ratio * self.total))
+
+    def k_for_target(self, metric: str, fraction: float) -> int:
+        idx = 0 if metric == "flops" else 1
+        base = self.cost.evaluate(np.zeros(len(self.sizes)))[idx]
+        goal = fraction * base * (1 + 1e-9)
+        floor_cost = self.cost_at(self.total)[idx]
+        if floor_cost > goal:
+            c = self.config
+            raise PruneError(
+                f"target_{metric} {fraction:g} cannot be met without emptying layers: with every prunable layer at "
+                f"its floor (min_keep {c.min_keep:g}, round_to {c.round_to}) the model keeps "
+                f"{floor_cost / base:.1%} of its {metric.upper() if metric == 'flops' else metric}"
+            )
+        lo, hi = 0, self.total
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.cost_at(mid)[idx] <= goal:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+
+def plan_pruning(
+    model: nn.Module | PruneGraph, config: PruneConfig, scores: list[np.ndarray] | None = None
+) -> PrunePlan:
+    """Decide which channels to remove. `model` may be a PruneGraph already built (see build_graph)."""
+    config.validate()
+    graph = model if isinstance(model, PruneGraph) else build_graph(model, config.imgsz, config.ignore)
+    if tuple(config.ignore) != graph.ignore:
+        raise PruneError(f"the graph was built with ignore={list(graph.ignore)}, the config says {list(config.ignore)}")
+    if scores is None:
+        scores = group_scores(graph, config.importance)
+    sel = Selector(graph, scores, config)
+    if config.ratio is not None:
+        k = sel.k_for_ratio(config.ratio)
+    elif config.target_flops is not None:
+        k = sel.k_for_target("flops", config.target_flops)
+    else:
+        k = sel.k_for_target("params", config.target_params)
+    return _make_plan(graph, sel, k)
+
+
+def _make_plan(graph: PruneGraph, sel: Selector, k: int) -> PrunePlan:
+    keep = sel.keeps(k)
+    plans = []
+    for g, s, kp in zip(graph.groups, sel.scores, keep):
+        order = np.argsort(s, kind="stable")
+        plans.append(GroupPlan(g, int(kp), np.sort(order[: g.channels - int(kp)])))
+    flops, params = sel.cost.evaluate(sel.sizes - keep)
+    table = _table(graph, sel, plans, k, flops, params)
+    shapes = {n: (c.cout, c.cin, c.groups) for n, c in graph.convs.items()}
+    shapes.update({n: (c,) for n, c in graph.bns.items()})
+    plan = PrunePlan(sel.config, plans, dict(graph.sinks), shapes, table, graph.in_ch, graph.probe_size)
+    plan.warnings = table.warnings
+    return plan
+
+
+def _table(graph: PruneGraph, sel: Selector, plans: list[GroupPlan], k: int, flops: float, params: float):
+    rows = []
+    for p, s in zip(plans, sel.scores):
+        g = p.info
+        kept = np.setdiff1d(np.arange(g.channels), p.removed)
+        rows.append(
+            PruneRow(
+                layer=g.layer, name=g.name, type=g.ltype, coupled=len(g.producers), before=g.channels, after=p.keep,
+                min_kept_gamma=float(g.gamma[kept].min()) if len(kept) else math.nan,
+                max_removed_gamma=float(g.gamma[p.removed].max()) if len(p.removed) else math.nan,
+                min_kept_score=float(s[kept].min()) if len(kept) else math.nan,
+            )
+        )
+    c = sel.config
+    table = PruneTable(
+        rows=rows, importance=c.importance, threshold=sel.threshold(k), request=_request(c),
+        params_before=int(graph.params), params_after=int(round(params)),
+        gflops_before=graph.flops / 1e9, gflops_after=flops / 1e9, imgsz=graph.imgsz,
+        protected=list(graph.protected), config=c.to_dict(),
+    )
+    table.warnings = _warnings(table, c)
+    return table
+
+
+def _request(c: PruneConfig) -> str:
+    if c.ratio is not None:
+        return f"ratio {c.ratio:g} (fraction of channels REMOVED)"
+    if c.target_flops is not None:
+        return f"target_flops {c.target_flops:g} (fraction of FLOPs KEPT)"
+    return f"target_params {c.target_params:g} (fraction of parameters KEPT)"
+
+
+def _warnings(table: PruneTable, c: PruneConfig) -> list[str]:
+    worst = table.max_removed_gamma
+    if not math.isnan(worst) and worst > c.warn_gamma:
+        n = sum(1 for r in table.rows if not math.isnan(r.max_removed_gamma) and r.max_removed_gamma > c.warn_gamma)
+        return [
+            f"this plan removes channels whose BatchNorm |gamma| is far from zero (up to {worst:.3g} > warn_gamma "
+            f"{c.warn_gamma:g}, in {n} layers): they carry real signal, so expect a clear mAP drop. Sparse-train "
+            f"first (the sparsity stage, BN L1 penalty) until gammas collapse, and fine-tune after pruning."
+        ]
+    return []

@@ -1,0 +1,162 @@
+"""The prune table: one row per prunable group, plus totals, as rows / CSV / JSON / a rich table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from yolo.fileio import atomic_write_text
+
+COLUMNS = ("layer", "name", "type", "coupled", "before", "after", "removed_pct", "min_kept_gamma",
+           "max_removed_gamma", "min_kept_score")  # fmt: skip
+
+
+@dataclass
+class PruneRow:
+    layer: int  # yaml layer index
+    name: str  # first producing conv of the group
+    type: str  # yaml module type (C3, Conv, SPPF, ...)
+    coupled: int  # convs whose outputs are these same channels (residual adds)
+    before: int
+    after: int
+    min_kept_gamma: float  # smallest |gamma| kept (group max over its BNs)
+    max_removed_gamma: float  # largest |gamma| removed
+    min_kept_score: float  # smallest importance kept (= min_kept_gamma for 'slim')
+
+    @property
+    def removed_pct(self) -> float:
+        return 100.0 * (self.before - self.after) / self.before if self.before else 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["removed_pct"] = round(self.removed_pct, 2)
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+@dataclass
+class PruneTable:
+    rows: list[PruneRow]
+    importance: str
+    threshold: float  # the one global importance threshold
+    request: str
+    params_before: int
+    params_after: int
+    gflops_before: float
+    gflops_after: float
+    imgsz: int
+    protected: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    @property
+    def channels_before(self) -> int:
+        return sum(r.before for r in self.rows)
+
+    @property
+    def channels_after(self) -> int:
+        return sum(r.after for r in self.rows)
+
+    @property
+    def removed_fraction(self) -> float:
+        return 1 - self.channels_after / self.channels_before if self.channels_before else 0.0
+
+    @property
+    def flops_kept(self) -> float:
+        return self.gflops_after / self.gflops_before if self.gflops_before else 1.0
+
+    @property
+    def params_kept(self) -> float:
+        return self.params_after / self.params_before if self.params_before else 1.0
+
+    @property
+    def max_removed_gamma(self) -> float:
+        vals = [r.max_removed_gamma for r in self.rows if not math.isnan(r.max_removed_gamma)]
+        return max(vals) if vals else math.nan
+
+    def summary_line(self) -> str:
+        return (
+            f"{self.request}: channels {self.channels_before} -> {self.channels_after} "
+            f"(-{100 * self.removed_fraction:.1f}%), params {self.params_before / 1e6:.3f}M -> "
+            f"{self.params_after / 1e6:.3f}M ({self.params_kept:.1%} kept), GFLOPs@{self.imgsz} "
+            f"{self.gflops_before:.3f} -> {self.gflops_after:.3f} ({self.flops_kept:.1%} kept)"
+        )
+
+    def to_rows(self) -> list[dict]:
+        return [r.as_dict() for r in self.rows]
+
+    def totals(self) -> dict:
+        thr = self.threshold if math.isfinite(self.threshold) else None
+        return {
+            "importance": self.importance, "request": self.request, "threshold": thr,
+            "channels_before": self.channels_before, "channels_after": self.channels_after,
+            "channels_removed_fraction": round(self.removed_fraction, 6),
+            "params_before": self.params_before, "params_after": self.params_after,
+            "params_kept": round(self.params_kept, 6), "gflops_before": round(self.gflops_before, 4),
+            "gflops_after": round(self.gflops_after, 4), "flops_kept": round(self.flops_kept, 6),
+            "imgsz": self.imgsz, "max_removed_gamma": _none_if_nan(self.max_removed_gamma),
+        }  # fmt: skip
+
+    def summary(self) -> dict:
+        """What goes into the checkpoint's meta['history']."""
+        return {
+            "op": "prune", **self.totals(), "config": self.config,
+            "layers": [[r.name, r.before, r.after] for r in self.rows],
+            "protected": [list(p) for p in self.protected], "warnings": list(self.warnings),
+        }  # fmt: skip
+
+    def to_json(self, path: str | Path) -> Path:
+        d = {"totals": self.totals(), "rows": self.to_rows(), "protected": [list(p) for p in self.protected],
+             "warnings": self.warnings, "config": self.config}  # fmt: skip
+        return atomic_write_text(path, json.dumps(d, indent=2) + "\n")
+
+    def to_csv(self, path: str | Path) -> Path:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(COLUMNS))
+        w.writeheader()
+        for r in self.to_rows():
+            w.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
+        return atomic_write_text(path, buf.getvalue())
+
+    def rich_table(self):
+        from rich.table import Table
+
+        thr = f"{self.threshold:.4g}" if math.isfinite(self.threshold) else "inf"
+        t = Table(title=f"Prune plan: {self.request}; importance {self.importance}, global threshold {thr}")
+        for col, just in (("layer", "right"), ("name", "left"), ("type", "left"), ("coupled", "right"),
+                          ("channels", "right"), ("removed", "right"), ("min kept |γ|", "right"),
+                          ("max removed |γ|", "right")):  # fmt: skip
+            t.add_column(col, justify=just)
+        for r in self.rows:
+            t.add_row(str(r.layer), r.name, r.type, str(r.coupled), f"{r.before} -> {r.after}",
+                      f"{r.removed_pct:.0f}%", _fmt(r.min_kept_gamma), _fmt(r.max_removed_gamma))  # fmt: skip
+        t.add_section()
+        t.add_row("", "total", "", "", f"{self.channels_before} -> {self.channels_after}",
+                  f"{100 * self.removed_fraction:.1f}%", "", _fmt(self.max_removed_gamma))  # fmt: skip
+        t.caption = (
+            f"params {self.params_before / 1e6:.3f}M -> {self.params_after / 1e6:.3f}M ({self.params_kept:.1%} kept); "
+            f"GFLOPs@{self.imgsz} {self.gflops_before:.3f} -> {self.gflops_after:.3f} ({self.flops_kept:.1%} kept)"
+        )
+        return t
+
+    def render_text(self, width: int = 140) -> str:
+        from rich.console import Console
+
+        console = Console(file=io.StringIO(), width=width, record=True)
+        console.print(self.rich_table())
+        for name, why in self.protected:
+            console.print(f"protected: {name}: {why}")
+        for w in self.warnings:
+            console.print(f"warning: {w}")
+        return console.export_text()
+
+
+def _fmt(v: float) -> str:
+    return "-" if v is None or math.isnan(v) else f"{v:.4g}"
+
+
+def _none_if_nan(v: float):
+    return None if v is None or math.isnan(v) else v

@@ -1,0 +1,313 @@
+"""Sub-commands `export`, `benchmark`, `report` and `detect` for the top-level `prune.py` dispatcher.
+
+    parser = argparse.ArgumentParser(); sub = parser.add_subparsers(dest="command")
+    reports.cli.register(sub); args = parser.parse_args(); args.func(args)
+
+Each `func(args)` returns 0 and raises a ValueError / OSError subclass with a one-line message on bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+SHAPE_HELP = "inference size: one int (square) or two ints h w; each a multiple of the model's max stride"
+
+
+def _imgsz(v: list[int] | None, default: int = 640) -> int | tuple[int, int]:
+    if not v:
+        return int(default)
+    if len(v) == 1:
+        return int(v[0])
+    if len(v) == 2:
+        return int(v[0]), int(v[1])
+    raise ValueError(f"--imgsz takes one or two integers, got {len(v)}")
+
+
+def _threads(values: list[str] | None) -> list[int | None]:
+    out: list[int | None] = []
+    for v in values or ["1", "all"]:
+        if str(v).lower() in ("all", "0"):
+            out.append(None)
+        elif str(v).isdigit():
+            out.append(int(v))
+        else:
+            raise ValueError(f"--threads {v!r}: expected a positive integer or 'all'")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- export
+
+
+def cmd_export(args: Any) -> int:
+    from reports.export import ExportError, check_parity, export_onnx
+    from reports.imaging import list_images
+    from yolo.checkpoint import load_model
+
+    if args.int8 and not args.calib_data:
+        raise ValueError("--int8 needs --calib-data DATA.yaml (its train images calibrate the activations)")
+    weights = Path(args.weights)
+    model, meta = load_model(weights)
+    imgsz = _imgsz(args.imgsz, int(meta.get("imgsz") or 640))
+    out = Path(args.out) if args.out else weights.with_suffix(".onnx")
+    if out.suffix.lower() != ".onnx":
+        out = out / f"{weights.stem}.onnx"
+    path = export_onnx(
+        model,
+        out,
+        imgsz=imgsz,
+        opset=args.opset,
+        dynamic=args.dynamic,
+        simplify=not args.no_simplify,
+        metadata=meta,
+        batch=args.batch,
+    )
+    data = None
+    if args.parity_source:
+        parity_images: list[Any] = list_images(args.parity_source)[:4]
+    elif args.calib_data:
+        from yolo.data import load_data_yaml
+
+        data = load_data_yaml(args.calib_data)
+        parity_images = list(data.val or data.train)[:2]
+    else:
+        parity_images = _synthetic_images(imgsz)
+    try:
+        rep = check_parity(model, path, parity_images, threads=args.threads)
+    except ExportError:
+        path.unlink(missing_ok=True)  # a file that does not match its model is not handed out
+        raise
+    print(f"exported {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
+    print(rep.summary())
+    if args.int8:
+        _export_int8(args, path, data, imgsz if isinstance(imgsz, int) else max(imgsz))
+    return 0
+
+
+def _synthetic_images(imgsz) -> list:
+    import numpy as np
+
+    from reports.imaging import to_shape
+
+    h, w = to_shape(imgsz)
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (h, int(w * 0.75), 3), dtype=np.uint8) for _ in range(2)]
+
+
+def _export_int8(args: Any, fp32: Path, data, imgsz: int) -> None:
+    from reports.quantize import quantize_best
+
+    explicit = args.int8_activations != "auto"
+    res = quantize_best(
+        fp32,
+        data if data is not None else args.calib_data,
+        fp32.with_name(f"{fp32.stem}-int8.onnx"),
+        imgsz=imgsz,
+        activations=[args.int8_activations] if explicit else ["u8", "s8"],
+        method=args.int8_method,
+        calib_images=args.calib_images,
+        map_tolerance=args.int8_map_tol,
+        score=not args.int8_no_eval,
+        rounds=args.int8_rounds,
+        keep_best_measured=explicit,
+    )
+    if res["path"]:
+        note = "" if res["chosen"] else " (kept because --int8-activations was given, although it did not qualify)"
+        print(f"int8: wrote {res['path']}{note}")
+    else:
+        print(f"int8: no int8 file written; the deliverable is {fp32}")
+
+
+# ----------------------------------------------------------------------------------------------- benchmark
+
+
+def cmd_benchmark(args: Any) -> int:
+    import tempfile
+
+    from reports.export import export_onnx
+    from reports.latency import add_ratios, benchmark_files
+    from yolo.checkpoint import load_model
+    from yolo.fileio import atomic_write_text
+
+    imgsz = _imgsz(args.imgsz, 640)
+    paths: dict[str, Path] = {}
+    torch_models: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        for w in map(Path, args.files):
+            name = w.stem if w.stem not in paths else f"{w.stem}-{len(paths)}"
+            if w.suffix.lower() == ".onnx":
+                if not w.is_file():
+                    raise FileNotFoundError(f"ONNX model {w} not found")
+                paths[name] = w
+            else:
+                model, meta = load_model(w)
+                paths[name] = export_onnx(model, Path(tmp) / f"{name}.onnx", imgsz, metadata=meta)
+                if args.torch:
+                    torch_models[name] = model
+        res = benchmark_files(
+            paths,
+            threads=_threads(args.threads),
+            runs=args.runs,
+            warmup=args.warmup,
+            imgsz=imgsz,
+            torch_models=torch_models,
+            device=args.device,
+        )
+    for setting in res["results"].values():
+        add_ratios(setting, next(iter(setting)))
+    _print_latency(res)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(res, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _print_latency(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    cpu = res["environment"]["cpu"]
+    t = Table(title=f"latency ({cpu['model']}; {', '.join(cpu['flags'])}; ORT {res['environment']['onnxruntime']})")
+    for c in ("model", "threads", "median ms", "p90 ms", "vs first"):
+        t.add_column(c, justify="left" if c == "model" else "right")
+    for setting in res["results"].values():
+        for name, r in setting.items():
+            t.add_row(name, str(r["threads"]), f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['speedup']:.2f}x")
+    Console().print(t)
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def cmd_report(args: Any) -> int:
+    from reports.imaging import list_images
+    from reports.report import build_entries, write_report
+
+    weights = {
+        role: w
+        for role, w in (
+            ("baseline", args.baseline),
+            ("pruned", args.pruned),
+            ("finetuned", args.finetuned),
+            ("int8", args.int8),
+        )
+        if w
+    }
+    if not weights:
+        raise ValueError("report: give at least one of --baseline, --pruned, --finetuned, --int8")
+    imgsz = _imgsz(args.imgsz, 640)
+    if not isinstance(imgsz, int):
+        raise ValueError("report: --imgsz takes one integer (models are compared at a square size)")
+    run_dir = Path(args.run_dir)
+    entries = build_entries(
+        weights,
+        run_dir,
+        data=args.data,
+        imgsz=imgsz,
+        threads=_threads(args.threads),
+        runs=args.runs,
+        evaluator=args.evaluator,
+    )
+    extras: dict[str, Any] = {"imgsz": imgsz}
+    if args.images:
+        extras["images"] = [str(p) for p in list_images(args.images)[: args.max_images]]
+    if args.sweep:
+        extras["sweep"] = json.loads(Path(args.sweep).read_text())
+    paths = write_report(run_dir, entries, args={k: v for k, v in vars(args).items() if k != "func"}, extras=extras)
+    print(f"wrote {paths['json']} and {paths['md']}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- detect
+
+
+def cmd_detect(args: Any) -> int:
+    from reports.detect import detect
+
+    files = detect(
+        args.weights,
+        args.source,
+        args.out,
+        imgsz=_imgsz(args.imgsz, 640),
+        conf_thres=args.conf_thres,
+        iou_thres=args.iou_thres,
+        max_det=args.max_det,
+        threads=args.threads,
+        device=args.device,
+    )
+    print(f"{len(files)} image(s) written to {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- parsers
+
+
+def register(subparsers) -> None:
+    """Add the export / benchmark / report / detect sub-commands to an argparse sub-parsers object."""
+    p = subparsers.add_parser("export", help="export a checkpoint to ONNX (optionally int8), checked against PyTorch")
+    p.add_argument("--weights", required=True, help="official YOLOv5 .pt or a yolov5-slim checkpoint")
+    p.add_argument("--imgsz", "--img", type=int, nargs="+", help=SHAPE_HELP + " (default: the checkpoint's)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the exported input")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument(
+        "--dynamic",
+        nargs="?",
+        const="all",
+        default="none",
+        choices=["none", "batch", "hw", "all"],
+        help="dynamic axes (bare --dynamic = batch, height and width)",
+    )
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    p.add_argument("--out", help="output .onnx path or folder (default: next to --weights)")
+    p.add_argument("--parity-source", help="image file/folder for the ORT-vs-PyTorch check (default: --calib-data val)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the checks")
+    p.add_argument("--int8", action="store_true", help="also write a static int8 (QDQ) model if it pays off")
+    p.add_argument("--calib-data", help="data.yaml: train images calibrate int8, val images score it")
+    p.add_argument("--calib-images", type=int, default=32, help="number of calibration images")
+    p.add_argument("--int8-activations", choices=["auto", "u8", "s8"], default="auto", help="auto: time both")
+    p.add_argument("--int8-method", choices=["minmax", "entropy", "percentile"], default="percentile")
+    p.add_argument("--int8-map-tol", type=float, default=0.01, help="max mAP50-95 loss vs fp32 to keep int8")
+    p.add_argument("--int8-rounds", type=int, default=30, help="interleaved latency rounds for int8 vs fp32")
+    p.add_argument("--int8-no-eval", action="store_true", help="do not score int8 on the val split")
+    p.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser("benchmark", help="latency of several .pt/.onnx files, timed interleaved")
+    p.add_argument("files", nargs="+", help=".onnx files or checkpoints (exported to a temporary ONNX)")
+    p.add_argument("--imgsz", "--img", type=int, nargs="+", help=SHAPE_HELP + " (for dynamic models / .pt)")
+    p.add_argument("--threads", nargs="+", help="thread counts, 'all' = every usable core (default: 1 all)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per model (after --warmup)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--torch", action="store_true", help="also time checkpoints in PyTorch")
+    p.add_argument("--device", default="cpu", help="PyTorch device for --torch (cpu or cuda:0)")
+    p.add_argument("--json", help="write the figures to this JSON file")
+    p.set_defaults(func=cmd_benchmark)
+
+    p = subparsers.add_parser("report", help="sizes, latency, mAP and plots of baseline/pruned/fine-tuned/int8")
+    p.add_argument("--baseline", help="baseline .pt or .onnx")
+    p.add_argument("--pruned", help="pruned .pt or .onnx")
+    p.add_argument("--finetuned", help="pruned + fine-tuned .pt or .onnx")
+    p.add_argument("--int8", help="int8 .onnx")
+    p.add_argument("--data", help="data.yaml to score every model on its val split")
+    p.add_argument("--evaluator", choices=["auto", "torch", "onnx"], default="auto")
+    p.add_argument("--imgsz", "--img", type=int, nargs="+", help="square inference size (default 640)")
+    p.add_argument("--threads", nargs="+", help="ONNX Runtime thread counts (default: 1 all)")
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--images", help="image file/folder for side-by-side detections")
+    p.add_argument("--max-images", type=int, default=3)
+    p.add_argument("--sweep", help="JSON list of {ratio, map, map50, gflops} rows for the sweep plot")
+    p.add_argument("--run-dir", "--out", dest="run_dir", default="runs/report/exp")
+    p.set_defaults(func=cmd_report)
+
+    p = subparsers.add_parser("detect", help="draw a model's detections on images")
+    p.add_argument("--weights", required=True, help=".pt (ours or official) or .onnx")
+    p.add_argument("--source", required=True, help="an image file or a folder of images")
+    p.add_argument("--imgsz", "--img", type=int, nargs="+", help=SHAPE_HELP)
+    p.add_argument("--conf-thres", type=float, default=0.25)
+    p.add_argument("--iou-thres", type=float, default=0.45)
+    p.add_argument("--max-det", type=int, default=300)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="runs/detect/exp")
+    p.set_defaults(func=cmd_detect)

@@ -1,0 +1,418 @@
+"""ONNX export of a DetectionModel, checked against PyTorch on real images.
+
+`export_onnx` writes one self-describing file: input `images` (float32 NCHW, RGB, 0-1), output `output0`
+(N, anchors, 5 + nc) decoded as the PyTorch model decodes in eval mode (cx, cy, w, h in input pixels,
+objectness, class scores), BatchNorm folded, simplified with onnxslim, validated by `onnx.checker`, metadata
+`names` / `stride` / `imgsz` / `prune` / `producer`. The file appears atomically or not at all.
+
+`check_parity` runs the file in ONNX Runtime and the original module in PyTorch on letterboxed images and
+compares decoded outputs and post-NMS detections against stated tolerances.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from reports.imaging import ImageLike, prepare, to_shape
+
+PRODUCER = "yolov5-slim"
+INPUT_NAME = "images"
+OUTPUT_NAME = "output0"
+DynamicSpec = Union[bool, str, None]
+
+# fp32 parity tolerances (ONNX Runtime vs the unfused PyTorch module): BN folding and kernel differences move a
+# box by well under a hundredth of a pixel and a probability by ~1e-6 on real models; these bounds are 5-100x that.
+BOX_TOL_PX = 0.05
+SCORE_TOL = 1e-4
+
+
+class ExportError(ValueError):
+    """An export that cannot be done or did not verify; the message is one line naming the cause."""
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def max_stride(model: nn.Module) -> int:
+    stride = getattr(model, "stride", None)
+    if stride is None:
+        return 32
+    return int(torch.as_tensor(stride).max().item())
+
+
+def check_imgsz(imgsz: int | Sequence[int], stride: int, flag: str = "--imgsz") -> tuple[int, int]:
+    """(h, w) of the export; each side must be a positive multiple of the model's max stride."""
+    try:
+        h, w = to_shape(imgsz)
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"{flag}: {e}") from None
+    bad = [s for s in (h, w) if s <= 0 or s % stride]
+    if bad:
+        shown = " ".join(str(v) for v in ((h,) if h == w else (h, w)))
+        raise ExportError(
+            f"{flag} {shown}: {bad[0]} is not a multiple of the model's max stride {stride} "
+            f"(use e.g. {max(stride, round(bad[0] / stride) * stride)})"
+        )
+    return h, w
+
+
+def check_out_dir(folder: Path) -> Path:
+    """Create `folder` if needed and prove it writable with a probe file; one-line error otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ExportError(f"output folder {folder} is not writable ({reason})") from None
+    return folder
+
+
+def normalise_dynamic(dynamic: DynamicSpec) -> str:
+    """'none' | 'batch' | 'hw' | 'all' from False/None/True/'batch'/'hw'/'all'."""
+    if dynamic in (False, None, "none", "", "false"):
+        return "none"
+    if dynamic is True or dynamic == "true":
+        return "all"
+    if dynamic in ("batch", "hw", "all"):
+        return str(dynamic)
+    raise ExportError(f"--dynamic {dynamic!r}: expected one of none, batch, hw, all")
+
+
+def prune_summary(history: Sequence[dict] | None) -> list[dict]:
+    """The 'prune' entries of a checkpoint history, reduced to scalars (tables become a layer count)."""
+    out = []
+    for h in history or []:
+        if not isinstance(h, dict) or h.get("op") != "prune":
+            continue
+        s: dict[str, Any] = {}
+        for k, v in h.items():
+            if isinstance(v, (str, int, float, bool)) or v is None:
+                s[k] = v
+            elif isinstance(v, (list, tuple)) and len(v) <= 8 and all(isinstance(x, (int, float, str)) for x in v):
+                s[k] = list(v)
+            elif isinstance(v, (dict, list, tuple)):
+                s[f"{k}_entries"] = len(v)
+        out.append(s)
+    return out
+
+
+def _meta_value(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v, default=str)
+
+
+def build_metadata(model: nn.Module, hw: tuple[int, int], dynamic: str, extra: dict | None) -> dict[str, str]:
+    extra = dict(extra or {})
+    history = extra.pop("history", None)
+    names = list(extra.pop("names", None) or getattr(model, "names", None) or [])
+    md: dict[str, Any] = {
+        "producer": PRODUCER,
+        "names": names,
+        "stride": max_stride(model),
+        "imgsz": [hw[0], hw[1]],
+        "dynamic": dynamic,
+        "task": "detect",
+    }
+    summary = prune_summary(history)
+    if summary:
+        md["prune"] = summary
+    for k, v in extra.items():
+        if k in ("stride", "imgsz", "producer", "format", "state_dict", "arch"):
+            continue
+        if isinstance(v, (str, int, float, bool, list, dict)) or v is None:
+            md[k] = v
+    return {k: _meta_value(v) for k, v in md.items()}
+
+
+def read_metadata(path_or_model: str | Path | onnx.ModelProto) -> dict[str, Any]:
+    """metadata_props of an ONNX file, JSON values decoded (official YOLOv5 dict-literal names too)."""
+    import ast
+
+    m = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model))
+    out: dict[str, Any] = {}
+    for p in m.metadata_props:
+        try:
+            out[p.key] = json.loads(p.value)
+        except json.JSONDecodeError:
+            try:
+                out[p.key] = ast.literal_eval(p.value)
+            except (ValueError, SyntaxError):
+                out[p.key] = p.value
+    return out
+
+
+def export_ready(model: nn.Module) -> nn.Module:
+    """A float32 CPU eval copy with BatchNorm folded and Detect returning only the decoded tensor."""
+    m = copy.deepcopy(model).float().cpu().eval()
+    if hasattr(m, "fuse") and not getattr(m, "is_fused", False):
+        m.fuse()
+    head = getattr(m, "detect", None)
+    if head is not None:
+        head.export = True
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+def _unlink(*paths: Path | None) -> None:
+    for p in paths:
+        if p is not None:
+            Path(p).unlink(missing_ok=True)
+
+
+def _slim(model_proto: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxslim
+
+    slimmed = onnxslim.slim(model_proto)
+    if not isinstance(slimmed, onnx.ModelProto):
+        raise RuntimeError(f"onnxslim returned {type(slimmed).__name__}")
+    ins, outs = [i.name for i in slimmed.graph.input], [o.name for o in slimmed.graph.output]
+    if ins != [INPUT_NAME] or outs != [OUTPUT_NAME]:
+        raise RuntimeError(f"slimming renamed the graph's inputs/outputs to {ins} / {outs}")
+    return slimmed
+
+
+# ------------------------------------------------------------------------------------------- export
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    imgsz: int | Sequence[int] = 640,
+    opset: int = 17,
+    dynamic: DynamicSpec = False,
+    simplify: bool = True,
+    metadata: dict | None = None,
+    batch: int = 1,
+) -> Path:
+    """Export `model` to `path` (.onnx); returns the path. Raises ExportError with a one-line cause."""
+    path = Path(path)
+    if path.suffix.lower() != ".onnx":
+        path = path.with_suffix(".onnx")
+    stride = max_stride(model)
+    hw = check_imgsz(imgsz, stride)
+    mode = normalise_dynamic(dynamic)
+    check_out_dir(path.parent)
+
+    m = export_ready(model)
+    x = torch.zeros(batch, 3, *hw)
+    axes: dict[str, dict[int, str]] | None = None
+    if mode != "none":
+        in_axes = {0: "batch"} if mode in ("batch", "all") else {}
+        if mode in ("hw", "all"):
+            in_axes.update({2: "height", 3: "width"})
+        out_axes = {0: "batch"} if mode in ("batch", "all") else {}
+        if mode in ("hw", "all"):
+            out_axes[1] = "anchors"
+        axes = {INPUT_NAME: in_axes, OUTPUT_NAME: out_axes}
+
+    fd, raw_tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".raw.onnx", dir=path.parent)
+    os.close(fd)
+    fd, final_tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx.tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        try:
+            with torch.no_grad():
+                torch.onnx.export(
+                    m,
+                    (x,),
+                    raw_tmp,
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_axes=axes,
+                    do_constant_folding=True,
+                )
+        except Exception as e:  # the exporter raises many types; re-raise as one, never swallow
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportError(f"torch.onnx.export failed at opset {opset}: {first}") from e
+        proto = onnx.load(raw_tmp)
+        if simplify:
+            try:
+                proto = _slim(proto)
+            except Exception as e:  # slimming is an optimisation: fall back, loudly
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                print(f"WARNING: onnxslim failed ({first}); writing the unsimplified graph", file=sys.stderr)
+        del proto.metadata_props[:]
+        for k, v in build_metadata(model, hw, mode, metadata).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+        proto.producer_name = PRODUCER
+        try:
+            onnx.checker.check_model(proto, full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise ExportError(f"exported graph failed onnx.checker: {str(e).splitlines()[0]}") from e
+        onnx.save(proto, final_tmp)
+        os.chmod(final_tmp, 0o644)
+        os.replace(final_tmp, path)
+    except OSError as e:
+        raise ExportError(f"could not write {path}: {e.strerror or e}") from e
+    finally:
+        _unlink(Path(raw_tmp), Path(final_tmp))
+    return path
+
+
+# ------------------------------------------------------------------------------------------- parity
+
+
+@dataclass
+class ParityReport:
+    """ONNX Runtime vs PyTorch on the same letterboxed images."""
+
+    images: int
+    shapes: list[list[int]]
+    max_box_diff_px: float  # decoded cx, cy, w, h of every anchor
+    max_score_diff: float  # objectness and class probabilities of every anchor
+    nms_matched: int
+    nms_unmatched: int  # detections without a partner that are not borderline (|score - conf_thres| > tol)
+    nms_borderline: int  # unmatched but within score_tol of conf_thres: tolerated
+    max_nms_box_diff_px: float
+    max_nms_score_diff: float
+    box_tol_px: float
+    score_tol: float
+    conf_thres: float
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        status = "OK" if self.passed else "FAILED: " + "; ".join(self.failures)
+        return (
+            f"parity on {self.images} image(s): max |d box| {self.max_box_diff_px:.2e} px, "
+            f"max |d score| {self.max_score_diff:.2e}; after NMS {self.nms_matched} matched, "
+            f"max |d box| {self.max_nms_box_diff_px:.2e} px, |d score| {self.max_nms_score_diff:.2e} "
+            f"(tolerances {self.box_tol_px} px / {self.score_tol}) {status}"
+        )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["passed"] = self.passed
+        return d
+
+
+def _match_detections(a: np.ndarray, b: np.ndarray, conf_thres: float, score_tol: float):
+    """Pair (n, 6) detections of equal class by best IoU; returns box/score diffs and unmatched counts."""
+    from yolo.boxes import box_iou
+
+    box_d, score_d, used = [], [], set()
+    unmatched = borderline = 0
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    iou = box_iou(ta[:, :4], tb[:, :4]).numpy() if len(a) and len(b) else np.zeros((len(a), len(b)))
+    for i in range(len(a)):
+        cand = [j for j in range(len(b)) if j not in used and b[j, 5] == a[i, 5]]
+        j = max(cand, key=lambda j: iou[i, j], default=None)
+        if j is not None and iou[i, j] > 0.9:
+            used.add(j)
+            box_d.append(float(np.abs(a[i, :4] - b[j, :4]).max()))
+            score_d.append(float(abs(a[i, 4] - b[j, 4])))
+        elif abs(a[i, 4] - conf_thres) <= score_tol:
+            borderline += 1
+        else:
+            unmatched += 1
+    for j in range(len(b)):
+        if j not in used:
+            if abs(b[j, 4] - conf_thres) <= score_tol:
+                borderline += 1
+            else:
+                unmatched += 1
+    return box_d, score_d, unmatched, borderline
+
+
+def check_parity(
+    model: nn.Module,
+    onnx_path: str | Path,
+    images: Sequence[ImageLike],
+    imgsz: int | Sequence[int] | None = None,
+    conf_thres: float = 0.25,
+    iou_thres: float = 0.45,
+    box_tol: float = BOX_TOL_PX,
+    score_tol: float = SCORE_TOL,
+    threads: int | None = None,
+    raise_on_fail: bool = True,
+) -> ParityReport:
+    """Compare ONNX Runtime with the PyTorch module on letterboxed `images` (paths or RGB arrays).
+
+    A static ONNX is fed its own input size; a dynamic-h/w one gets each image letterboxed to the smallest
+    stride multiple (so several shapes are exercised) around `imgsz` (default: the export size in metadata).
+    Raises ExportError when a difference is beyond the tolerances (unless raise_on_fail=False).
+    """
+    from reports.onnx_backend import OnnxDetector
+    from yolo.nms import non_max_suppression
+
+    if not images:
+        raise ValueError("check_parity needs at least one image")
+    det = OnnxDetector(onnx_path, threads=threads)
+    ref = copy.deepcopy(model).float().cpu().eval()
+    if getattr(ref, "detect", None) is not None:
+        ref.detect.export = True
+    stride = det.stride
+    if det.input_shape is not None:
+        shape, auto = det.input_shape, False
+    else:
+        shape, auto = to_shape(imgsz if imgsz is not None else det.imgsz), True
+
+    box_max = score_max = 0.0
+    nms_box, nms_score, shapes = [], [], []
+    unmatched = borderline = 0
+    for img in images:
+        x, _, _, _ = prepare(img, shape, auto=auto, stride=stride)
+        shapes.append(list(x.shape[2:]))
+        xt = torch.from_numpy(x)
+        with torch.no_grad():
+            pt = ref(xt)
+        pt = pt[0] if isinstance(pt, (tuple, list)) else pt
+        ox = det(xt)
+        if ox.shape != pt.shape:
+            raise ExportError(f"ONNX output shape {tuple(ox.shape)} differs from PyTorch {tuple(pt.shape)}")
+        d = (ox - pt).abs()
+        box_max = max(box_max, float(d[..., :4].max()))
+        score_max = max(score_max, float(d[..., 4:].max()))
+        a = non_max_suppression(pt, conf_thres, iou_thres)[0].numpy()
+        b = non_max_suppression(ox, conf_thres, iou_thres)[0].numpy()
+        bd, sd, un, bl = _match_detections(a, b, conf_thres, score_tol)
+        nms_box += bd
+        nms_score += sd
+        unmatched += un
+        borderline += bl
+
+    rep = ParityReport(
+        images=len(images),
+        shapes=shapes,
+        max_box_diff_px=box_max,
+        max_score_diff=score_max,
+        nms_matched=len(nms_box),
+        nms_unmatched=unmatched,
+        nms_borderline=borderline,
+        max_nms_box_diff_px=max(nms_box, default=0.0),
+        max_nms_score_diff=max(nms_score, default=0.0),
+        box_tol_px=box_tol,
+        score_tol=score_tol,
+        conf_thres=conf_thres,
+    )
+    if rep.max_box_diff_px > box_tol:
+        rep.failures.append(f"box diff {rep.max_box_diff_px:.3g} px > {box_tol}")
+    if rep.max_score_diff > score_tol:
+        rep.failures.append(f"score diff {rep.max_score_diff:.3g} > {score_tol}")
+    if rep.nms_unmatched:
+        rep.failures.append(f"{rep.nms_unmatched} detection(s) present in only one backend")
+    if raise_on_fail and not rep.passed:
+        raise ExportError(f"ONNX parity check failed for {onnx_path}: {'; '.join(rep.failures)}")
+    return rep

@@ -1,0 +1,216 @@
+"""Latency measurement: several models timed interleaved in one process so their ratios are fair.
+
+Each round runs every model once (the order rotates from round to round), after warm-up runs; the figures
+are the median and 90th percentile of the per-run wall times. Shared machines are noisy: compare ratios
+measured side by side in one call, not absolute times from different calls.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "f16c")
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model, the SIMD flags that matter for inference, logical cores and usable cores."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model in ("", platform.machine(), platform.processor()):
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count() or 1
+    return {
+        "model": model,
+        "flags": [f for f in CPU_FLAGS if f in flags],
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable,
+        "machine": platform.machine(),
+    }
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine facts a latency figure depends on."""
+    import sys
+
+    env: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(), "cpu": cpu_info()}
+    for mod in ("torch", "onnxruntime", "onnx", "numpy"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except ImportError:
+            env[mod] = None
+    try:
+        import torch
+
+        env["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        env["cuda"] = None
+    return env
+
+
+# --------------------------------------------------------------------------------------------- runners
+
+
+class Runner:
+    """One model ready to run on one fixed input: `__call__()` runs it once."""
+
+    kind = "?"
+    threads: int | None = None
+
+    def __call__(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class OnnxRunner(Runner):
+    """ONNX Runtime CPU session with `threads` intra-op threads on a zero input of the model's fixed shape."""
+
+    kind = "onnxruntime"
+
+    def __init__(self, path: str | Path, threads: int | None = 1, imgsz: int | Sequence[int] = 640, batch: int = 1):
+        from reports.imaging import to_shape
+        from reports.onnx_backend import OnnxDetector
+
+        self.det = OnnxDetector(path, threads=threads)
+        self.threads = threads
+        shape = self.det.input_shape or to_shape(imgsz)
+        b = self.det.batch_fixed or batch
+        rng = np.random.default_rng(0)
+        self.x = rng.random((b, 3, *shape), dtype=np.float32)
+        self.shape = [b, 3, *shape]
+
+    def __call__(self) -> None:
+        self.det.run_numpy(self.x)
+
+
+class TorchRunner(Runner):
+    """A torch module (fused, eval) on CPU or CUDA; `threads` sets torch's intra-op threads before each run."""
+
+    kind = "torch"
+
+    def __init__(self, model, threads: int | None = 1, imgsz: int | Sequence[int] = 640, device: str = "cpu"):
+        import torch
+
+        from reports.export import export_ready
+        from reports.imaging import to_shape
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.model = export_ready(model).to(self.device)
+        self.threads = threads
+        self.x = torch.rand(1, 3, *to_shape(imgsz), device=self.device)
+        self.shape = list(self.x.shape)
+
+    def __call__(self) -> None:
+        torch = self.torch
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            self.model(self.x)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+# --------------------------------------------------------------------------------------------- timing
+
+
+def summarise(times_ms: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(times_ms, dtype=np.float64)
+    return {
+        "median_ms": float(statistics.median(a)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "mean_ms": float(a.mean()),
+        "min_ms": float(a.min()),
+        "runs": len(a),
+    }
+
+
+def benchmark(
+    runners: Mapping[str, Callable[[], None]],
+    runs: int = 50,
+    warmup: int = 5,
+    burst: int = 1,
+) -> dict[str, dict[str, Any]]:
+    """Time every runner `runs` times, interleaved: each round runs each model `burst` times, the start rotating.
+
+    Returns name -> {median_ms, p90_ms, mean_ms, min_ms, runs, threads, kind}.
+    """
+    if runs < 1 or burst < 1:
+        raise ValueError("runs and burst must be >= 1")
+    names = list(runners)
+    for name in names:
+        for _ in range(warmup):
+            runners[name]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    rounds = -(-runs // burst)
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            fn = runners[name]
+            for _ in range(burst):
+                if len(times[name]) >= runs:
+                    break
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for name in names:
+        out[name] = summarise(times[name])
+        out[name]["threads"] = getattr(runners[name], "threads", None)
+        out[name]["kind"] = getattr(runners[name], "kind", "callable")
+    return out
+
+
+def benchmark_files(
+    paths: Mapping[str, str | Path],
+    threads: Sequence[int | None] = (1, None),
+    runs: int = 50,
+    warmup: int = 5,
+    imgsz: int | Sequence[int] = 640,
+    torch_models: Mapping[str, Any] | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """ONNX files (and optional torch modules) timed interleaved at each thread count (None = all cores).
+
+    Returns {"environment": ..., "settings": ..., "results": {"1": {name: stats}, "all": {...}}}.
+    """
+    res: dict[str, Any] = {}
+    for t in threads:
+        key = str(t) if t else "all"
+        n = t or (cpu_info()["usable_cores"])
+        runners: dict[str, Runner] = {name: OnnxRunner(p, threads=n, imgsz=imgsz) for name, p in paths.items()}
+        for name, model in (torch_models or {}).items():
+            runners[f"{name} (torch {device})"] = TorchRunner(model, threads=n, imgsz=imgsz, device=device)
+        res[key] = benchmark(runners, runs=runs, warmup=warmup)
+        for name in res[key]:
+            res[key][name]["threads"] = n
+    return {
+        "environment": environment(),
+        "settings": {"runs": runs, "warmup": warmup, "imgsz": imgsz, "interleaved": "round-robin, rotating start"},
+        "results": res,
+    }
+
+
+def add_ratios(results: dict[str, dict[str, Any]], baseline: str) -> None:
+    """Add `ratio_to_<baseline>` (time / baseline time) and `speedup` to every entry, in place."""
+    base = results[baseline]["median_ms"]
+    for r in results.values():
+        r["ratio_to_baseline"] = r["median_ms"] / base
+        r["speedup"] = base / r["median_ms"]

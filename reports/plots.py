@@ -1,0 +1,161 @@
+"""PNG plots of a run: BN |gamma| histogram, channels per layer, ratio sweep, latency bars, per-class AP.
+
+Every function takes plain data (or modules), writes one PNG and returns its path, or None when there is
+nothing to plot. matplotlib runs headless (Agg); nothing is shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from torch import nn  # noqa: E402
+
+COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def bn_gammas(model: nn.Module) -> np.ndarray:
+    """|gamma| of every BatchNorm2d of the model, concatenated (empty for a fused model)."""
+    vals = [m.weight.detach().abs().cpu().numpy().ravel() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    return np.concatenate(vals) if vals else np.zeros(0)
+
+
+def conv_channels(model: nn.Module) -> dict[str, int]:
+    """Output channels of every Conv2d, by module name, in network order."""
+    return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def gamma_histogram(models: Mapping[str, nn.Module], path: Path, threshold: float | None = None) -> Path | None:
+    data = {k: bn_gammas(m) for k, m in models.items()}
+    data = {k: v for k, v in data.items() if v.size}
+    if not data:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    hi = max(float(np.percentile(v, 99.5)) for v in data.values())
+    bins = np.linspace(0, max(hi, 1e-3), 60)
+    for i, (k, v) in enumerate(data.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        ax.hist(np.clip(v, 0, bins[-1]), bins=bins, alpha=0.55, color=colour, label=f"{k} ({v.size})")
+    if threshold is not None:
+        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.3g}")
+    ax.set_xlabel("BatchNorm |gamma|")
+    ax.set_ylabel("channels")
+    ax.set_title("BatchNorm scale factors")
+    ax.legend()
+    return _save(fig, path)
+
+
+def channels_per_layer(before: nn.Module, after: nn.Module, path: Path) -> Path | None:
+    a, b = conv_channels(before), conv_channels(after)
+    names = [n for n in a if n in b]
+    if not names:
+        return None
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(8, len(names) * 0.16), 4))
+    ax.bar(x, [a[n] for n in names], color="#cccccc", label="before")
+    ax.bar(x, [b[n] for n in names], color=COLOURS[0], label="after")
+    kept = sum(b[n] for n in names) / max(1, sum(a[n] for n in names))
+    ax.set_title(f"output channels per convolution (kept {kept:.0%})")
+    ax.set_xlabel("convolution (network order)")
+    ax.set_ylabel("channels")
+    step = max(1, len(names) // 20)
+    ax.set_xticks(x[::step])
+    ax.set_xticklabels([n.replace("model.", "").replace(".conv", "") for n in names][::step], rotation=90, fontsize=6)
+    ax.legend()
+    return _save(fig, path)
+
+
+def sweep_curve(sweep: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    """mAP against prune ratio (and GFLOPs on a second axis) from rows {ratio, map, map50?, gflops?}."""
+    rows = sorted((r for r in sweep if r.get("ratio") is not None), key=lambda r: r["ratio"])
+    if not rows:
+        return None
+    x = [r["ratio"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label, c in (("map", "mAP50-95", COLOURS[0]), ("map50", "mAP50", COLOURS[1])):
+        ys = [r.get(key) for r in rows]
+        if any(y is not None for y in ys):
+            ax.plot(x, [np.nan if y is None else y for y in ys], "o-", color=c, label=label)
+    ax.set_xlabel("prune ratio")
+    ax.set_ylabel("mAP")
+    ax.grid(alpha=0.3)
+    if any(r.get("gflops") is not None for r in rows):
+        ax2 = ax.twinx()
+        ax2.plot(x, [r.get("gflops", np.nan) for r in rows], "s--", color="#555555", label="GFLOPs")
+        ax2.set_ylabel("GFLOPs")
+        ax2.legend(loc="upper right")
+    ax.legend(loc="lower left")
+    ax.set_title("ratio sweep")
+    return _save(fig, path)
+
+
+def latency_bars(latencies: Mapping[str, Mapping[str, Mapping[str, float]]], path: Path) -> Path | None:
+    """Grouped bars: model -> {setting ('onnxruntime 1 thread', ...) -> {median_ms, p90_ms}}."""
+    models = [m for m, v in latencies.items() if v]
+    settings = sorted({s for m in models for s in latencies[m]})
+    if not models or not settings:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6, len(models) * len(settings) * 0.6 + 2), 4))
+    width = 0.8 / len(settings)
+    x = np.arange(len(models))
+    for i, s in enumerate(settings):
+        med = [latencies[m].get(s, {}).get("median_ms", np.nan) for m in models]
+        p90 = [latencies[m].get(s, {}).get("p90_ms", np.nan) for m in models]
+        err = np.clip(np.asarray(p90, dtype=float) - np.asarray(med, dtype=float), 0, None)
+        bars = ax.bar(
+            x + i * width,
+            med,
+            width,
+            yerr=[np.zeros_like(err), err],
+            capsize=3,
+            label=s,
+            color=COLOURS[i % len(COLOURS)],
+        )
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(x + width * (len(settings) - 1) / 2)
+    ax.set_xticklabels(models)
+    ax.set_ylabel("ms per image (median, whisker p90)")
+    ax.set_title("latency")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def per_class_ap(
+    per_class: Mapping[str, Sequence[Mapping[str, Any]]], path: Path, key: str = "ap", top: int = 40
+) -> Path | None:
+    """Horizontal bars of per-class AP for each model (classes the first model scores, at most `top`)."""
+    models = [m for m, rows in per_class.items() if rows]
+    if not models:
+        return None
+    tables = {m: {r["name"]: r.get(key) for r in per_class[m]} for m in models}
+    first = per_class[models[0]]
+    names = [r["name"] for r in first if r.get(key) is not None][:top]
+    if not names:
+        return None
+    y = np.arange(len(names))
+    h = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(7, max(3, len(names) * 0.22 + 1)))
+    for i, m in enumerate(models):
+        vals = [tables[m].get(n) for n in names]
+        ax.barh(y + i * h, [np.nan if v is None else v for v in vals], h, label=m, color=COLOURS[i % len(COLOURS)])
+    ax.set_yticks(y + h * (len(models) - 1) / 2)
+    ax.set_yticklabels(names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("AP50-95" if key == "ap" else key)
+    ax.set_title("per-class AP")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,482 @@
+"""Static int8 quantisation of an exported detector with ONNX Runtime (QDQ, per-channel weights).
+
+The Detect decode (Reshape/Transpose/Sigmoid/Mul/Add/Pow/Concat after the last convolution of each output
+branch) stays in float: quantising it zeroes the confidences (onnxruntime issues 14233, 10787). Those nodes
+are found by walking the graph backwards from the output until a Conv is reached, and are passed to
+`quantize_static(nodes_to_exclude=...)`; the tensors the last convolutions write stay float too.
+
+Calibration images are letterboxed exactly as at inference (to the model's fixed input size).
+
+Which variant is fastest depends on the CPU: on an AVX-512-VNNI Xeon signed activations (QInt8, the ORT
+default) ran yolov5n 2x slower than fp32 while unsigned ones (QUInt8) ran 1.6x faster (REFERENCE.md). So
+`select_int8` builds the requested variants, times them interleaved with fp32 on this machine, scores them
+when data is given, and keeps the fastest one within the accuracy tolerance, or none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from reports.imaging import prepare, to_shape
+
+ACTIVATIONS = {"u8": "QUInt8", "s8": "QInt8"}
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+# Measured on yolov5n / coco128 val (bench/results/int8.json): fp32 0.340 mAP50-95; u8 MinMax 0.324; u8 Percentile
+# (99.999th, 2048 bins) 0.335; Entropy gives MinMax's exact scales under quantize_static (its histogram has as
+# many bins as the quantised range, so the full range always wins). Hence Percentile is the default.
+
+
+class QuantizeError(ValueError):
+    """Quantisation that cannot be done; one-line cause."""
+
+
+# --------------------------------------------------------------------------------------- graph analysis
+
+
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in graph.node for out in node.output}
+
+
+def decode_nodes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """(names of the nodes between the last convolutions and the outputs, names of those convolutions).
+
+    Walks backwards from every graph output; a Conv stops the walk (it is the branch's last conv), and the
+    walk does not follow the data input of Shape nodes (their value does not depend on it).
+    """
+    graph = model.graph
+    producers = _producers(graph)
+    decode: dict[str, None] = {}
+    convs: dict[str, None] = {}
+    seen: set[str] = set()
+    stack = [o.name for o in graph.output]
+    while stack:
+        tensor = stack.pop()
+        node = producers.get(tensor)
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op_type == "Conv":
+            convs[node.name] = None
+            continue
+        decode[node.name] = None
+        if node.op_type != "Shape":
+            stack.extend(i for i in node.input if i)
+    return list(decode), list(convs)
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every unnamed node a unique name (nodes_to_exclude works on names)."""
+    used = {n.name for n in model.graph.node if n.name}
+    for i, n in enumerate(model.graph.node):
+        if not n.name:
+            name = f"{n.op_type}_{i}"
+            while name in used:
+                name += "_"
+            n.name = name
+            used.add(name)
+    return model
+
+
+def float_decode_check(model: onnx.ModelProto | str | Path) -> list[str]:
+    """Problems with the decode region of a quantised model: any Q/DQ or QLinear node after the last convs."""
+    m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    names, _ = decode_nodes(m)
+    by_name = {n.name: n for n in m.graph.node}
+    bad = []
+    for nm in names:
+        op = by_name[nm].op_type
+        if op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear") or op.startswith("QLinear"):
+            bad.append(f"{op} {nm}")
+    return bad
+
+
+# --------------------------------------------------------------------------------------- calibration
+
+
+def _reader_base():
+    from onnxruntime.quantization import CalibrationDataReader
+
+    return CalibrationDataReader
+
+
+class ImageCalibrationReader(_reader_base()):
+    """Feeds letterboxed images one at a time to the calibrator."""
+
+    def __init__(self, images: Sequence[Any], input_name: str, shape: tuple[int, int], stride: int = 32):
+        self.images = list(images)
+        self.input_name = input_name
+        self.shape = shape
+        self.stride = stride
+        self._it = iter(self.images)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        img = next(self._it, None)
+        if img is None:
+            return None
+        x, _, _, _ = prepare(img, self.shape, auto=False, stride=self.stride)
+        return {self.input_name: x}
+
+    def rewind(self) -> None:
+        self._it = iter(self.images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _input_info(model: onnx.ModelProto) -> tuple[str, tuple[int | None, int | None]]:
+    inp = model.graph.input[0]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    return inp.name, (dims[2], dims[3])
+
+
+# --------------------------------------------------------------------------------------- quantisation
+
+
+@dataclass
+class Int8Config:
+    activations: str = "u8"  # u8 (QUInt8) | s8 (QInt8)
+    method: str = "percentile"  # minmax | entropy | percentile (see the note at METHODS)
+    images: int = 32
+    per_channel: bool = True
+    reduce_range: bool = False
+    float_head_convs: bool = False  # also keep the Detect convolutions in float
+
+    @property
+    def tag(self) -> str:
+        head = "-fhead" if self.float_head_convs else ""
+        return f"{self.activations}-{self.method}-n{self.images}{head}"
+
+    @classmethod
+    def from_tag(cls, tag: str) -> Int8Config:
+        """'u8-minmax-n32' / 's8-entropy-n64-fhead' (the parts after the first may be omitted)."""
+        parts = tag.strip().lower().split("-")
+        cfg = cls(activations=parts[0])
+        for p in parts[1:]:
+            if p in METHODS:
+                cfg.method = p
+            elif p.startswith("n") and p[1:].isdigit():
+                cfg.images = int(p[1:])
+            elif p == "fhead":
+                cfg.float_head_convs = True
+            elif p == "tensor":
+                cfg.per_channel = False
+            else:
+                raise QuantizeError(f"int8 variant {tag!r}: unknown part {p!r} (expected e.g. u8-minmax-n32)")
+        return cfg.validate()
+
+    def validate(self) -> Int8Config:
+        if self.activations not in ACTIVATIONS:
+            raise QuantizeError(f"--int8-activations {self.activations!r}: expected one of auto, u8, s8")
+        if self.method not in METHODS:
+            raise QuantizeError(f"int8 calibration method {self.method!r}: expected one of {', '.join(METHODS)}")
+        if self.images < 1:
+            raise QuantizeError(f"--calib-images {self.images}: need at least 1 calibration image")
+        return self
+
+
+def quantize_int8(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calib_images: Sequence[Any],
+    config: Int8Config | None = None,
+    imgsz: int | Sequence[int] | None = None,
+    preprocess: bool = True,
+) -> Path:
+    """Write a QDQ int8 copy of `fp32_path` calibrated on `calib_images` (paths or RGB arrays); returns its path.
+
+    The first `config.images` images are used. Metadata of the fp32 file is carried over, plus `int8`.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from reports.export import check_out_dir, read_metadata
+
+    cfg = (config or Int8Config()).validate()
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    if not fp32_path.is_file():
+        raise QuantizeError(f"ONNX model {fp32_path} not found")
+    images = list(calib_images)[: cfg.images]
+    if not images:
+        raise QuantizeError("int8 calibration needs images (--calib-data with a train split)")
+    check_out_dir(out_path.parent)
+    meta = read_metadata(fp32_path)
+    base = onnx.load(str(fp32_path))
+    input_name, (h, w) = _input_info(base)
+    if h is None or w is None:
+        h, w = to_shape(imgsz if imgsz is not None else meta.get("imgsz", 640))
+    stride = int(meta.get("stride", 32))
+
+    tmpdir = Path(tempfile.mkdtemp(prefix=".int8-", dir=out_path.parent))
+    try:
+        src = tmpdir / "prep.onnx"
+        if preprocess:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            try:
+                quant_pre_process(str(fp32_path), str(src), skip_symbolic_shape=False)
+            except Exception as e:  # pre-processing is an optimisation: fall back to the plain file, loudly
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                print(f"WARNING: quant_pre_process failed ({first}); quantising as is", file=sys.stderr)
+                onnx.save(base, str(src))
+        else:
+            onnx.save(base, str(src))
+        prep = name_nodes(onnx.load(str(src)))
+        onnx.save(prep, str(src))
+        exclude, head_convs = decode_nodes(prep)
+        if cfg.float_head_convs:
+            exclude += head_convs
+        reader = ImageCalibrationReader(images, input_name, (h, w), stride)
+        tmp_out = tmpdir / "int8.onnx"
+        quantize_static(
+            str(src),
+            str(tmp_out),
+            calibration_data_reader=reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=cfg.per_channel,
+            reduce_range=cfg.reduce_range,
+            activation_type=getattr(QuantType, ACTIVATIONS[cfg.activations]),
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
+            calibrate_method=getattr(CalibrationMethod, METHODS[cfg.method]),
+        )
+        q = onnx.load(str(tmp_out))
+        _keep_head_outputs_float(q, head_convs)
+        bad = float_decode_check(q)
+        if bad:
+            raise QuantizeError(f"quantised decode region is not float: {', '.join(bad[:3])}")
+        del q.metadata_props[:]
+        props = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+        props["int8"] = json.dumps({**asdict(cfg), "calib_images": len(images)})
+        for k, v in props.items():
+            e = q.metadata_props.add()
+            e.key, e.value = k, v
+        onnx.checker.check_model(q)
+        final = tmpdir / "final.onnx"
+        onnx.save(q, str(final))
+        os.chmod(final, 0o644)
+        os.replace(final, out_path)
+    finally:
+        for p in tmpdir.iterdir():
+            p.unlink()
+        tmpdir.rmdir()
+    return out_path
+
+
+def _keep_head_outputs_float(model: onnx.ModelProto, head_convs: Sequence[str]) -> None:
+    """Drop any QuantizeLinear -> DequantizeLinear pair on a last convolution's output (float into decode)."""
+    graph = model.graph
+    by_name = {n.name: n for n in graph.node}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    drop = []
+    for cname in head_convs:
+        conv = by_name.get(cname)
+        if conv is None:
+            continue
+        out = conv.output[0]
+        for qn in [c for c in consumers.get(out, []) if c.op_type == "QuantizeLinear"]:
+            for dq in [c for c in consumers.get(qn.output[0], []) if c.op_type == "DequantizeLinear"]:
+                for user in consumers.get(dq.output[0], []):
+                    for k, name in enumerate(user.input):
+                        if name == dq.output[0]:
+                            user.input[k] = out
+                drop.append(dq)
+            drop.append(qn)
+    for n in drop:
+        graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    for init in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(init)
+
+
+# --------------------------------------------------------------------------------------- selection
+
+
+@dataclass
+class Int8Result:
+    config: dict
+    path: str
+    size_mb: float
+    latency_ms: float | None = None
+    ratio_to_fp32: float | None = None  # int8 time / fp32 time (lower is faster)
+    map50: float | None = None
+    map: float | None = None
+    holds_accuracy: bool | None = None
+    error: str | None = None
+
+
+@dataclass
+class Int8Selection:
+    fp32: dict
+    variants: list[Int8Result] = field(default_factory=list)
+    chosen: str | None = None  # path of the kept int8 model, None when fp32 stays the deliverable
+    reason: str = ""
+    metrics: dict[str, dict] = field(default_factory=dict)  # path -> full evaluate() result (not serialised)
+
+    def to_dict(self) -> dict:
+        return {
+            "fp32": self.fp32,
+            "variants": [asdict(v) for v in self.variants],
+            "chosen": self.chosen,
+            "reason": self.reason,
+        }
+
+
+def select_int8(
+    fp32_path: str | Path,
+    out_dir: str | Path,
+    calib_images: Sequence[Any],
+    configs: Sequence[Int8Config],
+    data_cfg: Any = None,
+    map_tolerance: float = 0.01,
+    threads: int = 1,
+    rounds: int = 30,
+    warmup: int = 3,
+    eval_kwargs: dict | None = None,
+    log=print,
+) -> Int8Selection:
+    """Build each int8 variant, time it interleaved with fp32 (`threads`), score it when `data_cfg` is given.
+
+    Kept: the fastest variant faster than fp32 whose mAP50-95 is within `map_tolerance` of fp32's (accuracy
+    is not checked without data). None kept when no variant qualifies: fp32 stays the deliverable.
+    """
+    from reports.latency import OnnxRunner, benchmark
+
+    fp32_path, out_dir = Path(fp32_path), Path(out_dir)
+    results: list[Int8Result] = []
+    for cfg in configs:
+        path = out_dir / f"{fp32_path.stem}-int8-{cfg.tag}.onnx"
+        t0 = time.perf_counter()
+        try:
+            quantize_int8(fp32_path, path, calib_images, cfg)
+        except QuantizeError as e:
+            results.append(Int8Result(asdict(cfg), str(path), 0.0, error=str(e)))
+            continue
+        log(f"int8 {cfg.tag}: quantised in {time.perf_counter() - t0:.1f} s -> {path}")
+        results.append(Int8Result(asdict(cfg), str(path), os.path.getsize(path) / 1e6))
+    ok = [r for r in results if r.error is None]
+    sel = Int8Selection(fp32={"path": str(fp32_path), "size_mb": os.path.getsize(fp32_path) / 1e6}, variants=results)
+    if not ok:
+        sel.reason = "no int8 variant could be built"
+        return sel
+
+    runners = {"fp32": OnnxRunner(fp32_path, threads)}
+    runners.update({Path(r.path).stem: OnnxRunner(r.path, threads) for r in ok})
+    lat = benchmark(runners, runs=rounds, warmup=warmup)
+    base = lat["fp32"]["median_ms"]
+    sel.fp32["latency_ms"] = base
+    for r in ok:
+        r.latency_ms = lat[Path(r.path).stem]["median_ms"]
+        r.ratio_to_fp32 = r.latency_ms / base
+        log(f"int8 {Path(r.path).stem}: {r.latency_ms:.1f} ms vs fp32 {base:.1f} ms ({r.ratio_to_fp32:.2f}x the time)")
+
+    if data_cfg is not None:
+        from reports.onnx_backend import OnnxDetector
+        from yolo.val import evaluate
+
+        kw = {"batch_size": 8, "progress": False, **(eval_kwargs or {})}
+        m = evaluate(OnnxDetector(fp32_path), data_cfg, **kw)
+        sel.metrics[str(fp32_path)] = m
+        sel.fp32.update(map50=m["map50"], map=m["map"])
+        log(f"fp32: mAP50 {m['map50']:.4f} mAP50-95 {m['map']:.4f}")
+        for r in ok:
+            m = evaluate(OnnxDetector(r.path), data_cfg, **kw)
+            sel.metrics[r.path] = m
+            r.map50, r.map = m["map50"], m["map"]
+            r.holds_accuracy = r.map >= sel.fp32["map"] - map_tolerance
+            log(f"int8 {Path(r.path).stem}: mAP50 {r.map50:.4f} mAP50-95 {r.map:.4f}")
+
+    candidates = [r for r in ok if r.ratio_to_fp32 < 1.0 and r.holds_accuracy is not False]
+    if candidates:
+        best = min(candidates, key=lambda r: r.latency_ms)
+        sel.chosen = best.path
+        acc = "accuracy not checked (no data)" if best.holds_accuracy is None else f"mAP50-95 {best.map:.4f}"
+        sel.reason = f"fastest variant within tolerance: {best.ratio_to_fp32:.2f}x the fp32 time, {acc}"
+    else:
+        slow = all(r.ratio_to_fp32 >= 1.0 for r in ok)
+        sel.reason = (
+            "no int8 variant is faster than fp32 on this CPU"
+            if slow
+            else f"no faster int8 variant keeps mAP50-95 within {map_tolerance} of fp32"
+        ) + "; fp32 stays the deliverable"
+    return sel
+
+
+def quantize_best(
+    fp32_path: str | Path,
+    data: Any,
+    out_path: str | Path,
+    imgsz: int = 640,
+    activations: Sequence[str] = ("u8", "s8"),
+    method: str = "percentile",
+    calib_images: int = 32,
+    map_tolerance: float = 0.01,
+    score: bool = True,
+    rounds: int = 30,
+    keep_best_measured: bool = True,
+    log=print,
+) -> dict[str, Any]:
+    """Quantise `fp32_path` with each activation type, keep the fastest that holds accuracy at `out_path`.
+
+    `data` (data.yaml path or DataConfig): its train images calibrate, its val images score (unless
+    `score=False`). Returns {"path", "chosen", "reason", "metrics", "latency", "notes"}: `chosen` says whether
+    the int8 model qualified; when none did, fp32 stays the deliverable and, with `keep_best_measured`, the
+    fastest variant is still written to `out_path` (for the report) - otherwise "path" is None.
+    `latency` uses the report's setting name ('onnxruntime 1 thread'); selection details are in notes.
+    A JSON summary is written next to `out_path` (same stem, .json).
+    """
+    import shutil
+
+    from yolo.data import load_data_yaml
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    cfg_data = data if hasattr(data, "train") else load_data_yaml(data)
+    images = list(cfg_data.train)[:calib_images]
+    if not images:
+        raise QuantizeError(f"{getattr(cfg_data, 'yaml_path', data)}: the train split has no images to calibrate on")
+    configs = [Int8Config(a, method, calib_images) for a in activations]
+    scoring = cfg_data if (score and cfg_data.val) else None
+    sel = select_int8(
+        fp32_path, out_path.parent, images, configs, data_cfg=scoring, map_tolerance=map_tolerance,
+        rounds=rounds, eval_kwargs={"imgsz": imgsz}, log=log,
+    )  # fmt: skip
+    ok = [v for v in sel.variants if v.error is None]
+    keep = sel.chosen or (min(ok, key=lambda v: v.latency_ms).path if ok and keep_best_measured else None)
+    kept = next((v for v in ok if v.path == keep), None)
+    for v in sel.variants:
+        if v.path != keep:
+            Path(v.path).unlink(missing_ok=True)
+    result: dict[str, Any] = {
+        "path": None, "chosen": sel.chosen is not None, "reason": sel.reason, "metrics": {}, "latency": {},
+        "notes": {"selection": sel.to_dict(), "deliverable": str(fp32_path)},
+    }  # fmt: skip
+    if keep and kept is not None:
+        shutil.move(keep, out_path)
+        result["path"] = str(out_path)
+        result["metrics"] = sel.metrics.get(keep, {})
+        result["latency"] = {
+            "onnxruntime 1 thread": {"median_ms": kept.latency_ms, "fp32_median_ms": sel.fp32.get("latency_ms")}
+        }
+        result["notes"]["int8"] = kept.config
+        if sel.chosen:
+            result["notes"]["deliverable"] = str(out_path)
+        else:
+            result["notes"]["not_kept"] = "measured for the report only: " + sel.reason
+    from yolo.fileio import atomic_write_text
+
+    summary = {k: v for k, v in result.items() if k != "metrics"}
+    atomic_write_text(out_path.with_suffix(".json"), json.dumps(summary, indent=2, default=str) + "\n")
+    log(f"int8: {sel.reason}")
+    return result

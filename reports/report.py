@@ -1,0 +1,453 @@
+"""The run report: report.json (versioned schema), report.md, PNG plots and a rich table in the terminal.
+
+    entries = [ModelEntry.measure("baseline", model, pt_path=..., onnx_path=...), ...]
+    write_report(run_dir, entries, args=vars(args), extras={"sweep": [...], "images": [...]})
+
+Rows are compared with the first entry whose role is 'baseline' (else the first entry): every size, speed
+and accuracy column gets a ratio (or a difference, for mAP) to it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from reports import plots
+from reports.latency import environment
+
+SCHEMA = "yolov5-slim.report/1"
+ROLE_ORDER = ("baseline", "pruned", "finetuned", "int8")
+PACKAGES = (
+    "yolov5-slim",
+    "torch",
+    "torch-pruning",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "onnxslim",
+    "pycocotools",
+    "Pillow",
+    "PyYAML",
+    "matplotlib",
+    "rich",
+)
+
+
+@dataclass
+class ModelEntry:
+    """One model of the report. `latency` maps a setting ('onnxruntime 1 thread') to {median_ms, p90_ms, ...};
+    `metrics` is what yolo.val.evaluate returns (map50, map, precision, recall, per_class, evaluator)."""
+
+    role: str
+    path: str | None = None
+    onnx_path: str | None = None
+    params: int | None = None
+    gflops: float | None = None
+    pt_mb: float | None = None
+    onnx_mb: float | None = None
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    imgsz: int | list[int] | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+    model: Any = field(default=None, repr=False, compare=False)  # nn.Module for plots; not serialised
+
+    @classmethod
+    def measure(
+        cls,
+        role: str,
+        model: Any = None,
+        pt_path: str | Path | None = None,
+        onnx_path: str | Path | None = None,
+        imgsz: int = 640,
+        **kw: Any,
+    ) -> ModelEntry:
+        """Sizes filled in from the module (params, GFLOPs at imgsz) and the files that exist."""
+        e = cls(
+            role=role,
+            path=str(pt_path) if pt_path else None,
+            onnx_path=str(onnx_path) if onnx_path else None,
+            imgsz=imgsz,
+            model=model,
+            **kw,
+        )
+        if model is not None:
+            from yolo.flops import count_gflops, count_params
+
+            e.params = e.params if e.params is not None else count_params(model)
+            e.gflops = e.gflops if e.gflops is not None else count_gflops(model, imgsz)
+        if pt_path and Path(pt_path).is_file():
+            e.pt_mb = os.path.getsize(pt_path) / 1e6
+        if onnx_path and Path(onnx_path).is_file():
+            e.onnx_mb = os.path.getsize(onnx_path) / 1e6
+        return e
+
+    @property
+    def main_latency(self) -> dict[str, float] | None:
+        """The first single-thread setting if any, else the first setting."""
+        if not self.latency:
+            return None
+        for k, v in self.latency.items():
+            if "1 thread" in k or k.endswith("-1") or k == "1":
+                return v
+        return next(iter(self.latency.values()))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "model"}
+        return _plain(d)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if hasattr(v, "item") and callable(v.item):
+        try:
+            return v.item()
+        except (ValueError, RuntimeError):
+            pass
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    return str(v)
+
+
+def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for n in names:
+        try:
+            out[n] = importlib_metadata.version(n)
+        except importlib_metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def _baseline(entries: Sequence[ModelEntry]) -> ModelEntry | None:
+    return next((e for e in entries if e.role == "baseline"), entries[0] if entries else None)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b:
+        return None
+    return a / b
+
+
+def comparisons(entries: Sequence[ModelEntry]) -> list[dict[str, Any]]:
+    """Per entry: the ratios (time, size) and differences (mAP) to the baseline."""
+    base = _baseline(entries)
+    rows = []
+    for e in entries:
+        bl, el = (base.main_latency or {}) if base else {}, e.main_latency or {}
+        bm, em = (base.metrics if base else {}), e.metrics
+        rows.append(
+            {
+                "role": e.role,
+                "params_ratio": _ratio(e.params, base.params if base else None),
+                "gflops_ratio": _ratio(e.gflops, base.gflops if base else None),
+                "pt_mb_ratio": _ratio(e.pt_mb, base.pt_mb if base else None),
+                "onnx_mb_ratio": _ratio(e.onnx_mb, base.onnx_mb if base else None),
+                "latency_ratio": _ratio(el.get("median_ms"), bl.get("median_ms")),
+                "speedup": _ratio(bl.get("median_ms"), el.get("median_ms")),
+                "map50_diff": None if em.get("map50") is None or bm.get("map50") is None else em["map50"] - bm["map50"],
+                "map_diff": None if em.get("map") is None or bm.get("map") is None else em["map"] - bm["map"],
+            }
+        )
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- plots
+
+
+def make_plots(run_dir: Path, entries: Sequence[ModelEntry], extras: Mapping[str, Any]) -> list[Path]:
+    out: list[Path] = []
+    base = _baseline(entries)
+    with_models = {e.role: e.model for e in entries if e.model is not None}
+    gamma_models = {k: m for k, m in with_models.items() if k != "int8"}
+    if extras.get("gamma_models"):
+        gamma_models = dict(extras["gamma_models"])
+    if gamma_models:
+        out.append(plots.gamma_histogram(gamma_models, run_dir / "gamma_hist.png", extras.get("gamma_threshold")))
+    pruned = next((e for e in entries if e.role != (base.role if base else None) and e.model is not None), None)
+    if base is not None and base.model is not None and pruned is not None:
+        out.append(plots.channels_per_layer(base.model, pruned.model, run_dir / "channels_per_layer.png"))
+    if extras.get("sweep"):
+        out.append(plots.sweep_curve(extras["sweep"], run_dir / "ratio_sweep.png"))
+    lat = {e.role: e.latency for e in entries if e.latency}
+    if lat:
+        out.append(plots.latency_bars(lat, run_dir / "latency.png"))
+    pcs = {e.role: e.metrics.get("per_class") for e in entries if e.metrics.get("per_class")}
+    if pcs:
+        out.append(plots.per_class_ap(pcs, run_dir / "per_class_ap.png"))
+    images = list(extras.get("images") or [])
+    if images:
+        out += detection_panels(run_dir, entries, images, extras)
+    return [p for p in out if p is not None]
+
+
+def detection_panels(run_dir: Path, entries: Sequence[ModelEntry], images: Sequence[Any], extras) -> list[Path]:
+    """Baseline vs the other models' detections side by side on a few images."""
+    from reports.detect import load_predictor, side_by_side
+
+    preds = []
+    for e in entries:
+        src = e.model if e.model is not None else (e.onnx_path or e.path)
+        if src is not None:
+            preds.append((e.role, load_predictor(src)))
+    if len(preds) < 1:
+        return []
+    out = []
+    imgsz = extras.get("imgsz", 640)
+    for i, img in enumerate(images[: int(extras.get("max_images", 4))]):
+        p = run_dir / f"detections_{i}.png"
+        side_by_side(preds, img, imgsz=imgsz, conf_thres=float(extras.get("conf_thres", 0.25))).save(p)
+        out.append(p)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- text
+
+
+def _fmt(v: Any, spec: str = "") -> str:
+    if v is None:
+        return "-"
+    return format(v, spec) if spec else str(v)
+
+
+def _x(v: float | None) -> str:
+    return "" if v is None else f" ({v:.2f}x)"
+
+
+def _d(v: float | None) -> str:
+    return "" if v is None else f" ({v:+.3f})"
+
+
+def table_rows(entries: Sequence[ModelEntry]) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "params", "GFLOPs", ".pt MB", ".onnx MB", "latency ms", "speed-up", "mAP50", "mAP50-95"]
+    rows = []
+    for e, c in zip(entries, comparisons(entries)):
+        lat = e.main_latency or {}
+        rows.append(
+            [
+                e.role,
+                (f"{e.params / 1e6:.3f}M" if e.params else "-") + _x(c["params_ratio"]),
+                _fmt(e.gflops, ".2f") + _x(c["gflops_ratio"]),
+                _fmt(e.pt_mb, ".2f") + _x(c["pt_mb_ratio"]),
+                _fmt(e.onnx_mb, ".2f") + _x(c["onnx_mb_ratio"]),
+                _fmt(lat.get("median_ms"), ".1f") + (f" / p90 {lat['p90_ms']:.1f}" if lat.get("p90_ms") else ""),
+                _fmt(c["speedup"], ".2f") + ("x" if c["speedup"] else ""),
+                _fmt(e.metrics.get("map50"), ".4f") + _d(c["map50_diff"]),
+                _fmt(e.metrics.get("map"), ".4f") + _d(c["map_diff"]),
+            ]
+        )
+    return header, rows
+
+
+def print_table(entries: Sequence[ModelEntry], console=None, title: str = "yolov5-slim report") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    header, rows = table_rows(entries)
+    t = Table(title=title)
+    for i, h in enumerate(header):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*r)
+    (console or Console()).print(t)
+
+
+def markdown(report: dict[str, Any], entries: Sequence[ModelEntry], plot_files: Sequence[Path]) -> str:
+    env = report["environment"]
+    cpu = env.get("cpu", {})
+    header, rows = table_rows(entries)
+    lines = [
+        "# yolov5-slim report",
+        "",
+        f"Created {report['created']} with schema `{SCHEMA}`.",
+        "",
+        "## Models",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *["| " + " | ".join(r) + " |" for r in rows],
+        "",
+        "Ratios are to the baseline; latency is the median of interleaved runs (see `report.json` for every "
+        "setting), mAP from "
+        + ", ".join(sorted({str(e.metrics.get("evaluator", "-")) for e in entries if e.metrics}))
+        + ".",
+        "",
+        *[f"- {e.role}: evaluated with {e.notes['evaluated_with']}" for e in entries if e.notes.get("evaluated_with")],
+        "",
+        "## Environment",
+        "",
+        f"- CPU: {cpu.get('model')} ({cpu.get('usable_cores')} usable cores; flags {', '.join(cpu.get('flags', []))})",
+        f"- python {env.get('python')}, torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, "
+        f"onnx {env.get('onnx')}",
+        "",
+    ]
+    lat_rows = [(e.role, k, v) for e in entries for k, v in e.latency.items()]
+    if lat_rows:
+        lines += ["## Latency", "", "| model | setting | median ms | p90 ms | runs |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {r} | {k} | {_fmt(v.get('median_ms'), '.2f')} | {_fmt(v.get('p90_ms'), '.2f')} "
+            f"| {_fmt(v.get('runs'))} |"
+            for r, k, v in lat_rows
+        ]
+        lines.append("")
+    if report.get("arguments"):
+        lines += ["## Arguments", "", "```json", json.dumps(report["arguments"], indent=2, default=str), "```", ""]
+    if plot_files:
+        lines += ["## Plots", ""]
+        lines += [f"![{p.stem}]({p.name})" for p in plot_files]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- entry point
+
+
+def write_report(
+    run_dir: str | Path,
+    entries: Sequence[ModelEntry],
+    args: Mapping[str, Any] | None = None,
+    extras: Mapping[str, Any] | None = None,
+    console=None,
+    print_summary: bool = True,
+) -> dict[str, Path]:
+    """Write report.json, report.md and the plots into `run_dir`; print the rich table. Returns the paths."""
+    from reports.export import check_out_dir
+    from yolo.fileio import atomic_write_text
+
+    if not entries:
+        raise ValueError("a report needs at least one model entry")
+    order = {r: i for i, r in enumerate(ROLE_ORDER)}
+    entries = sorted(entries, key=lambda e: order.get(e.role, len(order)))
+    run_dir = check_out_dir(Path(run_dir))
+    extras = dict(extras or {})
+    plot_files = make_plots(run_dir, entries, extras)
+    env = environment()
+    report = {
+        "schema": SCHEMA,
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "arguments": _plain(dict(args or {})),
+        "environment": env,
+        "packages": package_versions(),
+        "baseline": (_baseline(entries).role if entries else None),
+        "models": [e.to_dict() for e in entries],
+        "comparisons": comparisons(entries),
+        "plots": [p.name for p in plot_files],
+        "extras": _plain({k: v for k, v in extras.items() if k not in ("gamma_models",)}),
+    }
+    paths = {
+        "json": atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2) + "\n"),
+        "md": atomic_write_text(run_dir / "report.md", markdown(report, entries, plot_files)),
+    }
+    paths.update({p.stem: p for p in plot_files})
+    if print_summary:
+        print_table(entries, console=console)
+    return paths
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Read a report.json, checking the schema name."""
+    d = json.loads(Path(path).read_text())
+    if not str(d.get("schema", "")).startswith("yolov5-slim.report/"):
+        raise ValueError(f"{path}: not a yolov5-slim report (schema {d.get('schema')!r})")
+    return d
+
+
+# ------------------------------------------------------------------------------------------- measuring
+
+
+def latency_key(threads: int) -> str:
+    return f"onnxruntime {threads} thread{'s' if threads != 1 else ''}"
+
+
+def build_entries(
+    weights: Mapping[str, str | Path],
+    run_dir: str | Path,
+    data: Any = None,
+    imgsz: int = 640,
+    threads: Sequence[int | None] = (1, None),
+    runs: int = 50,
+    warmup: int = 5,
+    eval_kwargs: Mapping[str, Any] | None = None,
+    evaluator: str = "auto",
+    log=print,
+) -> list[ModelEntry]:
+    """Measure models given as role -> .pt (exported to run_dir at a fixed imgsz) or .onnx (used as is).
+
+    Sizes for every model; latency of all ONNX files interleaved at each thread count (None = all usable
+    cores); mAP with yolo.val.evaluate on `data` (a data.yaml path or DataConfig) when given, every model
+    through the same evaluator: 'torch' (modules, rectangular batches: the official protocol) or 'onnx'
+    (ONNX Runtime, fixed square input); 'auto' is 'onnx' as soon as one model exists only as ONNX.
+    """
+    import numpy as np
+
+    from reports.export import check_parity, export_onnx
+    from reports.latency import OnnxRunner, benchmark, cpu_info
+    from reports.onnx_backend import OnnxDetector
+    from yolo.checkpoint import load_model
+
+    run_dir = Path(run_dir)
+    entries: list[ModelEntry] = []
+    for role, w in weights.items():
+        w = Path(w)
+        if w.suffix.lower() == ".onnx":
+            e = ModelEntry.measure(role, onnx_path=w, imgsz=imgsz)
+            e.notes["from"] = "onnx"
+        else:
+            model, meta = load_model(w)
+            onnx_path = export_onnx(model, run_dir / f"{role}.onnx", imgsz, metadata=meta)
+            rng = np.random.default_rng(0)
+            synthetic = [rng.integers(0, 255, (imgsz, int(imgsz * 0.75), 3), dtype="uint8")]
+            parity = check_parity(model, onnx_path, synthetic)
+            log(f"{role}: exported {onnx_path} ({parity.summary()})")
+            e = ModelEntry.measure(role, model, pt_path=w, onnx_path=onnx_path, imgsz=imgsz)
+            e.notes["parity"] = parity.to_dict()
+            prune_ops = [h for h in meta.get("history", []) if isinstance(h, dict) and h.get("op") == "prune"]
+            if prune_ops:
+                from reports.export import prune_summary
+
+                e.notes["prune"] = prune_summary(prune_ops)
+        entries.append(e)
+    cores = cpu_info()["usable_cores"]
+    for t in threads:
+        n = int(t or cores)
+        runners = {e.role: OnnxRunner(e.onnx_path, threads=n, imgsz=imgsz) for e in entries if e.onnx_path}
+        if not runners:
+            break
+        res = benchmark(runners, runs=runs, warmup=warmup)
+        for e in entries:
+            if e.role in res:
+                e.latency[latency_key(n)] = res[e.role]
+        log("latency " + latency_key(n) + ": " + ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in res.items()))
+        if t is None and n == 1:
+            break
+    if data is not None:
+        from yolo.val import evaluate
+
+        kw = {"batch_size": 8, "progress": False, **dict(eval_kwargs or {})}
+        if evaluator == "auto":
+            evaluator = "torch" if all(e.model is not None for e in entries) else "onnx"
+        if evaluator not in ("torch", "onnx"):
+            raise ValueError(f"evaluator {evaluator!r}: expected auto, torch or onnx")
+        for e in entries:
+            src = e.model if evaluator == "torch" else OnnxDetector(e.onnx_path)
+            e.metrics = evaluate(src, data, imgsz=imgsz, **kw)
+            e.notes["evaluated_with"] = (
+                "PyTorch module, rectangular batches" if evaluator == "torch" else "ONNX Runtime, fixed square input"
+            )
+            log(f"{e.role}: mAP50 {e.metrics['map50']:.4f} mAP50-95 {e.metrics['map']:.4f}")
+    return entries

@@ -1,0 +1,60 @@
+"""The sparse-training stage as a trainer callback: one code path with ordinary fine-tuning.
+
+The trainer calls `on_train_start`, `on_before_optimizer_step` (after accumulation, AMP unscaling, the DDP
+all-reduce and gradient clipping; right before `optimizer.step()`) and `on_epoch_end` (which adds the
+sparsity columns to the results row). With `sr == 0` nothing touches the gradients and only the gamma
+statistics are recorded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sparsity.bn_l1 import apply_bn_l1, select_bns, sr_at
+from sparsity.stats import gamma_histogram, gamma_stats, plot_gamma_histograms
+
+HIST_PNG = "gamma_hist.png"
+
+
+class SparsityCallback:
+    name = "sparsity"
+
+    def __init__(self, sr: float = 0.0, schedule: str = "constant", layers: str = "all"):
+        if sr < 0:
+            raise ValueError(f"sparsity rate must be >= 0, got {sr}")
+        sr_at(sr, schedule, 0, 1)  # validates the schedule name
+        self.sr, self.schedule, self.layers = float(sr), schedule, layers
+        self.bns: list = []
+        self.history: list[dict] = []  # {"epoch", "hist"} per finished epoch
+        self.steps = 0  # optimiser steps the penalty was applied to
+
+    def current_sr(self, trainer) -> float:
+        progress = trainer.epoch + trainer.batch_index / max(trainer.nb, 1)
+        return sr_at(self.sr, self.schedule, progress, trainer.epochs)
+
+    def on_train_start(self, trainer) -> None:
+        self.bns = select_bns(trainer.bare_model, self.layers)
+        if self.history and trainer.is_main:
+            self.history = [h for h in self.history if h["epoch"] < trainer.start_epoch]
+
+    def on_before_optimizer_step(self, trainer) -> None:
+        if self.sr > 0:
+            apply_bn_l1(None, self.current_sr(trainer), self.bns)
+            self.steps += 1
+
+    def on_epoch_end(self, trainer, row: dict) -> None:
+        stats = gamma_stats(trainer.bare_model)
+        row["sparsity_sr"] = self.current_sr(trainer) if self.sr > 0 else 0.0
+        row["gamma_lt_1e-3"] = stats["lt_1e-3"]
+        row["gamma_lt_1e-2"] = stats["lt_1e-2"]
+        row["gamma_median"] = stats["median"]
+        self.history.append({"epoch": trainer.epoch, "hist": gamma_histogram(trainer.bare_model)})
+        if self.sr > 0 and trainer.is_main and trainer.run_dir is not None:
+            plot_gamma_histograms(self.history, Path(trainer.run_dir) / HIST_PNG)
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state.get("history", []))
+        self.steps = int(state.get("steps", 0))

@@ -1,0 +1,104 @@
+"""Static int8 quantisation of a tiny model: decode stays float, outputs stay close to fp32."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from reports.export import export_onnx, read_metadata
+from reports.onnx_backend import OnnxDetector
+from reports.quantize import (
+    Int8Config,
+    QuantizeError,
+    decode_nodes,
+    float_decode_check,
+    quantize_int8,
+    select_int8,
+)
+from yolo.model import build_model, load_model_yaml
+
+
+def tiny_model():
+    cfg = load_model_yaml("yolov5n")
+    cfg.update(width_multiple=0.125, nc=3)
+    torch.manual_seed(0)
+    m = build_model(cfg).eval()
+    m.names = ["a", "b", "c"]
+    return m
+
+
+def images(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (64, 48 + 8 * (i % 3), 3), dtype=np.uint8) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory):
+    return export_onnx(tiny_model(), tmp_path_factory.mktemp("int8") / "tiny.onnx", 64)
+
+
+@pytest.fixture(scope="module")
+def int8(fp32):
+    return quantize_int8(fp32, fp32.parent / "tiny-int8.onnx", images(4), Int8Config("u8", "minmax", 4))
+
+
+def test_decode_nodes_found_from_the_output(fp32):
+    names, convs = decode_nodes(onnx.load(str(fp32)))
+    assert len(convs) == 3  # one last convolution per output level
+    ops = {n.op_type for n in onnx.load(str(fp32)).graph.node if n.name in names}
+    assert {"Sigmoid", "Concat", "Reshape"} <= ops
+    assert "Conv" not in ops
+
+
+def test_int8_keeps_decode_float_and_quantises_the_rest(int8):
+    m = onnx.load(str(int8))
+    assert float_decode_check(m) == []
+    names, convs = decode_nodes(m)
+    region = [n for n in m.graph.node if n.name in names]
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in region)
+    producers = {o: n for n in m.graph.node for o in n.output}
+    consumers = [n for n in m.graph.node for i in n.input for c in convs if i == producers_out(producers, c)]
+    assert consumers and all(n.op_type != "QuantizeLinear" for n in consumers)  # last convs write float
+    assert sum(n.op_type == "QuantizeLinear" for n in m.graph.node) > 20  # the backbone is quantised
+    meta = read_metadata(m)
+    assert meta["names"] == ["a", "b", "c"] and meta["int8"]["activations"] == "u8"
+
+
+def producers_out(producers: dict, conv_name: str) -> str:
+    return next(o for o, n in producers.items() if n.name == conv_name)
+
+
+def test_int8_outputs_close_to_fp32(fp32, int8):
+    x = torch.from_numpy(np.stack([np.transpose(i[:, :48], (2, 0, 1)) for i in images(2, seed=1)]) / 255.0)
+    x = torch.nn.functional.pad(x, (8, 8, 0, 0), value=114 / 255).float()
+    a, b = OnnxDetector(fp32)(x), OnnxDetector(int8)(x)
+    assert a.shape == b.shape
+    d = (a - b).abs()
+    assert float(d[..., 4:].max()) < 0.05  # probabilities
+    assert float(d[..., :4].mean()) < 1.0  # pixels, on a 64 px input
+
+
+def test_config_tags_and_errors(fp32, tmp_path):
+    c = Int8Config.from_tag("s8-entropy-n16-fhead")
+    assert (c.activations, c.method, c.images, c.float_head_convs) == ("s8", "entropy", 16, True)
+    assert Int8Config.from_tag("u8").tag == "u8-percentile-n32"
+    with pytest.raises(QuantizeError, match="unknown part"):
+        Int8Config.from_tag("u8-fast")
+    with pytest.raises(QuantizeError, match="--int8-activations"):
+        Int8Config("fp8").validate()
+    with pytest.raises(QuantizeError, match="needs images"):
+        quantize_int8(fp32, tmp_path / "q.onnx", [])
+
+
+def test_select_without_data_measures_latency(fp32, tmp_path):
+    cfgs = [Int8Config("u8", "minmax", 2)]
+    sel = select_int8(fp32, tmp_path, images(2), cfgs, rounds=3, warmup=1, log=lambda s: None)
+    d = sel.to_dict()
+    v = d["variants"][0]
+    assert v["error"] is None and v["latency_ms"] > 0 and v["ratio_to_fp32"] > 0
+    assert v["map"] is None and v["holds_accuracy"] is None  # no data: accuracy not checked
+    assert d["fp32"]["latency_ms"] > 0
+    assert (d["chosen"] is None) == (v["ratio_to_fp32"] >= 1.0)
+    assert d["reason"]

@@ -1,0 +1,211 @@
+"""Training runs on tiny synthetic data: outputs, sparse stage, resume, Ctrl-C, NaN, transfer, overfitting."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from finetune.trainer import (
+    NonFiniteLossError,
+    TrainError,
+    TrainingInterrupted,
+    TrainOptions,
+    train,
+)
+from yolo.checkpoint import load_model, read_checkpoint
+from yolo.synthetic import make_synthetic_dataset
+
+TINY_CFG = {
+    "nc": 3, "depth_multiple": 0.33, "width_multiple": 0.125,
+    "anchors": [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]],
+    "backbone": [[-1, 1, "Conv", [64, 6, 2, 2]], [-1, 1, "Conv", [128, 3, 2]], [-1, 1, "C3", [128]],
+                 [-1, 1, "Conv", [256, 3, 2]], [-1, 1, "C3", [256]], [-1, 1, "Conv", [512, 3, 2]],
+                 [-1, 1, "SPPF", [512, 5]]],
+    "head": [[-1, 1, "Conv", [256, 1, 1]], [-1, 1, "nn.Upsample", ["None", 2, "nearest"]],
+             [[-1, 4], 1, "Concat", [1]], [-1, 1, "C3", [256, False]],
+             [[3, 9, 6], 1, "Detect", ["nc", "anchors"]]],
+}
+NO_AUG = {"mosaic": 0.0, "fliplr": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0, "scale": 0.0,
+          "warmup_epochs": 0.0}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    data = make_synthetic_dataset(root / "data", n_train=8, n_val=4, img_size=96, seed=3)
+    cfg = root / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY_CFG))
+    return {"root": root, "data": data, "cfg": cfg}
+
+
+def _opts(setup, tmp_path, **kw) -> TrainOptions:
+    base = dict(data=str(setup["data"]), cfg=str(setup["cfg"]), epochs=2, batch_size=2, nbs=4, imgsz=64,
+                device="cpu", workers=0, project=str(tmp_path / "runs"), hyp_overrides=dict(NO_AUG), quiet=True)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class StepSpy:
+    """Counts optimizer steps three ways and checks the penalty hook sees final gradients."""
+
+    def __init__(self):
+        self.before = self.after = 0
+
+    def on_train_start(self, trainer):
+        self.step_calls = 0
+        inner = trainer.optimizer.step
+
+        def counting_step(*a, **k):
+            self.step_calls += 1
+            return inner(*a, **k)
+
+        trainer.optimizer.step = counting_step
+
+    def on_before_optimizer_step(self, trainer):
+        self.before += 1
+
+    def on_optimizer_step(self, trainer):
+        self.after += 1
+
+
+def test_run_outputs_sparse_stage_and_hook_order(setup, tmp_path):
+    spy = StepSpy()
+    res = train(_opts(setup, tmp_path, epochs=2, sparsity=0.05, noval=True), callbacks=[spy])
+    run = tmp_path / "runs" / "exp"
+    assert res.run_dir == run and res.last == run / "weights" / "last.pt" and res.best == run / "weights" / "best.pt"
+    for f in ("args.yaml", "hyp.yaml", "results.csv", "results.png", "gamma_hist.png"):
+        assert (run / f).is_file(), f
+    assert yaml.safe_load((run / "hyp.yaml").read_text())["mosaic"] == 0.0
+    assert yaml.safe_load((run / "args.yaml").read_text())["sparsity"] == 0.05
+    # 4 batches/epoch, accumulate 2 (nbs 4 / batch 2): 2 steps per epoch; penalty once per step, before it
+    assert res.optimizer_steps == 4 and spy.before == spy.after == spy.step_calls == 4
+    lines = (run / "results.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    for col in ("epoch", "train/box_loss", "lr/pg0", "metrics/mAP_0.5:0.95", "optimizer_steps", "gamma_lt_1e-3",
+                "gamma_lt_1e-2", "sparsity_sr"):
+        assert col in header
+    assert len(lines) == 3
+    assert lines[1].split(",")[header.index("metrics/mAP_0.5")] == ""  # --noval: scored only at the end
+    assert lines[2].split(",")[header.index("metrics/mAP_0.5")] != ""
+    model, meta = load_model(res.last)
+    assert model.names == ["circle", "square", "triangle"]
+    assert meta["history"][-1]["op"] == "sparse_train" and meta["history"][-1]["optimizer_steps"] == 4
+    assert "train_state" in read_checkpoint(res.last) and "train_state" not in read_checkpoint(res.best)
+    again = train(_opts(setup, tmp_path, epochs=1))
+    assert again.run_dir == tmp_path / "runs" / "exp2"
+
+
+def test_sparsity_through_trainer_drives_gammas_down(setup, tmp_path):
+    def column(sr, key):
+        res = train(_opts(setup, tmp_path, epochs=2, sparsity=sr, nbs=2, noval=True,
+                          hyp_overrides={**NO_AUG, "lr0": 0.05}, name=f"sr{sr}"))
+        rows = (res.run_dir / "results.csv").read_text().splitlines()
+        header = rows[0].split(",")
+        return [float(r.split(",")[header.index(key)]) for r in rows[1:]]
+
+    # 8 steps of lr ~0.05 * sr 2.0 on gammas that start at 1.0: the median falls towards 0
+    sparse = column(2.0, "gamma_median")
+    plain = column(0.0, "gamma_median")
+    assert sparse[-1] < 0.5 * plain[-1] and sparse[-1] < sparse[0] < plain[0]
+
+
+def test_resume_after_kill_matches_uninterrupted(setup, tmp_path):
+    full = train(_opts(setup, tmp_path, epochs=3, name="full"))
+
+    class Kill:
+        def on_epoch_start(self, trainer):
+            if trainer.epoch == 2:
+                raise RuntimeError("simulated SIGKILL")  # no interrupt handler: last.pt is end of epoch 1
+
+    with pytest.raises(RuntimeError, match="SIGKILL"):
+        train(_opts(setup, tmp_path, epochs=3, name="killed"), callbacks=[Kill()])
+    run = tmp_path / "runs" / "killed"
+    assert read_checkpoint(run / "weights" / "last.pt")["train_state"]["epoch"] == 2
+    resumed = train(TrainOptions(resume=str(run), quiet=True, device="cpu", workers=0))
+    assert resumed.run_dir == run
+    assert (resumed.epochs, resumed.optimizer_steps) == (full.epochs, full.optimizer_steps) == (3, 6)
+    rows = (run / "results.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
+    a, _ = load_model(full.last)
+    b, _ = load_model(resumed.last)
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(x.float(), y.float(), atol=1e-5), k  # same data order, RNG, optimizer state
+    with pytest.raises(TrainError, match="finished"):
+        train(TrainOptions(resume=str(run), quiet=True))
+
+
+def test_ctrl_c_saves_position_and_resume_completes(setup, tmp_path):
+    class CtrlC:
+        def on_batch_end(self, trainer):
+            if trainer.epoch == 1 and trainer.batch_index == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as e:
+        train(_opts(setup, tmp_path, epochs=2, name="int"), callbacks=[CtrlC()])
+    last = tmp_path / "runs" / "int" / "weights" / "last.pt"
+    assert e.value.last == last and "--resume" in e.value.message
+    state = read_checkpoint(last)["train_state"]
+    # batches 0-1 of epoch 1 went into an optimizer step; batch 2 had not: resume restarts at batch 2
+    assert (state["epoch"], state["iter"], state["optimizer_steps"]) == (1, 2, 3)
+    resumed = train(TrainOptions(resume=str(last), quiet=True, device="cpu", workers=0))
+    assert (resumed.epochs, resumed.optimizer_steps) == (2, 4)
+
+
+def test_nan_loss_stops_and_keeps_last(setup, tmp_path):
+    seen = {}
+
+    class Record:
+        def on_epoch_start(self, trainer):
+            if trainer.epoch == 1:
+                seen["sha"] = _sha(trainer.last_path)
+
+    def poison(trainer, imgs, targets, preds):
+        return torch.tensor(math.nan) if (trainer.epoch, trainer.batch_index) == (1, 1) else None
+
+    with pytest.raises(NonFiniteLossError, match=r"nan at epoch 1, iteration 1 of 4") as e:
+        train(_opts(setup, tmp_path, epochs=3, name="nan", noval=True), callbacks=[Record()], loss_hooks=[poison])
+    last = tmp_path / "runs" / "nan" / "weights" / "last.pt"
+    assert str(last) in str(e.value)
+    assert _sha(last) == seen["sha"]
+    assert read_checkpoint(last)["train_state"]["epoch"] == 1
+
+
+def test_transfer_learning_new_head_and_input_never_overwritten(setup, tmp_path, capsys):
+    first = train(_opts(setup, tmp_path, epochs=1, name="base", noval=True))
+    four = yaml.safe_load(Path(setup["data"]).read_text())
+    four["names"] = {0: "circle", 1: "square", 2: "triangle", 3: "star"}
+    four["nc"] = 4
+    four["path"] = str(Path(setup["data"]).parent)
+    data4 = tmp_path / "four.yaml"
+    data4.write_text(yaml.safe_dump(four))
+    before = _sha(first.last)
+    res = train(_opts(setup, tmp_path, epochs=1, data=str(data4), weights=str(first.last), cfg="", name="tl",
+                      noval=True))
+    assert "transfer learning" in capsys.readouterr().out
+    model, meta = load_model(res.last)
+    assert model.nc == 4 and model.names[-1] == "star" and meta["history"][-1]["new_head"]
+    assert meta["history"][0]["op"] == "finetune"  # the base run's history is carried
+    assert _sha(first.last) == before
+    with pytest.raises(TrainError, match="overwrite its input weights"):
+        train(_opts(setup, tmp_path, epochs=1, weights=str(first.last), name="base", exist_ok=True))
+
+
+def test_overfits_eight_images(setup, tmp_path):
+    """The must-show: a tiny model learns 8 images (scored on the same images) to mAP50 >= 0.9."""
+    d = yaml.safe_load(Path(setup["data"]).read_text())
+    d["path"] = str(Path(setup["data"]).parent)
+    d["val"] = d["train"]
+    same = tmp_path / "same.yaml"
+    same.write_text(yaml.safe_dump(d))
+    res = train(_opts(setup, tmp_path, data=str(same), epochs=40, batch_size=4, nbs=4, imgsz=96, noval=True,
+                      optimizer="AdamW", hyp_overrides={**NO_AUG, "lr0": 0.01}, name="overfit"))
+    assert res.metrics["map50"] >= 0.9, res.metrics

@@ -1,0 +1,90 @@
+"""The pipeline: stage bookkeeping (skip / resume / redo) and one tiny end-to-end run of the demo command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.run import PipelineError, PipelineOptions
+from pipeline.state import PipelineState, stage_key
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_stage_key_chains_upstream_changes():
+    a = stage_key({"epochs": 3})
+    assert stage_key({"epochs": 3}) == a
+    assert stage_key({"epochs": 4}) != a
+    assert stage_key({"epochs": 3}, upstream="x") != stage_key({"epochs": 3}, upstream="y")
+
+
+def test_state_status_transitions(tmp_path):
+    s = PipelineState(tmp_path)
+    assert s.status("sparse", "k1") == "new"
+    s.begin("sparse", "k1", {"epochs": 1})
+    assert PipelineState(tmp_path).status("sparse", "k1") == "resume"  # interrupted: reloaded from disk
+    s.finish("sparse", {"last": "x.pt"})
+    reloaded = PipelineState(tmp_path)
+    assert reloaded.status("sparse", "k1") == "done"
+    assert reloaded.outputs("sparse") == {"last": "x.pt"}
+    assert reloaded.status("sparse", "k2") == "changed"
+
+
+@pytest.mark.parametrize(
+    "kw, flag",
+    [
+        ({"weights": "", "cfg": ""}, "--weights"),
+        ({"weights": "missing.pt"}, "missing.pt"),
+        ({"cfg": "yolov5n", "ratio": 0.3, "target_flops": 0.5}, "--ratio"),
+        ({"cfg": "yolov5n", "data": ""}, "--data"),
+    ],
+)
+def test_bad_options_name_the_flag(tmp_path, kw, flag):
+    data = tmp_path / "data.yaml"
+    data.write_text("names: [a]\ntrain: x\nval: x\n")
+    opt = PipelineOptions(**{"data": str(data), **kw})
+    with pytest.raises(PipelineError, match=flag.replace(".", r"\.")):
+        opt.validate()
+
+
+def _demo(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, str(REPO / "prune.py"), "demo",
+        "--data-dir", str(tmp_path / "data"), "--project", str(tmp_path / "runs"), "--name", "exp",
+        "--n-train", "24", "--n-val", "8", "--imgsz", "64", "--batch-size", "8", "--nbs", "8", "--workers", "0",
+        "--sparse-epochs", "2", "--finetune-epochs", "1", "--latency-runs", "5", "--threads", "1", "--quiet",
+        *extra,
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+
+
+@pytest.mark.e2e
+def test_demo_end_to_end_then_rerun_skips(tmp_path):
+    first = _demo(tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:] + first.stdout[-3000:]
+    run = tmp_path / "runs" / "exp"
+    report = json.loads((run / "report" / "report.json").read_text())
+    models = {m["role"]: m for m in report["models"]}
+    assert {"baseline", "pruned", "finetuned"} <= set(models)
+    # physically smaller: fewer parameters and at most ~half the FLOPs of the baseline (the default target)
+    assert models["pruned"]["params"] < models["baseline"]["params"]
+    assert models["pruned"]["gflops"] <= 0.55 * models["baseline"]["gflops"]
+    assert Path(models["finetuned"]["onnx_path"]).is_file()
+    assert (run / "report" / "report.md").is_file()
+    state = json.loads((run / "pipeline.json").read_text())["stages"]
+    assert all(s["status"] == "done" for s in state.values())
+
+    # the same command again: every stage is skipped, nothing retrained
+    second = _demo(tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stdout.count("skipped") >= 4
+
+    # a changed fine-tune length redoes only the stages from fine-tuning on
+    third = _demo(tmp_path, "--finetune-epochs", "2")
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "[sparse] already done" in third.stdout
+    assert "[finetune] inputs changed" in third.stdout

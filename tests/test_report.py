@@ -1,0 +1,125 @@
+"""report.json / report.md / plots / rich table, measured entries, and the detect command."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reports.report import SCHEMA, ModelEntry, build_entries, load_report, write_report
+from yolo.model import build_model, load_model_yaml
+
+
+def tiny_model(width: float = 0.125, seed: int = 0):
+    cfg = load_model_yaml("yolov5n")
+    cfg.update(width_multiple=width, nc=3)
+    torch.manual_seed(seed)
+    m = build_model(cfg).eval()
+    m.names = ["cat", "dog", "bird"]
+    return m
+
+
+def per_class(scale: float) -> list[dict]:
+    return [
+        {"class": i, "name": n, "ap50": 0.5 * scale, "ap": 0.3 * scale} for i, n in enumerate(["cat", "dog", "bird"])
+    ]
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    p = tmp_path_factory.mktemp("imgs") / "sample.jpg"
+    Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(p)
+    return p
+
+
+def test_write_report_files_and_schema(tmp_path, image_file):
+    from rich.console import Console
+
+    base, pruned = tiny_model(0.125), tiny_model(0.0625, seed=1)
+    lat = {"onnxruntime 1 thread": {"median_ms": 10.0, "p90_ms": 12.0, "runs": 50}}
+    entries = [
+        ModelEntry.measure(
+            "pruned",
+            pruned,
+            imgsz=64,
+            latency={"onnxruntime 1 thread": {"median_ms": 6.0, "p90_ms": 7.0}},
+            metrics={"map50": 0.4, "map": 0.25, "per_class": per_class(0.8), "evaluator": "pycocotools"},
+        ),
+        ModelEntry.measure(
+            "baseline",
+            base,
+            imgsz=64,
+            latency=lat,
+            metrics={"map50": 0.5, "map": 0.3, "per_class": per_class(1.0), "evaluator": "pycocotools"},
+        ),
+    ]
+    sweep = [{"ratio": r, "map": 0.3 - r / 4, "map50": 0.5 - r / 4, "gflops": 1 - r} for r in (0.0, 0.2, 0.4)]
+    console = Console(record=True, width=200, file=io.StringIO())
+    paths = write_report(
+        tmp_path / "run",
+        entries,
+        args={"ratio": 0.4, "weights": tmp_path / "w.pt"},
+        extras={"sweep": sweep, "images": [image_file], "imgsz": 64, "conf_thres": 0.001},
+        console=console,
+    )
+    rep = load_report(paths["json"])
+    assert rep["schema"] == SCHEMA
+    for key in ("created", "arguments", "environment", "packages", "models", "comparisons", "plots", "extras"):
+        assert key in rep
+    assert rep["arguments"]["weights"].endswith("w.pt")
+    assert rep["environment"]["cpu"]["logical_cores"] >= 1 and rep["packages"]["torch"]
+    assert [m["role"] for m in rep["models"]] == ["baseline", "pruned"]  # baseline first
+    b, p = rep["models"]
+    assert b["params"] > p["params"] > 0 and b["gflops"] > p["gflops"] > 0
+    assert p["metrics"]["per_class"][0]["name"] == "cat"
+    cmp = rep["comparisons"][1]
+    assert cmp["speedup"] == pytest.approx(10 / 6) and cmp["map_diff"] == pytest.approx(-0.05)
+    expected = {"gamma_hist", "channels_per_layer", "ratio_sweep", "latency", "per_class_ap", "detections_0"}
+    assert {f.rsplit(".", 1)[0] for f in rep["plots"]} == expected
+    for name in rep["plots"]:
+        f = tmp_path / "run" / name
+        assert f.stat().st_size > 1000
+        with Image.open(f) as im:
+            assert im.format == "PNG" and im.width > 100
+    md = paths["md"].read_text()
+    assert md.startswith("# yolov5-slim report") and "| baseline |" in md and "![latency](latency.png)" in md
+    text = console.export_text()
+    assert "baseline" in text and "pruned" in text and "1.67x" in text
+
+
+def test_report_needs_entries_and_checks_schema(tmp_path):
+    with pytest.raises(ValueError, match="at least one"):
+        write_report(tmp_path, [])
+    (tmp_path / "x.json").write_text(json.dumps({"schema": "other/1"}))
+    with pytest.raises(ValueError, match="not a yolov5-slim report"):
+        load_report(tmp_path / "x.json")
+
+
+def test_build_entries_from_checkpoint_and_onnx(tmp_path):
+    from reports.export import export_onnx
+    from yolo.checkpoint import save_checkpoint
+
+    m = tiny_model()
+    pt = save_checkpoint(tmp_path / "base.pt", m, {"imgsz": 64})
+    onnx_path = export_onnx(tiny_model(0.0625), tmp_path / "small.onnx", 64)
+    entries = build_entries(
+        {"baseline": pt, "pruned": onnx_path},
+        tmp_path / "run",
+        imgsz=64,
+        threads=(1,),
+        runs=3,
+        warmup=1,
+        log=lambda s: None,
+    )
+    base, small = entries
+    assert base.params and base.gflops and base.pt_mb and base.onnx_mb and base.notes["parity"]["passed"]
+    assert small.params is None and small.onnx_mb
+    for e in entries:
+        assert e.latency["onnxruntime 1 thread"]["runs"] == 3
+    paths = write_report(tmp_path / "run", entries, print_summary=False)
+    assert "latency.png" in load_report(paths["json"])["plots"]
