@@ -202,7 +202,9 @@ def build_graph(model: nn.Module, imgsz: int = 640, ignore=(), verbose: bool = F
     bns = {n: m.num_features for n, m in work.named_modules() if isinstance(m, nn.BatchNorm2d)}
     sinks = {n: _sink(dg, m, names) for n, m in work.named_modules() if isinstance(m, nn.Conv2d)}
     params = sum(p.numel() for p in work.parameters())
-    graph = PruneGraph(work, groups, protected, convs, bns, sinks, flops, params, imgsz, in_ch, probe, tuple(ignore or ()))
+    graph = PruneGraph(
+        work, groups, protected, convs, bns, sinks, flops, params, imgsz, in_ch, probe, tuple(ignore or ())
+    )
     if verbose:
         for name, why in protected:
             print(f"protected: {name}: {why}")

@@ -131,8 +131,11 @@ def build_metadata(model: nn.Module, hw: tuple[int, int], dynamic: str, extra: d
     summary = prune_summary(history)
     if summary:
         md["prune"] = summary
+    source = extra.pop("source", None)
+    if isinstance(source, dict) and source.get("sha256"):
+        md["source_sha256"] = source["sha256"]  # not the path: it is local to the exporting machine
     for k, v in extra.items():
-        if k in ("stride", "imgsz", "producer", "format", "state_dict", "arch"):
+        if k in ("stride", "imgsz", "producer", "format", "state_dict", "arch", "train_state", "anchors"):
             continue
         if isinstance(v, (str, int, float, bool, list, dict)) or v is None:
             md[k] = v

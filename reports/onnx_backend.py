@@ -3,7 +3,8 @@
 `OnnxDetector(path)(imgs)` takes a float32 Bx3xHxW tensor (0-1) and returns the decoded (B, N, 5 + nc)
 tensor. Class names, max stride and export size come from the file's metadata (ours or official YOLOv5's).
 `input_shape` is the fixed (h, w) of a static model (None when h/w are dynamic) and `batch_fixed` the fixed
-batch size (None when dynamic); a batch larger than a fixed batch of 1 is run one image at a time.
+batch size (None when dynamic); other batch sizes are run in chunks of the fixed size (one image at a time
+for the usual batch of 1, the last chunk padded).
 """
 
 from __future__ import annotations
@@ -94,13 +95,18 @@ class OnnxDetector:
                 f"{self.path.name} takes fixed {self.input_shape[0]}x{self.input_shape[1]} inputs, "
                 f"got {x.shape[2]}x{x.shape[3]}"
             )
-        fb = self.batch_fixed
-        if fb is None or x.shape[0] == fb:
+        fb, n = self.batch_fixed, x.shape[0]
+        if fb is None or n == fb:
             y = self.run_numpy(x)
-        elif fb == 1:
-            y = np.concatenate([self.run_numpy(x[i : i + 1]) for i in range(x.shape[0])], 0)
-        else:
-            raise ValueError(f"{self.path.name} has a fixed batch of {fb}; got {x.shape[0]} images")
+        else:  # fixed batch: run in chunks of fb, the last one padded with blank images
+            outs = []
+            for i in range(0, n, fb):
+                chunk = x[i : i + fb]
+                k = chunk.shape[0]
+                if k < fb:
+                    chunk = np.concatenate([chunk, np.zeros((fb - k, *chunk.shape[1:]), chunk.dtype)], 0)
+                outs.append(self.run_numpy(chunk)[:k])
+            y = np.concatenate(outs, 0)
         return torch.from_numpy(np.asarray(y, dtype=np.float32))
 
     # nn.Module look-alikes so code written for modules does not trip over a predictor

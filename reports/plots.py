@@ -135,7 +135,7 @@ def latency_bars(latencies: Mapping[str, Mapping[str, Mapping[str, float]]], pat
 
 
 def per_class_ap(
-    per_class: Mapping[str, Sequence[Mapping[str, Any]]], path: Path, key: str = "ap", top: int = 40
+    per_class: Mapping[str, Sequence[Mapping[str, Any]]], path: Path, key: str = "ap", top: int = 80
 ) -> Path | None:
     """Horizontal bars of per-class AP for each model (classes the first model scores, at most `top`)."""
     models = [m for m, rows in per_class.items() if rows]

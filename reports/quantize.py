@@ -7,10 +7,11 @@ are found by walking the graph backwards from the output until a Conv is reached
 
 Calibration images are letterboxed exactly as at inference (to the model's fixed input size).
 
-Which variant is fastest depends on the CPU: on an AVX-512-VNNI Xeon signed activations (QInt8, the ORT
-default) ran yolov5n 2x slower than fp32 while unsigned ones (QUInt8) ran 1.6x faster (REFERENCE.md). So
-`select_int8` builds the requested variants, times them interleaved with fp32 on this machine, scores them
-when data is given, and keeps the fastest one within the accuracy tolerance, or none.
+Which variant is fastest depends on the CPU and the ORT build. REFERENCE.md measured (ORT 1.31) signed
+activations (QInt8, ORT's default) 2x slower than fp32 and unsigned ones (QUInt8) 1.6x faster; here
+(ORT 1.32, AVX-512 VNNI + AMX Xeon, bench/results/int8.json) QInt8 ran 2.7x slower and QUInt8 only ~0.9x the
+fp32 time. So `select_int8` builds the requested variants, times them interleaved with fp32 on the user's
+machine, scores them when data is given, and keeps the fastest one within the accuracy tolerance, or none.
 """
 
 from __future__ import annotations
@@ -237,9 +238,7 @@ def quantize_int8(
             exclude += head_convs
         reader = ImageCalibrationReader(images, input_name, (h, w), stride)
         tmp_out = tmpdir / "int8.onnx"
-        quantize_static(
-            str(src),
-            str(tmp_out),
+        kwargs = dict(
             calibration_data_reader=reader,
             quant_format=QuantFormat.QDQ,
             per_channel=cfg.per_channel,
@@ -247,8 +246,21 @@ def quantize_int8(
             activation_type=getattr(QuantType, ACTIVATIONS[cfg.activations]),
             weight_type=QuantType.QInt8,
             nodes_to_exclude=exclude,
-            calibrate_method=getattr(CalibrationMethod, METHODS[cfg.method]),
         )
+        method = cfg.method
+        try:
+            quantize_static(
+                str(src), str(tmp_out), calibrate_method=getattr(CalibrationMethod, METHODS[method]), **kwargs
+            )
+        except ValueError as e:
+            # ORT's histogram calibrators fail on (near-)constant tensors ("Too many bins for data range");
+            # MinMax has no histogram: retry with it, loudly, and record what was used
+            if method == "minmax":
+                raise QuantizeError(f"int8 calibration failed: {str(e).splitlines()[0]}") from e
+            print(f"WARNING: {method} calibration failed ({str(e).splitlines()[0]}); using minmax", file=sys.stderr)
+            method = "minmax"
+            reader.rewind()
+            quantize_static(str(src), str(tmp_out), calibrate_method=CalibrationMethod.MinMax, **kwargs)
         q = onnx.load(str(tmp_out))
         _keep_head_outputs_float(q, head_convs)
         bad = float_decode_check(q)
@@ -256,7 +268,7 @@ def quantize_int8(
             raise QuantizeError(f"quantised decode region is not float: {', '.join(bad[:3])}")
         del q.metadata_props[:]
         props = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
-        props["int8"] = json.dumps({**asdict(cfg), "calib_images": len(images)})
+        props["int8"] = json.dumps({**asdict(cfg), "method": method, "calib_images": len(images)})
         for k, v in props.items():
             e = q.metadata_props.add()
             e.key, e.value = k, v

@@ -225,30 +225,36 @@ def _fmt(v: Any, spec: str = "") -> str:
     return format(v, spec) if spec else str(v)
 
 
-def _x(v: float | None) -> str:
-    return "" if v is None else f" ({v:.2f}x)"
+def _x(v: float | None, base: bool, sep: str = " ") -> str:
+    return "" if v is None or base else f"{sep}{v:.2f}x"
 
 
-def _d(v: float | None) -> str:
-    return "" if v is None else f" ({v:+.3f})"
+def _d(v: float | None, base: bool, sep: str = " ") -> str:
+    return "" if v is None or base else f"{sep}{v:+.3f}"
 
 
-def table_rows(entries: Sequence[ModelEntry]) -> tuple[list[str], list[list[str]]]:
-    header = ["model", "params", "GFLOPs", ".pt MB", ".onnx MB", "latency ms", "speed-up", "mAP50", "mAP50-95"]
+def table_rows(entries: Sequence[ModelEntry], p90: bool = True, sep: str = " ") -> tuple[list[str], list[list[str]]]:
+    """Header and rows: absolute values, then the ratio (x) or difference (+/-) to the baseline."""
+    header = ["model", "params", "GFLOPs", ".pt MB", ".onnx MB", "ms", "speed-up", "mAP50", "mAP50-95"]
+    base = _baseline(entries)
     rows = []
     for e, c in zip(entries, comparisons(entries)):
         lat = e.main_latency or {}
+        b = e is base
+        ms = _fmt(lat.get("median_ms"), ".1f")
+        if p90 and lat.get("p90_ms"):
+            ms += f"{sep}(p90 {lat['p90_ms']:.1f})"
         rows.append(
             [
                 e.role,
-                (f"{e.params / 1e6:.3f}M" if e.params else "-") + _x(c["params_ratio"]),
-                _fmt(e.gflops, ".2f") + _x(c["gflops_ratio"]),
-                _fmt(e.pt_mb, ".2f") + _x(c["pt_mb_ratio"]),
-                _fmt(e.onnx_mb, ".2f") + _x(c["onnx_mb_ratio"]),
-                _fmt(lat.get("median_ms"), ".1f") + (f" / p90 {lat['p90_ms']:.1f}" if lat.get("p90_ms") else ""),
+                (f"{e.params / 1e6:.2f}M" if e.params else "-") + _x(c["params_ratio"], b, sep),
+                _fmt(e.gflops, ".2f") + _x(c["gflops_ratio"], b, sep),
+                _fmt(e.pt_mb, ".1f") + _x(c["pt_mb_ratio"], b, sep),
+                _fmt(e.onnx_mb, ".1f") + _x(c["onnx_mb_ratio"], b, sep),
+                ms,
                 _fmt(c["speedup"], ".2f") + ("x" if c["speedup"] else ""),
-                _fmt(e.metrics.get("map50"), ".4f") + _d(c["map50_diff"]),
-                _fmt(e.metrics.get("map"), ".4f") + _d(c["map_diff"]),
+                _fmt(e.metrics.get("map50"), ".3f") + _d(c["map50_diff"], b, sep),
+                _fmt(e.metrics.get("map"), ".3f") + _d(c["map_diff"], b, sep),
             ]
         )
     return header, rows
@@ -258,10 +264,16 @@ def print_table(entries: Sequence[ModelEntry], console=None, title: str = "yolov
     from rich.console import Console
     from rich.table import Table
 
-    header, rows = table_rows(entries)
-    t = Table(title=title)
+    header, rows = table_rows(entries, p90=False, sep="\n")
+    lat = next((k for e in entries for k in e.latency if (e.main_latency is e.latency[k])), None)
+    from rich import box
+
+    caption = f"ms: median, {lat}; ratios and mAP differences vs the baseline" if lat else None
+    t = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for i, h in enumerate(header):
-        t.add_column(h, justify="left" if i == 0 else "right")
+        h = h.replace(" ", "\n", 1).replace("-", "-\n", 1) if i else h
+        width = max(len(line) for cell in [h, *(r[i] for r in rows)] for line in cell.split("\n"))
+        t.add_column(h, justify="left" if i == 0 else "right", no_wrap=True, min_width=width)
     for r in rows:
         t.add_row(*r)
     (console or Console()).print(t)
@@ -353,6 +365,8 @@ def write_report(
         "json": atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2) + "\n"),
         "md": atomic_write_text(run_dir / "report.md", markdown(report, entries, plot_files)),
     }
+    for p in paths.values():
+        p.chmod(0o644)  # atomic writes go through mkstemp (0600); a report is for reading
     paths.update({p.stem: p for p in plot_files})
     if print_summary:
         print_table(entries, console=console)

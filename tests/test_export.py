@@ -118,6 +118,15 @@ def test_fixed_batch_one_runs_a_batch_image_by_image(static_onnx):
         det(torch.rand(1, 3, 96, 96))
 
 
+def test_fixed_batch_of_two_pads_the_last_chunk(model, tmp_path):
+    det = OnnxDetector(export_onnx(model, tmp_path / "b2.onnx", 64, batch=2, simplify=False))
+    assert det.batch_fixed == 2
+    x = torch.rand(3, 3, 64, 64)
+    out = det(x)
+    assert out.shape[0] == 3
+    assert torch.allclose(out[2], det(x[1:3])[1], atol=1e-5)
+
+
 def test_imgsz_not_multiple_of_stride(model, tmp_path):
     with pytest.raises(ExportError, match=r"--imgsz 70: 70 is not a multiple of the model's max stride 32") as e:
         export_onnx(model, tmp_path / "x.onnx", 70)
