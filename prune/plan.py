@@ -96,7 +96,7 @@ class Selector:
             raise PruneError(
                 f"target_{metric} {fraction:g} cannot be met without emptying layers: with every prunable layer at "
                 f"its floor (min_keep {c.min_keep:g}, round_to {c.round_to}) the model keeps "
-                f"{floor_cost / base:.1%} of its {metric.upper() if metric == 'flops' else metric}"
+                f"{floor_cost / base:.1%} of its {'FLOPs' if metric == 'flops' else 'parameters'}"
             )
         lo, hi = 0, self.total
         while lo < hi:

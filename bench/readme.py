@@ -1,0 +1,30 @@
+"""Regenerate the README's results section from bench/results/*.md (written by the benchmark scripts).
+
+    python bench/readme.py
+"""
+
+from __future__ import annotations
+
+from common import REPO, RESULTS
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+ORDER = ("val_parity", "demo", "prune_speed", "prune_quality", "latency", "int8", "train_throughput",
+         "finetune_parity", "families", "helmets", "recovery")
+
+
+def main() -> None:
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{readme}: markers {START} / {END} not found")
+    names = sorted(p.stem for p in RESULTS.glob("*.md"))
+    names = [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]
+    body = "\n\n".join((RESULTS / f"{n}.md").read_text().strip() for n in names)
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{body}\n{END}{tail}")
+    print(f"README results section: {len(names)} tables ({', '.join(names)})")
+
+
+if __name__ == "__main__":
+    main()
