@@ -47,7 +47,7 @@ def save_pruned(
     """Write pruned.pt (our checkpoint format) and the prune table (csv, json, txt) into out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = save_checkpoint(out / CHECKPOINT_NAME, model, pruned_meta(meta, table, weights))
+    path = save_checkpoint(out / CHECKPOINT_NAME, model, pruned_meta(meta, table, weights), half=True)
     table.to_csv(out / "prune_table.csv")
     table.to_json(out / "prune_table.json")
     atomic_write_text(out / "prune_table.txt", table.render_text())

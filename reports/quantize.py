@@ -9,7 +9,7 @@ Calibration images are letterboxed exactly as at inference (to the model's fixed
 
 Which variant is fastest depends on the CPU and the ORT build. REFERENCE.md measured (ORT 1.31) signed
 activations (QInt8, ORT's default) 2x slower than fp32 and unsigned ones (QUInt8) 1.6x faster; here
-(ORT 1.32, AVX-512 VNNI + AMX Xeon, bench/results/int8.json) QInt8 ran 2.7x slower and QUInt8 only ~0.9x the
+(ORT 1.32, AVX-512 VNNI + AMX Xeon, bench/results/int8.json) QInt8 ran 2.4x slower and QUInt8 only ~0.86x the
 fp32 time. So `select_int8` builds the requested variants, times them interleaved with fp32 on the user's
 machine, scores them when data is given, and keeps the fastest one within the accuracy tolerance, or none.
 """

@@ -304,8 +304,14 @@ def _load_state(model: nn.Module, state: dict, path: Path) -> None:
 _MODEL_DERIVED = ("format", "arch", "state_dict", "names", "stride", "anchors", "date")  # never taken from meta
 
 
-def checkpoint_dict(model: nn.Module, meta: dict | None = None, extra: dict | None = None) -> dict:
-    """Our format: plain types and tensors only (loads with weights_only=True)."""
+def checkpoint_dict(
+    model: nn.Module, meta: dict | None = None, extra: dict | None = None, half: bool = False
+) -> dict:
+    """Our format: plain types and tensors only (loads with weights_only=True).
+
+    half=True stores floating-point weights as fp16 (as official YOLOv5 files do): half the file size for
+    deliverables; loading casts back to fp32. Resumable training checkpoints keep fp32.
+    """
     from yolo.model import de_parallel
 
     m = de_parallel(model)
@@ -313,7 +319,7 @@ def checkpoint_dict(model: nn.Module, meta: dict | None = None, extra: dict | No
     ckpt = {
         "format": FORMAT,
         "arch": {"yaml": _plain(m.yaml), "shapes": module_shapes(m)},
-        "state_dict": {k: v.detach().cpu().clone() for k, v in m.state_dict().items()},
+        "state_dict": {k: _stored(v, half) for k, v in m.state_dict().items()},
         "names": list(m.names),
         "stride": [float(s) for s in m.stride],
         "anchors": (m.detect.anchors * m.stride.view(-1, 1, 1)).cpu().tolist(),
@@ -328,11 +334,18 @@ def checkpoint_dict(model: nn.Module, meta: dict | None = None, extra: dict | No
     return ckpt
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, meta: dict | None = None, extra: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path, model: nn.Module, meta: dict | None = None, extra: dict | None = None, half: bool = False
+) -> Path:
     """Write atomically (temp file + rename) so a crash never leaves a half-written checkpoint."""
     path = Path(path)
-    atomic_torch_save(checkpoint_dict(model, meta, extra), path)
+    atomic_torch_save(checkpoint_dict(model, meta, extra, half=half), path)
     return path
+
+
+def _stored(v: torch.Tensor, half: bool) -> torch.Tensor:
+    v = v.detach().cpu().clone()
+    return v.half() if half and v.is_floating_point() else v
 
 
 def file_sha256(path: Path) -> str:
