@@ -17,3 +17,10 @@ def shared_dir() -> Path:
     if not (SHARED / "weights" / "yolov5n.pt").is_file():
         pytest.skip(f"{SHARED} not present (real-data test)")
     return SHARED
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One intra-op thread: tiny test models gain nothing from two, and lose a lot when a core is busy."""
+    import torch
+
+    torch.set_num_threads(1)
