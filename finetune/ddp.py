@@ -73,11 +73,6 @@ def all_finite(value: torch.Tensor, info: DistInfo) -> bool:
     return bool(ok.item())
 
 
-def barrier(info: DistInfo) -> None:
-    if info.distributed:
-        dist.barrier()
-
-
 def broadcast_object(obj, info: DistInfo, src: int = 0):
     """Send a picklable object from rank `src` to every rank (identity outside DDP)."""
     if not info.distributed:

@@ -39,7 +39,11 @@ from finetune.progress import EpochProgress, is_tty, log
 from finetune.runs import ResultsLog, increment_run_dir, plot_results, write_yaml
 from finetune.state import init_seeds, rng_state, set_rng_state
 from sparsity.callback import SparsityCallback
+from yolo.checkpoint import load_model, read_checkpoint, save_checkpoint
+from yolo.data import create_dataloader, load_data_yaml
 from yolo.loss import YoloLoss, scale_loss_gains
+from yolo.model import build_model, reset_detect_head
+from yolo.val import build_val_loader, evaluate
 
 LOSS_NAMES = ("train/box_loss", "train/obj_loss", "train/cls_loss")
 METRIC_KEYS = (
@@ -207,6 +211,9 @@ class Trainer:
     def setup(self) -> None:
         self._resolve_resume()
         self.device = ddp.resolve_device(self.opt.device, self.dist)
+        if "," in str(self.opt.device) and not self.dist.distributed:
+            log(f"--device {self.opt.device}: one process uses {self.device}; for all GPUs run "
+                "torchrun --nproc_per_node N finetune.py ...", self.is_main)
         ddp.init_distributed(self.dist, self.device)
         init_seeds(self.opt.seed + 1 + self.dist.rank)
         self.amp = self.opt.amp and self.device.type == "cuda"
@@ -232,16 +239,16 @@ class Trainer:
     def _resolve_resume(self) -> None:
         if not self.opt.resume:
             return
-        from yolo.checkpoint import read_checkpoint
-
         path = find_resume_checkpoint(self.opt.resume, self.opt.project)
         ckpt = read_checkpoint(path)
         state = ckpt.get("train_state")
         if not state:
             raise TrainError(f"{path}: holds no training state to resume (a best.pt or a final export?)")
         saved = TrainOptions.from_any(state["opt"])
-        for k in RESUME_OVERRIDABLE:
-            setattr(saved, k, getattr(self.opt, k))
+        defaults = TrainOptions()
+        for k in RESUME_OVERRIDABLE:  # the run's own settings, unless this call sets them explicitly
+            if getattr(self.opt, k) != getattr(defaults, k):
+                setattr(saved, k, getattr(self.opt, k))
         saved.resume = str(path)
         if state["epoch"] >= saved.epochs:
             raise TrainError(f"{path}: training to {saved.epochs} epochs is finished; nothing to resume")
@@ -284,8 +291,6 @@ class Trainer:
                 raise TrainError(f"the run would overwrite its input weights {self.opt.weights}; use another --name")
 
     def _setup_data(self) -> None:
-        from yolo.data import load_data_yaml
-
         self.data_cfg = load_data_yaml(self.opt.data)
 
     def _setup_model(self) -> None:
@@ -293,8 +298,6 @@ class Trainer:
         nc, names = self.data_cfg.nc, list(self.data_cfg.names)
         self.new_head = False
         if model.nc != nc:
-            from yolo.model import reset_detect_head
-
             log(f"transfer learning: the model has {model.nc} classes, {self.opt.data} has {nc}: "
                 "new Detect head", self.is_main)
             reset_detect_head(model, nc, names)
@@ -305,11 +308,9 @@ class Trainer:
         self.source_meta = {"history": list(meta.get("history") or []), "source": dict(meta.get("source") or {})}
         if self.resume_state:
             self.source_meta = dict(self.resume_state["source_meta"])
+            self.new_head = bool(self.resume_state.get("new_head", False))
 
     def _load_initial_model(self) -> tuple[nn.Module, dict]:
-        from yolo.checkpoint import load_model
-        from yolo.model import build_model
-
         if self.resume_state:
             model, meta = load_model(self.resume_path)  # EMA weights; training weights restored later
             return model, meta
@@ -321,8 +322,6 @@ class Trainer:
         return model, {"source": {"cfg": str(self.opt.cfg)}, "history": []}
 
     def _setup_loaders(self) -> None:
-        from yolo.data import create_dataloader
-
         o, gs = self.opt, self.grid_size
         self.train_loader, self.dataset = create_dataloader(
             self.data_cfg.train, o.imgsz, o.batch_size // self.dist.world_size, stride=gs,
@@ -332,8 +331,6 @@ class Trainer:
         self.nb = len(self.train_loader)
         self.val_loader = None
         if self.is_main:
-            from yolo.val import build_val_loader
-
             self.val_loader = build_val_loader(
                 self.data_cfg, "val", o.imgsz, max(o.batch_size // self.dist.world_size * 2, 1), gs,
                 workers=o.workers,
@@ -455,46 +452,46 @@ class Trainer:
         row: dict[str, Any] = {"epoch": epoch}
         row.update({k: float(v) for k, v in zip(LOSS_NAMES, self.mloss)})
         row.update({f"lr/pg{j}": g["lr"] for j, g in enumerate(self.optimizer.param_groups)})
-        is_best = False
+        scored = is_best = False
         if self.is_main:
             self.ema.update_attr(self.bare_model)
-            if self._should_validate(epoch):
-                self.metrics = self.validate()
-                fi = fitness(self.metrics)
-                is_best = fi > self.best_fitness
-                self.best_fitness = max(fi, self.best_fitness)
-            row.update({k: self.metrics.get(m, math.nan) if self._validated_now else math.nan
-                        for k, m in METRIC_KEYS})
-            row["fitness"] = fitness(self.metrics) if self._validated_now else math.nan
+            due = not self.opt.noval and (epoch + 1) % self.opt.val_every == 0
+            scored = due or epoch + 1 == self.epochs
+            if scored:
+                is_best = self._score()
+            row.update({k: self.metrics.get(m, math.nan) if scored else math.nan for k, m in METRIC_KEYS})
+            row["fitness"] = fitness(self.metrics) if scored else math.nan
         row["optimizer_steps"] = self.optimizer_steps
         self.callbacks.run("on_epoch_end", self, row)
         if self.is_main:
-            self._check_weights_finite(epoch)
-            row["time"] = time.time() - self.epoch_t0
-            self.position = (epoch + 1, 0)
-            self.results.append(row)
-            self.save_last()
-            if is_best:
-                self.save_checkpoint(self.best_path, with_state=False)
-            if self._validated_now:
-                plot_results(self.results.rows, self.run_dir / "results.png")
-            log(format_row(row, self.epochs), not self.opt.quiet)
+            self._write_epoch(epoch, row, is_best, scored)
         self.position = (epoch + 1, 0)
 
-    def _should_validate(self, epoch: int) -> bool:
-        final = epoch + 1 == self.epochs
-        due = not self.opt.noval and (epoch + 1) % self.opt.val_every == 0
-        self._validated_now = final or due
-        return self._validated_now
+    def _score(self) -> bool:
+        """Validate the EMA model; True when it is the best so far."""
+        self.metrics = self.validate()
+        fi = fitness(self.metrics)
+        is_best = fi > self.best_fitness
+        self.best_fitness = max(fi, self.best_fitness)
+        return is_best
+
+    def _write_epoch(self, epoch: int, row: dict, is_best: bool, scored: bool) -> None:
+        self._check_weights_finite(epoch)
+        row["time"] = time.time() - self.epoch_t0
+        self.position = (epoch + 1, 0)
+        self.results.append(row)  # before last.pt: a run killed in between redoes the epoch and its row
+        self.save_last()
+        if is_best:
+            self.save_checkpoint(self.best_path, with_state=False)
+        if scored:
+            plot_results(self.results.rows, self.run_dir / "results.png")
+        log(format_row(row, self.epochs), not self.opt.quiet)
 
     def validate(self) -> dict:
-        from yolo.val import evaluate
-
         res = evaluate(
             self.ema.ema, self.data_cfg, split="val", imgsz=self.opt.imgsz, device=self.device,
             half=False, dataloader=self.val_loader, progress=not self.opt.quiet,
-        )
-        self.ema.ema.float()
+        )  # half=False: evaluate() would convert the EMA model itself to fp16
         return {k: v for k, v in res.items() if isinstance(v, (int, float))}
 
     def _maybe_close_mosaic(self, epoch: int) -> None:
@@ -529,8 +526,6 @@ class Trainer:
         self.save_checkpoint(self.last_path, with_state=True)
 
     def save_checkpoint(self, path: Path, with_state: bool) -> None:
-        from yolo.checkpoint import save_checkpoint
-
         save_checkpoint(path, self.ema.ema, self._meta(), self._train_state() if with_state else None)
 
     def _meta(self) -> dict:
@@ -572,6 +567,7 @@ class Trainer:
             "rng": rng_state(),
             "callbacks": self.callbacks.state_dict(),
             "source_meta": self.source_meta,
+            "new_head": self.new_head,
             "nb": self.nb,
             "world_size": self.dist.world_size,
         }

@@ -34,8 +34,7 @@ class SparsityCallback:
 
     def on_train_start(self, trainer) -> None:
         self.bns = select_bns(trainer.bare_model, self.layers)
-        if self.history and trainer.is_main:
-            self.history = [h for h in self.history if h["epoch"] < trainer.start_epoch]
+        self.history = [h for h in self.history if h["epoch"] < trainer.start_epoch]  # resume: drop redone epochs
 
     def on_before_optimizer_step(self, trainer) -> None:
         if self.sr > 0:

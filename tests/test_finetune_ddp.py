@@ -7,7 +7,6 @@ import socket
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
@@ -62,9 +61,8 @@ def test_two_process_gloo_identical_weights(tmp_path):
     assert not (tmp_path / "runs" / "exp2").exists()
 
 
-@pytest.mark.slow
 def test_torchrun_cli(tmp_path):
-    """The real launcher: `torchrun --nproc_per_node 2 finetune.py ...` (slow: two fresh interpreters)."""
+    """The real launcher: `torchrun --nproc_per_node 2 finetune.py ...`."""
     import subprocess
 
     from yolo.synthetic import make_synthetic_dataset

@@ -199,13 +199,47 @@ def test_transfer_learning_new_head_and_input_never_overwritten(setup, tmp_path,
         train(_opts(setup, tmp_path, epochs=1, weights=str(first.last), name="base", exist_ok=True))
 
 
-def test_overfits_eight_images(setup, tmp_path):
-    """The must-show: a tiny model learns 8 images (scored on the same images) to mAP50 >= 0.9."""
-    d = yaml.safe_load(Path(setup["data"]).read_text())
-    d["path"] = str(Path(setup["data"]).parent)
+def test_overfits_eight_images(tmp_path):
+    """The must-show: YOLOv5n from scratch learns 8 images (scored on the same images) to mAP50 >= 0.9.
+
+    150 AdamW steps of batch 8 (one batch per epoch) at 128 px, no augmentation: mAP50 0.99 / mAP50-95 0.89,
+    ~35 s on 2 idle cores.
+    """
+    data = make_synthetic_dataset(tmp_path / "data", n_train=8, n_val=1, img_size=128, seed=0)
+    d = yaml.safe_load(data.read_text())
     d["val"] = d["train"]
-    same = tmp_path / "same.yaml"
+    same = tmp_path / "data" / "same.yaml"
     same.write_text(yaml.safe_dump(d))
-    res = train(_opts(setup, tmp_path, data=str(same), epochs=40, batch_size=4, nbs=4, imgsz=96, noval=True,
-                      optimizer="AdamW", hyp_overrides={**NO_AUG, "lr0": 0.01}, name="overfit"))
+    res = train(TrainOptions(data=str(same), cfg="yolov5n", epochs=150, batch_size=8, nbs=8, imgsz=128,
+                             optimizer="AdamW", hyp_overrides={**NO_AUG, "lr0": 0.01}, noval=True, device="cpu",
+                             workers=0, project=str(tmp_path / "runs"), quiet=True))
+    assert res.optimizer_steps == 150 and res.metrics["images"] == 8
     assert res.metrics["map50"] >= 0.9, res.metrics
+
+
+def test_close_mosaic_and_cosine_lr(setup, tmp_path):
+    seen = []
+
+    class Watch:
+        def on_epoch_start(self, trainer):
+            seen.append((trainer.dataset.mosaic, trainer.optimizer.param_groups[1]["lr"]))
+
+    train(_opts(setup, tmp_path, epochs=3, close_mosaic=1, cos_lr=True, noval=True,
+                hyp_overrides={**NO_AUG, "mosaic": 1.0}), callbacks=[Watch()])
+    assert [m for m, _ in seen] == [True, True, False]
+    lrs = [lr for _, lr in seen]
+    cosine = [1 - (1 - math.cos(math.pi * e / 3)) / 2 * (1 - 0.01) for e in range(3)]  # lr0 0.01 -> lrf 0.01
+    assert lrs == pytest.approx([0.01 * c for c in cosine])
+    assert lrs[0] > lrs[1] > lrs[2]
+
+
+def test_official_weights_transfer(shared_dir, setup, tmp_path, capsys):
+    """yolov5n.pt (80 COCO classes, fp16 pickle) on 3-class data: a new Detect head, one line saying so."""
+    weights = shared_dir / "weights" / "yolov5n.pt"
+    before = _sha(weights)
+    res = train(_opts(setup, tmp_path, epochs=1, weights=str(weights), cfg="", noval=True))
+    out = capsys.readouterr().out
+    assert "transfer learning: the model has 80 classes" in out and "has 3: new Detect head" in out
+    model, meta = load_model(res.last)
+    assert model.nc == 3 and meta["source"]["sha256"] == before
+    assert _sha(weights) == before

@@ -72,6 +72,14 @@ def test_hyp_bad_values(tmp_path, text, words):
     assert str(f) in str(e.value) and all(w in str(e.value) for w in words)
 
 
+def test_hyp_dump_reloads(tmp_path):
+    from finetune.hyp import dump_hyp
+
+    hyp = load_hyp(None, {"lr0": 0.003})
+    dump_hyp(hyp, tmp_path / "hyp.yaml")
+    assert load_hyp(tmp_path / "hyp.yaml") == hyp
+
+
 def test_hyp_bad_override_and_missing_file(tmp_path):
     with pytest.raises(HypError, match="override.*'warmup'"):
         load_hyp(None, {"warmup": 1})
@@ -244,3 +252,12 @@ def test_callbacks_dispatch_and_state():
     assert a.n == 3
     with pytest.raises(ValueError):
         cbs.run("on_typo")
+
+
+def test_progress_bar_renders_without_error(capsys):
+    from finetune.progress import EpochProgress
+
+    with EpochProgress(True, 3, "epoch 0/0") as bar:
+        for _ in range(3):
+            bar.update(torch.tensor([0.1, 0.2, 0.3]), 5, 64)
+    assert "box 0.1000" in capsys.readouterr().out
