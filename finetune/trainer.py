@@ -215,6 +215,8 @@ class Trainer:
             log(f"--device {self.opt.device}: one process uses {self.device}; for all GPUs run "
                 "torchrun --nproc_per_node N finetune.py ...", self.is_main)
         ddp.init_distributed(self.dist, self.device)
+        if self.device.type == "cpu":
+            set_cpu_threads(self.opt.workers, self.dist.world_size)
         init_seeds(self.opt.seed + 1 + self.dist.rank)
         self.amp = self.opt.amp and self.device.type == "cuda"
         self.hyp = self.resume_state["hyp"] if self.resume_state else load_hyp(self.opt.hyp, self.opt.hyp_overrides)
@@ -526,7 +528,9 @@ class Trainer:
         self.save_checkpoint(self.last_path, with_state=True)
 
     def save_checkpoint(self, path: Path, with_state: bool) -> None:
-        save_checkpoint(path, self.ema.ema, self._meta(), self._train_state() if with_state else None)
+        # last.pt (resumable) keeps fp32; best.pt is a deliverable and stores fp16 like official files
+        save_checkpoint(path, self.ema.ema, self._meta(), self._train_state() if with_state else None,
+                        half=not with_state)
 
     def _meta(self) -> dict:
         o = self.opt
@@ -592,6 +596,23 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def set_cpu_threads(workers: int, world_size: int = 1) -> int:
+    """Leave a core per dataloader worker (and per DDP process) for CPU training.
+
+    Intra-op threads that share cores with the augmentation workers spin against them: on a 2-core machine a
+    tiny model trained 8x slower with two threads and two workers than with one thread.
+    """
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    n = max(1, cores // max(1, world_size) - workers)
+    torch.set_num_threads(n)
+    return n
 
 
 def find_resume_checkpoint(resume: str | bool, project: str | Path) -> Path:
