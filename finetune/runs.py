@@ -10,18 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from yolo.fileio import atomic_write_text
-
-
-def increment_run_dir(project: str | Path, name: str = "exp", exist_ok: bool = False) -> Path:
-    """project/name, or the first free project/name2, name3, ... (project/name itself with exist_ok)."""
-    base = Path(project) / name
-    if exist_ok or not base.exists():
-        return base
-    n = 2
-    while (Path(project) / f"{name}{n}").exists():
-        n += 1
-    return Path(project) / f"{name}{n}"
+from yolo.fileio import atomic_write_text, increment_run_dir  # noqa: F401  (re-exported)
 
 
 def write_yaml(path: Path, data: Mapping) -> None:

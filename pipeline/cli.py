@@ -46,7 +46,7 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     p.add_argument("--compensate", default=d.compensate, choices=("beta", "mean", "none"))
     p.add_argument("--recalibrate", type=int, default=d.recalibrate, help="re-estimate BN stats on N images")
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
-    p.add_argument("--teacher", action="store_true", help="distil from the unpruned (sparse) model while fine-tuning")
+    p.add_argument("--val-every", type=int, default=d.val_every, help="score every N epochs while training")
     p.add_argument("--int8", action="store_true", help="also quantize the fine-tuned model to int8 (ONNX Runtime)")
     p.add_argument("--latency-runs", type=int, default=d.latency_runs, help="timed runs per model (interleaved)")
     p.add_argument("--threads", type=int, nargs="+", default=d.threads,
@@ -82,7 +82,8 @@ def demo_defaults() -> PipelineOptions:
     """The demo's knobs: sized to finish in about ten minutes on two CPU cores."""
     return PipelineOptions(imgsz=128, batch_size=16, nbs=16, sparse_epochs=30, dense_epochs=0, finetune_epochs=10,
                            sparsity=1e-2, sparsity_schedule="constant", target_flops=0.5, optimizer="AdamW",
-                           hyp=str(DEMO_HYP), latency_runs=100, threads=[1], project="runs/demo", workers=2)
+                           hyp=str(DEMO_HYP), val_every=5, latency_runs=100, threads=[1], project="runs/demo",
+                           workers=2)
 
 
 def options_from_args(args: argparse.Namespace, base: PipelineOptions | None = None) -> PipelineOptions:

@@ -51,7 +51,7 @@ class PipelineOptions:
     compensate: str = "beta"
     recalibrate: int = 0
     finetune_epochs: int = 30
-    teacher: bool = False
+    val_every: int = 1  # score every N epochs in the training stages (and after the last)
     int8: bool = False
     latency_runs: int = 50
     threads: list[int] = field(default_factory=lambda: [1, 0])
@@ -82,7 +82,7 @@ def _train_args(opt: PipelineOptions, run_dir: Path, name: str, epochs: int, **k
         "data": opt.data, "imgsz": opt.imgsz, "batch_size": opt.batch_size, "device": opt.device,
         "workers": opt.workers, "seed": opt.seed, "hyp": opt.hyp, "nbs": opt.nbs, "optimizer": opt.optimizer,
         "cos_lr": opt.cos_lr, "epochs": epochs, "project": str(run_dir), "name": name, "exist_ok": True,
-        "quiet": opt.quiet,
+        "quiet": opt.quiet, "val_every": opt.val_every,
     }
     args.update(kw)
     return args
@@ -149,7 +149,8 @@ class Pipeline:
         if o.sparse_epochs > 0:
             sparse = self._stage(
                 "sparse",
-                {**train_common, "epochs": o.sparse_epochs, "sparsity": o.sparsity, "schedule": o.sparsity_schedule},
+                {**train_common, "epochs": o.sparse_epochs, "sparsity": o.sparsity, "schedule": o.sparsity_schedule,
+                 "val_every": o.val_every},
                 lambda r: self._train("sparse", r, epochs=o.sparse_epochs, sparsity=o.sparsity,
                                       sparsity_schedule=o.sparsity_schedule, **self._start_weights()),
             )
@@ -159,11 +160,9 @@ class Pipeline:
         prune_params = {k: getattr(o, k) for k in ("ratio", "target_flops", "target_params", "importance",
                                                     "min_keep", "round_to", "ignore", "compensate", "recalibrate")}
         pruned = self._stage("prune", prune_params, lambda r: self._prune(prunable))
-        teacher = prunable if o.teacher else None
         finetuned = self._stage(
-            "finetune", {**train_common, "epochs": o.finetune_epochs, "teacher": bool(teacher)},
-            lambda r: self._train("finetune", r, epochs=o.finetune_epochs, weights=pruned["weights"],
-                                  **({"teacher": teacher} if teacher else {})),
+            "finetune", {**train_common, "epochs": o.finetune_epochs, "val_every": o.val_every},
+            lambda r: self._train("finetune", r, epochs=o.finetune_epochs, weights=pruned["weights"]),
         ) if o.finetune_epochs > 0 else {"best": pruned["weights"]}
         models = {"baseline": prunable, "pruned": pruned["weights"], "finetuned": finetuned["best"]}
         if dense:
@@ -201,9 +200,8 @@ class Pipeline:
         return {"info": info, "metrics": _brief(res)}
 
     def _prune(self, weights: str) -> dict:
-        from prune.cli import save_pruned
-
         from prune.api import PruneConfig, prune_model
+        from prune.cli import save_pruned
         from yolo.checkpoint import load_model
         from yolo.data import load_data_yaml
         from yolo.val import evaluate

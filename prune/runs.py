@@ -10,19 +10,9 @@ from prune.config import PruneConfig
 from prune.table import PruneTable
 from yolo.checkpoint import save_checkpoint
 from yolo.fileio import atomic_write_text
+from yolo.fileio import increment_run_dir as increment_path  # noqa: F401  (re-exported)
 
 CHECKPOINT_NAME = "pruned.pt"
-
-
-def increment_path(project: str | Path, name: str = "exp", exist_ok: bool = False) -> Path:
-    """project/name, or the first free project/name2, name3, ... (project/name itself with exist_ok)."""
-    base = Path(project) / name
-    if exist_ok or not base.exists():
-        return base
-    n = 2
-    while (Path(project) / f"{name}{n}").exists():
-        n += 1
-    return Path(project) / f"{name}{n}"
 
 
 def pruned_meta(meta: dict | None, table: PruneTable, weights: str | Path | None = None) -> dict:

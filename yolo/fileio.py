@@ -43,3 +43,14 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getbuffer())
+
+
+def increment_run_dir(project: str | Path, name: str = "exp", exist_ok: bool = False) -> Path:
+    """project/name, or the first free project/name2, name3, ... (project/name itself with exist_ok)."""
+    base = Path(project) / name
+    if exist_ok or not base.exists():
+        return base
+    n = 2
+    while (Path(project) / f"{name}{n}").exists():
+        n += 1
+    return Path(project) / f"{name}{n}"
