@@ -121,6 +121,7 @@ class Pipeline:
 
     def _train(self, stage: str, resume: bool, **kw: Any) -> dict:
         from finetune.trainer import TrainOptions, train
+        from yolo.checkpoint import strip_checkpoint
 
         args = _train_args(self.opt, self.run_dir, stage, **kw)
         last = self.run_dir / stage / "weights" / "last.pt"
@@ -130,7 +131,8 @@ class Pipeline:
             _clear_dir(self.run_dir / stage)
         res = train(TrainOptions.from_any(args))
         best = res.best if res.best and Path(res.best).is_file() else res.last
-        return {"last": str(res.last), "best": str(best), "metrics": _brief(res.metrics),
+        final = strip_checkpoint(res.last, Path(res.last).with_name("final.pt"))  # last weights, no train state
+        return {"last": str(res.last), "final": str(final), "best": str(best), "metrics": _brief(res.metrics),
                 "epochs": res.epochs, "optimizer_steps": res.optimizer_steps}
 
     # ---------------------------------------------------------------- stages
@@ -154,7 +156,7 @@ class Pipeline:
                 lambda r: self._train("sparse", r, epochs=o.sparse_epochs, sparsity=o.sparsity,
                                       sparsity_schedule=o.sparsity_schedule, **self._start_weights()),
             )
-            prunable = sparse["last"]
+            prunable = sparse.get("final", sparse["last"])
         else:
             prunable = o.weights
         prune_params = {k: getattr(o, k) for k in ("ratio", "target_flops", "target_params", "importance",

@@ -343,6 +343,15 @@ def save_checkpoint(
     return path
 
 
+def strip_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> Path:
+    """A deliverable copy of a training checkpoint: weights and metadata only (no optimizer/EMA state), fp16."""
+    ckpt = read_checkpoint(src)
+    ckpt.pop("train_state", None)
+    ckpt["state_dict"] = {k: _stored(v, half) for k, v in ckpt["state_dict"].items()}
+    atomic_torch_save(ckpt, Path(dst))
+    return Path(dst)
+
+
 def _stored(v: torch.Tensor, half: bool) -> torch.Tensor:
     v = v.detach().cpu().clone()
     return v.half() if half and v.is_floating_point() else v
