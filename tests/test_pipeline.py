@@ -88,3 +88,37 @@ def test_demo_end_to_end_then_rerun_skips(tmp_path):
     assert third.returncode == 0, third.stderr[-2000:]
     assert "[sparse] already done" in third.stdout
     assert "[finetune] inputs changed" in third.stdout
+
+
+@pytest.mark.e2e
+def test_killed_during_finetune_resumes_without_redoing_earlier_stages(tmp_path):
+    import os
+    import signal
+    import time
+
+    cmd = [
+        sys.executable, str(REPO / "prune.py"), "demo",
+        "--data-dir", str(tmp_path / "data"), "--project", str(tmp_path / "runs"), "--name", "exp",
+        "--n-train", "24", "--n-val", "8", "--imgsz", "64", "--batch-size", "8", "--nbs", "8", "--workers", "0",
+        "--sparse-epochs", "1", "--finetune-epochs", "12", "--latency-runs", "3", "--threads", "1", "--quiet",
+    ]  # fmt: skip
+    run = tmp_path / "runs" / "exp"
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run / "finetune" / "weights" / "last.pt").is_file():  # killed after a fine-tuning epoch
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = json.loads((run / "pipeline.json").read_text())["stages"]
+    assert state["sparse"]["status"] == "done" and state["finetune"]["status"] == "running"
+    sparse_mtime = (run / "sparse" / "weights" / "last.pt").stat().st_mtime
+
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[sparse] already done" in again.stdout and "[prune] already done" in again.stdout
+    assert "[finetune] was interrupted: resuming" in again.stdout
+    assert (run / "sparse" / "weights" / "last.pt").stat().st_mtime == sparse_mtime  # not retrained
+    rows = (run / "finetune" / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 12  # header + every epoch exactly once
+    assert json.loads((run / "pipeline.json").read_text())["stages"]["report"]["status"] == "done"
