@@ -94,8 +94,25 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.time() - t0, 1),
     }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(Path(args.out).with_suffix(".md"), markdown(result))
     print(f"wrote {args.out}")
     return 0
+
+
+def markdown(result: dict) -> str:
+    """The README table: every int8 variant's latency ratio and mAP50-95 beside fp32."""
+    sel = result["selection"]
+    fp = sel["fp32"]
+    lines = ["### int8 (ONNX Runtime static QDQ, per-channel) vs fp32: yolov5n, coco128 val, square 640, 1 thread", "",
+             "| model | MB | median ms | time vs fp32 | mAP50-95 | mAP50 | kept |", "|---|---|---|---|---|---|---|",
+             f"| fp32 | {fp['size_mb']:.1f} | {fp['latency_ms']:.1f} | 1.00x | {fp['map']:.4f} | {fp['map50']:.4f} | |"]
+    for v in sel["variants"]:
+        c = v["config"]
+        name = f"int8 {c['activations']} {c['method']} ({c['images']} images)"
+        kept = "**chosen**" if v["path"] == sel.get("chosen") else ""
+        lines.append(f"| {name} | {v['size_mb']:.1f} | {v['latency_ms']:.1f} | {v['ratio_to_fp32']:.2f}x | "
+                     f"{v['map']:.4f} | {v['map50']:.4f} | {kept} |")
+    return "\n".join(lines) + f"\n\n{sel.get('reason', '')}\n\n`{result['command']}`\n"
 
 
 if __name__ == "__main__":

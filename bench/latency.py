@@ -103,8 +103,26 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.time() - t0, 1),
     }
     atomic_write_text(args.out, json.dumps(result, indent=2, default=str) + "\n")
+    atomic_write_text(Path(args.out).with_suffix(".md"), markdown(result))
     print(f"wrote {args.out}")
     return 0
+
+
+def markdown(result: dict) -> str:
+    """The README table: median/p90 per model and thread count, latency ratio against the FLOPs ratio."""
+    lines = ["### Deployment latency: pruned yolov5n vs baseline, ONNX Runtime CPU, 640x640, interleaved", "",
+             "| threads | model | GFLOPs | params | ONNX MB | median ms | p90 ms | latency ratio | FLOPs ratio |"
+             " latency ratio / FLOPs ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, models in result["results"].items():
+        for name, r in models.items():
+            info = result["models"].get(name, {})
+            lat, fl = r["ratio_to_baseline"], r["gflops_ratio"]
+            lines.append(
+                f"| {r.get('threads', key)} | {name} | {info.get('gflops', 0):.2f} | "
+                f"{info.get('params', 0) / 1e6:.2f} M | {info.get('onnx_mb', 0):.1f} | {r['median_ms']:.1f} | "
+                f"{r['p90_ms']:.1f} | {lat:.3f} | {fl:.3f} | {lat / fl:.2f} |"
+            )
+    return "\n".join(lines) + f"\n\n`{result['command']}`\n"
 
 
 if __name__ == "__main__":

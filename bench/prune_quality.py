@@ -60,7 +60,7 @@ def official_sweep() -> list[dict]:
     rows = []
     for comp in ("beta", "none"):
         res = sweep(model, ratios=RATIOS, data=data, config=PruneConfig(ratio=0.0, imgsz=640, compensate=comp),
-                    batch_size=16, progress=False)
+                    batch_size=16)
         rows += [{"compensate": comp, "ratio": r.ratio, "flops_kept": r.flops_kept, "params_kept": r.params_kept,
                   "map": r.map, "map50": r.map50, "max_removed_gamma": r.max_removed_gamma} for r in res.rows]
         base = res.baseline

@@ -153,8 +153,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:12s} {v['gflops']:.3f} GFLOPs  {lat}")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out.with_suffix(".md"), markdown(result))
     print(f"wrote {out}")
     return 0 if result["speed"]["pass"] else 1
+
+
+def markdown(result: dict) -> str:
+    """The README table: seconds per pruning step for yolov5s at 640 (median of the repeats)."""
+    sp = result["speed"]
+    t = sp["timings_s"]
+    return (
+        f"### Pruning cost: {sp['model']}, {sp['imgsz']} px, ratio {sp['ratio']}\n\n"
+        "| dependency graph | plan (ratio) | plan (FLOPs target search) | compensate + slice | total | limit |\n"
+        "|---|---|---|---|---|---|\n"
+        f"| {t['graph_s']['median']:.2f} s | {t['plan_ratio_s']['median']:.3f} s | "
+        f"{t['plan_target_flops_s']['median']:.3f} s | {t['compensate_and_slice_s']['median']:.2f} s | "
+        f"**{t['total_s']['median']:.2f} s** | {LIMIT_S:.0f} s |\n\n`{result['command']}`\n"
+    )
 
 
 if __name__ == "__main__":
