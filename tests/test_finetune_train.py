@@ -199,6 +199,7 @@ def test_transfer_learning_new_head_and_input_never_overwritten(setup, tmp_path,
         train(_opts(setup, tmp_path, epochs=1, weights=str(first.last), name="base", exist_ok=True))
 
 
+@pytest.mark.timeout(900)  # ~60 s on an idle 2-core CPU; generous for a loaded machine
 def test_overfits_eight_images(tmp_path):
     """The must-show: YOLOv5n from scratch learns 8 images (scored on the same images) to mAP50 >= 0.9.
 
