@@ -82,7 +82,7 @@ def main() -> None:
         slim = slimming(weights, data)
     figures = {"slimming": slim}
     md = (
-        "### Network slimming works: sparse-trained yolov5n (demo data, 128 px), channels with |gamma| < 1e-2 "
+        "### Network slimming works: sparse-trained yolov5n (demo data, 128 px), channels with \\|gamma\\| < 1e-2 "
         "removed, no fine-tuning\n\n| channels removed | FLOPs removed | mAP50 before | mAP50 after | "
         "mAP50-95 before | after |\n|---|---|---|---|---|---|\n"
         f"| {slim['ratio_removed']:.1%} | {slim['flops_removed']:.1%} | {slim['map50_before']:.3f} | "
@@ -94,7 +94,7 @@ def main() -> None:
         md += (
             "\n\n### Prune-only on the official yolov5n.pt (not sparse-trained), coco128 val at 640, no "
             "fine-tuning\n\nTorch-Pruning's published recipe scores 0.000 at every ratio here (REFERENCE.md).\n\n"
-            "| compensation | ratio removed | FLOPs kept | params kept | largest removed |gamma| | mAP50-95 | "
+            "| compensation | ratio removed | FLOPs kept | params kept | largest removed \\|gamma\\| | mAP50-95 | "
             "mAP50 |\n|---|---|---|---|---|---|---|\n"
             + "\n".join(
                 f"| {r['compensate']} | {r['ratio']:.2f} | {r['flops_kept']:.3f} | {r['params_kept']:.3f} | "

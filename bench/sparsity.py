@@ -55,8 +55,8 @@ def main() -> None:
     sparse, dense = runs
     figures = {"runs": runs, "map50_difference": sparse["map50"] - dense["map50"]}
     md = (
-        "### Sparse training does its job: yolov5n from scratch on the demo data (128 px, AdamW, "
-        f"{args.epochs} epochs)\n\n| --sparsity | optimizer steps | share of |gamma| < 1e-2 | < 1e-3 | mAP50 | "
+        "### Sparse vs dense training: yolov5n from scratch on the demo data (128 px, AdamW, "
+        f"{args.epochs} epochs)\n\n| --sparsity | optimizer steps | share of \\|gamma\\| < 1e-2 | < 1e-3 | mAP50 | "
         "mAP50-95 |\n|---|---|---|---|---|---|\n"
         + "\n".join(f"| {r['sparsity']:g} | {r['optimizer_steps']} | {r['gamma_lt_1e-2']:.1%} | "
                     f"{r['gamma_lt_1e-3']:.1%} | {r['map50']:.3f} | {r['map']:.3f} |" for r in runs)
