@@ -38,15 +38,6 @@ from yolo.model import DetectionModel, build_model, module_shapes, reset_detect_
 from yolo.modules import Conv
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small CPU models run much faster on one thread, and do not fight other processes for cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def _no_yolov5_modules():
     """The loader must never import YOLOv5's own packages; the fakes are gone before any load."""

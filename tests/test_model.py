@@ -57,15 +57,6 @@ def every_module_cfg(nc: int = 2) -> dict:
     }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small CPU models run much faster on one thread, and do not fight other processes for cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def every_module_model() -> DetectionModel:
     torch.manual_seed(0)

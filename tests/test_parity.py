@@ -15,14 +15,6 @@ from yolo.flops import count_gflops, count_params
 pytestmark = pytest.mark.shared
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def official(shared_dir):
     model, meta = load_model(shared_dir / "weights" / "yolov5n.pt")
