@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             ["python", "bench/latency.py", *map(shlex.quote, argv if argv is not None else sys.argv[1:])]
         ),
         "models": info,
+        "round_to": args.round_to,
         **res,
         "seconds": round(time.time() - t0, 1),
     }
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(result: dict) -> str:
     """The README table: median/p90 per model and thread count, latency ratio against the FLOPs ratio."""
-    lines = ["### Deployment latency: pruned yolov5n vs baseline, ONNX Runtime CPU, 640x640, interleaved", "",
+    title = f"pruned yolov5n (--round-to {result.get('round_to', 8)}, no fine-tuning) vs baseline"
+    lines = [f"### Deployment latency: {title}, ONNX Runtime CPU, 640x640, interleaved", "",
              "| threads | model | GFLOPs | params | ONNX MB | median ms | p90 ms | latency ratio | FLOPs ratio |"
              " latency ratio / FLOPs ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
     for key, models in result["results"].items():
