@@ -30,6 +30,26 @@ YOLO_CLASSES = ("Model", "DetectionModel", "Detect", "SegmentationModel", "Segme
 # ---------------------------------------------------------------- tiny configs
 
 
+# The YOLOv5 P5 head (PANet neck + Detect), shared by both fake layouts.
+_P5_HEAD = [
+    [-1, 1, "Conv", [512, 1, 1]],  # 10
+    [-1, 1, "nn.Upsample", [None, 2, "nearest"]],
+    [[-1, 6], 1, "Concat", [1]],
+    [-1, 1, "C3", [512, False]],  # 13
+    [-1, 1, "Conv", [256, 1, 1]],  # 14
+    [-1, 1, "nn.Upsample", [None, 2, "nearest"]],
+    [[-1, 4], 1, "Concat", [1]],
+    [-1, 1, "C3", [256, False]],  # 17 P3
+    [-1, 1, "Conv", [256, 3, 2]],
+    [[-1, 14], 1, "Concat", [1]],
+    [-1, 1, "C3", [512, False]],  # 20 P4
+    [-1, 1, "Conv", [512, 3, 2]],
+    [[-1, 10], 1, "Concat", [1]],
+    [-1, 1, "C3", [1024, False]],  # 23 P5
+    [[17, 20, 23], 1, "Detect", ["nc", "anchors"]],
+]
+
+
 def tiny_cfg(nc: int = 2, width: float = 0.125, depth: float = 0.33, **extra: Any) -> dict:
     """A yolov5n-like v6 layout (6x6 stem, C3, SPPF), small enough for CPU tests."""
     return {
@@ -49,23 +69,7 @@ def tiny_cfg(nc: int = 2, width: float = 0.125, depth: float = 0.33, **extra: An
             [-1, 1, "C3", [1024]],  # 8
             [-1, 1, "SPPF", [1024, 5]],  # 9
         ],
-        "head": [
-            [-1, 1, "Conv", [512, 1, 1]],  # 10
-            [-1, 1, "nn.Upsample", [None, 2, "nearest"]],
-            [[-1, 6], 1, "Concat", [1]],
-            [-1, 1, "C3", [512, False]],  # 13
-            [-1, 1, "Conv", [256, 1, 1]],  # 14
-            [-1, 1, "nn.Upsample", [None, 2, "nearest"]],
-            [[-1, 4], 1, "Concat", [1]],
-            [-1, 1, "C3", [256, False]],  # 17 P3
-            [-1, 1, "Conv", [256, 3, 2]],
-            [[-1, 14], 1, "Concat", [1]],
-            [-1, 1, "C3", [512, False]],  # 20 P4
-            [-1, 1, "Conv", [512, 3, 2]],
-            [[-1, 10], 1, "Concat", [1]],
-            [-1, 1, "C3", [1024, False]],  # 23 P5
-            [[17, 20, 23], 1, "Detect", ["nc", "anchors"]],
-        ],
+        "head": copy.deepcopy(_P5_HEAD),
         **extra,
     }
 
@@ -89,23 +93,7 @@ def tiny_v5_cfg(nc: int = 2, width: float = 0.125, **extra: Any) -> dict:
             [-1, 1, "SPP", [1024, [5, 9, 13]]],  # 8
             [-1, 1, "C3", [1024, False]],  # 9
         ],
-        "head": [
-            [-1, 1, "Conv", [512, 1, 1]],  # 10
-            [-1, 1, "nn.Upsample", [None, 2, "nearest"]],
-            [[-1, 6], 1, "Concat", [1]],
-            [-1, 1, "C3", [512, False]],  # 13
-            [-1, 1, "Conv", [256, 1, 1]],  # 14
-            [-1, 1, "nn.Upsample", [None, 2, "nearest"]],
-            [[-1, 4], 1, "Concat", [1]],
-            [-1, 1, "C3", [256, False]],  # 17 P3
-            [-1, 1, "Conv", [256, 3, 2]],
-            [[-1, 14], 1, "Concat", [1]],
-            [-1, 1, "C3", [512, False]],  # 20 P4
-            [-1, 1, "Conv", [512, 3, 2]],
-            [[-1, 10], 1, "Concat", [1]],
-            [-1, 1, "C3", [1024, False]],  # 23 P5
-            [[17, 20, 23], 1, "Detect", ["nc", "anchors"]],
-        ],
+        "head": copy.deepcopy(_P5_HEAD),
         **extra,
     }
 
