@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +79,3 @@ def print_results(res: dict, verbose: bool = False) -> None:
     console.print(f"Speed: {s['pre']:.1f} ms pre-process, {s['inf']:.1f} ms inference, {s['nms']:.1f} ms NMS per image")
     if res.get("predictions_json"):
         console.print(f"COCO predictions saved to {res['predictions_json']}")
-
-
-def dump_json(res: dict, path: Path) -> None:
-    path.write_text(json.dumps(res, indent=2))
