@@ -312,6 +312,22 @@ def test_rect_batches_share_stride_multiple_shapes_and_map_back(tmp_path: Path) 
         assert (w0, h0) == tuple(ds.shapes[ds.im_files.index(Path(path))])
 
 
+def test_exact_rect_batches_hold_one_shape_each_and_pad_as_batch_one(tmp_path: Path) -> None:
+    sizes = [(64, 48), (48, 64), (64, 64), (64, 32), (64, 48), (40, 64), (64, 40), (64, 48), (60, 50)]
+    files = [_red_box_image(tmp_path, f"i{k}", s, (4, 6, 20, 30)) for k, s in enumerate(sizes)]
+    alone = DetectionDataset(files, img_size=64, names=["r"], rect=True, batch_size=1, stride=32, pad=0.5)
+    own = {p: tuple(alone.batch_shapes[alone.batch[i]]) for i, p in enumerate(alone.im_files)}
+    loader, ds = create_dataloader(files, 64, 2, rect=True, pad=0.5, stride=32, workers=0, rect_batches="exact")
+    batches = [(imgs.shape, paths) for imgs, _, paths, _ in loader]
+    assert sorted(p for _, paths in batches for p in paths) == sorted(str(f) for f in files)  # each image once
+    assert all(len(paths) <= 2 for _, paths in batches)
+    for shape, paths in batches:  # one shape per batch, and it is the image's own batch-1 shape
+        assert {own[Path(p)] for p in paths} == {tuple(shape[2:])}
+    assert len(batches) < len(files)  # images of the same shape do share batches
+    with pytest.raises(ValueError, match="rect_batches"):
+        DetectionDataset(files, img_size=64, rect=True, rect_batches="square")
+
+
 def test_rect_loader_never_shuffles(tmp_path: Path) -> None:
     files = [_image(tmp_path / "images" / f"{k}.png", (64, 32 + 4 * k)) for k in range(6)]
     loader, ds = create_dataloader(files, 64, 2, rect=True, shuffle=True, workers=0)

@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, 0, 0,1 ... (default cpu)")
     p.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
     p.add_argument("--no-rect", action="store_true", help="square letterbox instead of rectangular batches")
+    p.add_argument("--rect-batches", choices=("exact", "yolov5"), default="exact",
+                   help="exact: batch images of one shape, scores equal batch 1's at any batch size (default); "
+                   "yolov5: pad consecutive groups to one shape as the official val.py (score moves with batch)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
     p.add_argument("--save-json", nargs="?", const="auto", default=None,
@@ -55,7 +58,8 @@ def run_val(args: argparse.Namespace) -> dict:
         save_json = Path(args.weights).with_name(f"{Path(args.weights).stem}_predictions.json")
     res = evaluate(model, data, split=args.split, imgsz=args.imgsz, batch_size=args.batch_size,
                    conf_thres=args.conf_thres, iou_thres=args.iou_thres, max_det=args.max_det, device=device,
-                   half=args.half, rect=not args.no_rect, verbose=False, save_json=save_json, workers=args.workers)
+                   half=args.half, rect=not args.no_rect, verbose=False, save_json=save_json, workers=args.workers,
+                   rect_batches=args.rect_batches)
     print_results(res, verbose=args.verbose)
     return res
 

@@ -87,8 +87,13 @@ def build_val_loader(
     stride: int = 32,
     rect: bool = True,
     workers: int = 2,
+    rect_batches: str = "exact",
 ):
-    """The scoring dataloader: rectangular batches (pad 0.5) unless rect is off (fixed square input)."""
+    """The scoring dataloader: rectangular batches (pad 0.5) unless rect is off (fixed square input).
+
+    `rect_batches="exact"` batches only images of one letterboxed shape, so the score does not depend on
+    the batch size; "yolov5" pads consecutive groups to a common shape as the official val.py does.
+    """
     from yolo.data import create_dataloader
 
     files = getattr(data_cfg, split)
@@ -106,6 +111,7 @@ def build_val_loader(
         workers=workers,
         shuffle=False,
         prefix=f"{split}: ",
+        rect_batches=rect_batches,
     )
     return loader
 
@@ -127,6 +133,7 @@ def evaluate(
     save_json: str | Path | None = None,
     workers: int = 2,
     progress: bool = True,
+    rect_batches: str = "exact",
 ) -> dict[str, Any]:
     """Score `model` on a split; returns COCO mAP (pycocotools), YOLOv5-style P/R and per-stage speed."""
     from yolo.data import load_data_yaml
@@ -138,7 +145,9 @@ def evaluate(
     _check_classes(names, data_cfg.names, data_cfg.yaml_path)
     if dataloader is None:
         size = max(fixed) if fixed else imgsz
-        dataloader = build_val_loader(data_cfg, split, size, batch_size, stride, rect and not fixed, workers)
+        dataloader = build_val_loader(
+            data_cfg, split, size, batch_size, stride, rect and not fixed, workers, rect_batches
+        )
     acc = _Accumulator(data_cfg.names)
     timer = Timer()
     with torch.inference_mode(), _progress(progress, len(dataloader), f"scoring {split}") as advance:
