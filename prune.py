@@ -2,7 +2,7 @@
 """yolov5-slim command line: `python prune.py <command> ...`.
 
 Commands: prune (the default when the first argument is a flag), sweep, val, export, benchmark, report,
-detect, pipeline, demo. Each command lives in its package; this file only dispatches.
+detect, pipeline, demo, reparam. Each command lives in its package; this file only dispatches.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-COMMAND_MODULES = ("prune.cli", "yolo.cli", "reports.cli", "pipeline.cli")
+COMMAND_MODULES = ("prune.cli", "yolo.cli", "yolo.transforms_cli", "reports.cli", "pipeline.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

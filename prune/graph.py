@@ -26,6 +26,8 @@ from torch import nn
 from prune.config import PruneError
 from yolo.model import DetectionModel, de_parallel
 from yolo.modules import C3, SPP, SPPF, Bottleneck, BottleneckCSP, Concat, Conv, Detect, DWConv, Focus
+from yolo.repvgg import RepVGG
+from yolo.shufflenet import ConvBNReLUMaxPool, ShuffleBlock
 
 OPT = tp.ops.OPTYPE
 
@@ -35,6 +37,15 @@ KNOWN_MODULES = (
     nn.Sequential, nn.ModuleList, nn.Conv2d, nn.BatchNorm2d, nn.Upsample, nn.MaxPool2d, nn.Identity, nn.Dropout,
     nn.SiLU, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.Sigmoid, nn.Tanh, nn.GELU,
 )  # fmt: skip
+# RepVGG (training form): Conv branches summed, identity BN like a residual add; the graph couples the branches'
+# outputs and, through the identity BN, the block's input and output channels. A fused (deploy) block has no BN,
+# so groups through it are protected ("no BatchNorm"); reparameterize() to Conv first to prune it.
+KNOWN_MODULES += (RepVGG,)
+# ShuffleNetV2: the stem is conv-BN-ReLU-maxpool. ShuffleBlock's channel split (chunk) and shuffle (stack + flatten)
+# are traced as split / unknown element-wise / reshape operations, so every group touching the block's input or
+# output channels is protected by operation type; only branch2's internal channels (1x1 -> depthwise -> 1x1) and a
+# stride-2 block's input from a prunable layer form prunable groups.
+KNOWN_MODULES += (ConvBNReLUMaxPool, ShuffleBlock)
 
 # Element-wise autograd operations that keep channel i in channel i (and keep a constant channel constant).
 SAFE_ELEMENTWISE = {
@@ -194,9 +205,9 @@ def build_graph(model: nn.Module, imgsz: int = 640, ignore=(), verbose: bool = F
     in_ch, stride = input_channels(work), max_stride(work)
     probe = 2 * stride
     imgsz = check_imgsz(imgsz, stride)
-    dg, unknown, outputs, probe_hw = _trace(work, torch.zeros(1, in_ch, probe, probe))
+    dg, unknown, outputs, probe_hw, mismapped = _trace(work, torch.zeros(1, in_ch, probe, probe))
     names = {m: n for n, m in work.named_modules()}
-    ctx = _Context(dg, names, ignored, unknown, outputs, _keep_out(work))
+    ctx = _Context(dg, names, ignored, unknown, outputs, _keep_out(work), mismapped)
     groups, protected = _collect_groups(work, dg, ctx)
     convs, flops = _geometry(work, probe_hw, (imgsz / probe) ** 2)
     bns = {n: m.num_features for n, m in work.named_modules() if isinstance(m, nn.BatchNorm2d)}
@@ -216,10 +227,11 @@ def check_imgsz(imgsz: int, stride: int) -> int:
     return int(-(-int(imgsz) // stride) * stride)
 
 
-def _trace(work: nn.Module, example: torch.Tensor) -> tuple[tp.DependencyGraph, dict, set, dict[str, int]]:
+def _trace(work: nn.Module, example: torch.Tensor) -> tuple[tp.DependencyGraph, dict, set, dict[str, int], dict]:
     """DependencyGraph of `work`, the autograd nodes produced by modules of unknown classes and by the model's
-    outputs, and every conv's output pixels at the probe size."""
+    outputs, every conv's output pixels at the probe size, and the concats whose channel mapping is not trusted."""
     unknown: dict = {}
+    cats = _CatSizes()
     outputs: set = set()
     hw: dict[str, int] = {}
 
@@ -237,7 +249,7 @@ def _trace(work: nn.Module, example: torch.Tensor) -> tuple[tp.DependencyGraph, 
         hooks = [mod.register_forward_hook(hook) for mod in m.modules() if mod is not m and _is_unknown(mod)]
         hooks += [mod.register_forward_hook(conv_hook) for mod in m.modules() if isinstance(mod, nn.Conv2d)]
         try:
-            with raw_head(m):
+            with raw_head(m), cats:
                 out = m(x)
             outputs.update(t.grad_fn for t in tp.utils.flatten_as_list(out) if t.grad_fn is not None)
             return out
@@ -250,7 +262,49 @@ def _trace(work: nn.Module, example: torch.Tensor) -> tuple[tp.DependencyGraph, 
             dg = tp.DependencyGraph().build_dependency(work, example, forward_fn=forward, verbose=False)
     except Exception as e:  # the model's own forward or the tracer failed: nothing can be pruned safely
         raise PruneError(f"cannot trace the model for its dependency graph: {type(e).__name__}: {e}") from None
-    return dg, unknown, outputs, hw
+    return dg, unknown, outputs, hw, _remap_concats(dg, cats.sizes)
+
+
+class _CatSizes(torch.overrides.TorchFunctionMode):
+    """Records the channel count of every input of every channel-wise torch.cat (by the output's grad_fn)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes: dict = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in (torch.cat, torch.concat, torch.concatenate) and isinstance(out, torch.Tensor) and out.grad_fn:
+            tensors = args[0] if args else kwargs.get("tensors", ())
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
+            if out.dim() == 4 and dim in (1, -3):
+                self.sizes[out.grad_fn] = [int(t.shape[1]) for t in tensors]
+        return out
+
+
+def _remap_concats(dg: tp.DependencyGraph, true_sizes: dict) -> dict:
+    """torch-pruning infers a concat's input channel counts by walking the graph; around channel split / stack /
+    reshape (ShuffleNet blocks) it gets them wrong, which would shift every channel index mapped through the concat
+    (silently wrong pruning on the other inputs). Give it the counts measured while tracing and re-derive the
+    mapping; a concat still not mapped as measured is returned (grad_fn -> reason) and groups through it protected."""
+    from torch_pruning.dependency.index_mapping import update_concat_index_mapping
+
+    bad = {}
+    for node in list(dg.module2node.values()):
+        sizes = true_sizes.get(node.grad_fn)
+        if node.type != OPT.CONCAT or sizes is None or len(sizes) != len(node.inputs):
+            continue
+        want = [0]
+        for c in sizes:
+            want.append(want[-1] + c)
+        if node.module.concat_sizes == sizes and node.module.offsets == want:
+            continue
+        node.module.concat_sizes, node.module.offsets = list(sizes), None
+        update_concat_index_mapping(dg, node)
+        if node.module.offsets != want:
+            bad[node.grad_fn] = f"channel mapping through a concat of {sizes} channels could not be derived"
+    return bad
 
 
 def _is_unknown(m: nn.Module) -> bool:
@@ -270,6 +324,7 @@ class _Context:
     unknown: dict  # grad_fn -> description of the unknown module that produced it
     outputs: set  # grad_fns of the model's output tensors
     keep_out: set
+    mismapped: dict = field(default_factory=dict)  # grad_fn of a concat -> why its index mapping is not trusted
 
 
 def _collect_groups(work: nn.Module, dg, ctx: _Context) -> tuple[list[GroupInfo], list[tuple[str, str]]]:
@@ -304,6 +359,8 @@ def _members(group, ctx: _Context) -> tuple[list[Member], list[str]]:
         mod, t = node.module, node.type
         if node.grad_fn in ctx.unknown:
             reasons.append(f"passes through unknown module {ctx.unknown[node.grad_fn]}")
+        if node.grad_fn in ctx.mismapped:
+            reasons.append(ctx.mismapped[node.grad_fn])
         if node.grad_fn in ctx.outputs and (t not in (OPT.CONV, OPT.DEPTHWISE_CONV) or _is_out(ctx.dg, handler)):
             reasons.append("its channels leave the model directly (a model output)")
         if t == OPT.CONCAT:

@@ -50,6 +50,10 @@ def cmd_export(args: Any) -> int:
         raise ValueError("--int8 needs --calib-data DATA.yaml (its train images calibrate the activations)")
     weights = Path(args.weights)
     model, meta = load_model(weights)
+    if getattr(args, "replace_focus", False):  # exact rewrite: no Slice/Concat stem in the graph
+        from yolo.transforms import replace_focus
+
+        replace_focus(model)
     imgsz = _imgsz(args.imgsz, int(meta.get("imgsz") or 640))
     out = Path(args.out) if args.out else weights.with_suffix(".onnx")
     if out.suffix.lower() != ".onnx":
@@ -260,6 +264,9 @@ def register(subparsers) -> None:
         help="dynamic axes (bare --dynamic = batch, height and width)",
     )
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    p.add_argument(
+        "--replace-focus", action="store_true", help="export a Focus stem as the equivalent strided Conv (exact)"
+    )
     p.add_argument("--out", help="output .onnx path or folder (default: next to --weights)")
     p.add_argument("--parity-source", help="image file/folder for the ORT-vs-PyTorch check (default: --calib-data val)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the checks")

@@ -22,14 +22,15 @@ def select_bns(model: nn.Module, layers: str = "all") -> list[nn.BatchNorm2d]:
     "all": every BatchNorm2d (the Detect head has none).
     "prunable": leaves out BatchNorms whose output channels feed a residual add (the second conv of a
     shortcut Bottleneck and the conv producing that Bottleneck's input), whose channels a pruner must keep
-    coupled; the penalty then only pushes channels that can be removed one by one.
+    coupled; the penalty then only pushes channels that can be removed one by one. Also left out: the last
+    BatchNorm of each ShuffleNetV2 branch, whose channels cross the channel shuffle and are never pruned.
     """
     if layers not in LAYER_CHOICES:
         raise ValueError(f"sparsity layers {layers!r} not understood; use one of {', '.join(LAYER_CHOICES)}")
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     if layers == "all":
         return bns
-    coupled = {id(bn) for bn in residual_bns(model)}
+    coupled = {id(bn) for bn in residual_bns(model) + shuffle_bns(model)}
     return [bn for bn in bns if id(bn) not in coupled]
 
 
@@ -43,6 +44,20 @@ def residual_bns(model: nn.Module) -> list[nn.BatchNorm2d]:
             continue
         out.append(block.cv1.bn)
         out.extend(b.cv2.bn for b in bottlenecks)
+    return out
+
+
+def shuffle_bns(model: nn.Module) -> list[nn.BatchNorm2d]:
+    """The output BatchNorms of every ShuffleBlock branch (branch1.3, branch2.6): their channels go through the
+    channel shuffle, which the pruner protects, so pushing their gammas to zero would only cost accuracy."""
+    from yolo.shufflenet import ShuffleBlock
+
+    out: list[nn.BatchNorm2d] = []
+    for block in model.modules():
+        if isinstance(block, ShuffleBlock):
+            for seq in (getattr(block, "branch1", None), block.branch2):
+                bns = [m for m in seq or () if isinstance(m, nn.BatchNorm2d)]
+                out.extend(bns[-1:])
     return out
 
 

@@ -143,6 +143,9 @@ PACKAGED = {
     "yolov5n-v5": (None, [8, 16, 32]),
     "yolov5n6": (None, [8, 16, 32, 64]),
     "yolov5s6": (None, [8, 16, 32, 64]),
+    "yolov5n-repvgg": (None, [8, 16, 32]),  # reparameterised: exactly yolov5n (tests/test_families_repvgg.py)
+    "v5lite-s": (None, [8, 16, 32]),  # YOLOv5-Lite-s layout (ShuffleNetV2 backbone), our own yaml
+    "yolov5n-shufflenetv2": (None, [8, 16, 32]),
 }
 
 

@@ -125,6 +125,14 @@ def grouped() -> nn.Module:
                            [[[1, 2], 1, "Detect", ["nc", "anchors"]]]))  # fmt: skip
 
 
+def repvgg() -> nn.Module:
+    """RepVGG blocks: with an identity BN (stride 1, c1 == c2: input and output channels coupled, like a residual)
+    and without (stride 2); the three branches' outputs are always one set of channels."""
+    return build_model(cfg([[-1, 1, "Conv", [16, 3, 2]], [-1, 1, "RepVGG", [16, 3, 1]], [-1, 1, "RepVGG", [32, 3, 2]],
+                            [-1, 2, "RepVGG", [32, 3, 1]], [-1, 1, "Conv", [32, 1, 1]]],
+                           [[[1, 4], 1, "Detect", ["nc", "anchors"]]]))  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------ plain modules
 
 
@@ -214,6 +222,14 @@ ZOO: dict[str, ZooEntry] = {
                                                                                                      "model.2.m.0"}}),
     "depthwise": ZooEntry(depthwise, coupled=[{"model.0.conv", "model.1.conv"}]),
     "grouped": ZooEntry(grouped, protected=["model.0.conv", "model.1.conv"]),
+    "repvgg": ZooEntry(
+        repvgg,
+        coupled=[{"model.0.conv", "model.1.rbr_dense.conv", "model.1.rbr_1x1.conv"},
+                 {"model.2.rbr_dense.conv", "model.2.rbr_1x1.conv", "model.3.0.rbr_dense.conv",
+                  "model.3.0.rbr_1x1.conv", "model.3.1.rbr_dense.conv", "model.3.1.rbr_1x1.conv"}],
+        consumers={"model.0.conv": {"model.1.rbr_dense.conv", "model.1.rbr_1x1.conv", "model.2.rbr_dense.conv",
+                                    "model.2.rbr_1x1.conv", "model.5.m.0"}},
+    ),  # fmt: skip
     "yolov5n": ZooEntry(
         lambda: build_model(tiny_official("yolov5n")),
         coupled=[{"model.4.cv1.conv", "model.4.m.0.cv2.conv", "model.4.m.1.cv2.conv"}, {"model.13.cv1.conv"}],

@@ -26,6 +26,8 @@ from yolo.modules import (
     Focus,
     fuse_conv_and_bn,
 )
+from yolo.repvgg import RepVGG
+from yolo.shufflenet import ConvBNReLUMaxPool, ShuffleBlock
 
 CFG_DIR = Path(__file__).resolve().parent / "cfgs"
 
@@ -69,6 +71,14 @@ for _alias in ("nn.Upsample", "Upsample", "torch.nn.Upsample"):
     register_module(_alias, nn.Upsample, "same")
 register_module("nn.MaxPool2d", nn.MaxPool2d, "same")
 register_module("nn.Identity", nn.Identity, "same")
+# RepVGG: same args as Conv ([c2, 3, s]); reparameterize() turns each block and its yaml row into a Conv.
+register_module("RepVGG", RepVGG, "conv")
+# ShuffleNetV2 / YOLOv5-Lite: args [c2] and [c2, stride], c2 width-scaled like Conv (multiples of 8, so even);
+# the snake-case names are YOLOv5-Lite's own, so its yaml files build as they are.
+for _alias in ("ConvBNReLUMaxPool", "conv_bn_relu_maxpool"):
+    register_module(_alias, ConvBNReLUMaxPool, "conv")
+for _alias in ("ShuffleBlock", "Shuffle_Block"):
+    register_module(_alias, ShuffleBlock, "conv")
 
 
 def get_module_spec(name: str, where: str = "") -> ModuleSpec:
@@ -287,6 +297,8 @@ class DetectionModel(nn.Module):
                 m.conv = fuse_conv_and_bn(m.conv, m.bn)
                 delattr(m, "bn")
                 m.forward = m.forward_fuse
+            elif isinstance(m, (ConvBNReLUMaxPool, ShuffleBlock, RepVGG)):  # RepVGG: before its branches are walked
+                m.fuse()
         return self
 
     @property
@@ -314,7 +326,7 @@ def initialize_weights(model: nn.Module) -> None:
 
 def set_activation(model: nn.Module, factory: Callable[[], nn.Module]) -> None:
     for m in model.modules():
-        if isinstance(m, Conv) and isinstance(m.act, nn.SiLU):
+        if isinstance(m, (Conv, RepVGG)) and isinstance(m.act, nn.SiLU):
             m.act = factory()
 
 
