@@ -35,11 +35,15 @@ def machine() -> dict[str, Any]:
     return env
 
 
-def write_result(name: str, figures: dict[str, Any], markdown: str) -> Path:
-    """bench/results/<name>.json (command, machine, figures) and <name>.md (the README table)."""
+def write_result(name: str, figures: dict[str, Any], markdown: str, out_dir: Path | None = None) -> Path:
+    """bench/results/<name>.json (command, machine, figures) and <name>.md (the README table).
+
+    `out_dir` writes elsewhere (smoke tests must not overwrite the committed results).
+    """
     from yolo.fileio import atomic_write_text
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = Path(out_dir) if out_dir is not None else RESULTS
+    results.mkdir(parents=True, exist_ok=True)
     doc = {
         "name": name,
         "command": command_line(),
@@ -47,9 +51,9 @@ def write_result(name: str, figures: dict[str, Any], markdown: str) -> Path:
         "machine": machine(),
         "figures": figures,
     }
-    atomic_write_text(RESULTS / f"{name}.json", json.dumps(doc, indent=2, default=str) + "\n")
-    atomic_write_text(RESULTS / f"{name}.md", markdown.rstrip() + f"\n\n`{doc['command']}`\n")
-    return RESULTS / f"{name}.json"
+    atomic_write_text(results / f"{name}.json", json.dumps(doc, indent=2, default=str) + "\n")
+    atomic_write_text(results / f"{name}.md", markdown.rstrip() + f"\n\n`{doc['command']}`\n")
+    return results / f"{name}.json"
 
 
 def need_shared() -> Path:

@@ -1,12 +1,12 @@
 """Question: how much faster is a channel-pruned yolov5n than the baseline on this CPU, against its FLOPs cut?
 
-Prunes yolov5n at each --ratios (prune.prune_model, BN-|gamma| importance, no fine-tuning: accuracy is not
-the point here), exports baseline and pruned models to fixed 640x640 ONNX, and times them interleaved
+Prunes yolov5n to each --target-flops (or --ratios) (prune.prune_model, BN-|gamma| importance, no fine-tuning:
+accuracy is not the point here), exports baseline and pruned models to fixed 640x640 ONNX, and times them interleaved
 (round-robin) with ONNX Runtime at 1 thread and at all usable cores (optionally PyTorch too). Extra ONNX
 files can be added with --onnx. Writes bench/results/latency.json.
 
-    python bench/latency.py                          # yolov5n vs pruned at 0.3 and 0.5
-    python bench/latency.py --ratios --onnx a.onnx b.onnx   # only the given files
+    python bench/latency.py --round-to 16            # yolov5n vs pruned to keep 70% and 50% of the FLOPs
+    python bench/latency.py --target-flops --onnx a.onnx b.onnx   # only the given files
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from yolo.flops import count_gflops, count_params  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default=str(SHARED / "weights" / "yolov5n.pt"))
-    ap.add_argument("--ratios", type=float, nargs="*", default=[0.3, 0.5], help="prune ratios (channels removed)")
+    ap.add_argument("--ratios", type=float, nargs="*", default=[], help="prune ratios (channels removed)")
+    ap.add_argument("--target-flops", type=float, nargs="*", default=[0.7, 0.5], help="fractions of FLOPs kept")
     ap.add_argument("--round-to", type=int, default=8, help="kept channels per group rounded to a multiple of this")
     ap.add_argument("--onnx", nargs="*", default=[], help="extra ONNX files to time alongside")
     ap.add_argument("--imgsz", type=int, default=640)
@@ -50,11 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir)
     base, meta = load_model(args.weights)
     models = {"baseline": base}
-    for r in args.ratios:
-        from prune.api import PruneConfig, prune_model
+    from prune.api import PruneConfig, prune_model
 
+    for r in args.ratios:
         pruned, _ = prune_model(base, PruneConfig(ratio=r, round_to=args.round_to, imgsz=args.imgsz))
         models[f"pruned-{r:g}"] = pruned
+    for f in args.target_flops:
+        pruned, _ = prune_model(base, PruneConfig(target_flops=f, round_to=args.round_to, imgsz=args.imgsz))
+        models[f"flops-{f:g}"] = pruned
     paths, info = {}, {}
     bus = SHARED / "reference" / "bus.jpg"
     for name, m in models.items():

@@ -45,14 +45,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="constant, or linear decay of the rate to 0 over the run")
     p.add_argument("--sparsity-layers", choices=LAYER_CHOICES, default="all",
                    help="all BatchNorms, or prunable: skip those feeding residual adds")
+    p.add_argument("--teacher", default="",
+                   help="knowledge distillation: also learn the outputs of this model (the unpruned one; same "
+                        "classes, levels, anchors and strides) on the same augmented batches")
+    p.add_argument("--distill-weight", type=float, default=None, metavar="G",
+                   help="overrides hyp distill, the total distillation gain (default 1.0; needs --teacher)")
+    p.add_argument("--time-limit", type=float, default=0.0, metavar="MINUTES",
+                   help="stop after the epoch that crosses this much training time (the LR schedule still "
+                        "spans --epochs); 0 = no limit")
+    p.add_argument("--time-limit-fit", action="store_true",
+                   help="with --time-limit: lower --epochs to what fits instead (re-estimated after every epoch), "
+                        "so the LR schedule still completes")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars")
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.hyp_overrides = {} if args.label_smoothing is None else {"label_smoothing": args.label_smoothing}
+    if args.distill_weight is not None:
+        if not args.teacher:
+            parser.error("--distill-weight needs --teacher (the model to distil from)")
+        args.hyp_overrides["distill"] = args.distill_weight
     return args
 
 

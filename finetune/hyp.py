@@ -49,6 +49,11 @@ HYP_BOUNDS: dict[str, tuple[float, float]] = {
     "mixup": (0.0, 1.0),
     "copy_paste": (0.0, 1.0),
     "label_smoothing": (0.0, 0.999),
+    # knowledge distillation (finetune.py --teacher): total gain, then the per-term gains (finetune/distill.py)
+    "distill": (0.0, 1000.0),
+    "distill_obj": (0.0, 1000.0),
+    "distill_cls": (0.0, 1000.0),
+    "distill_box": (0.0, 1000.0),
 }
 
 

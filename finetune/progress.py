@@ -13,8 +13,9 @@ def is_tty() -> bool:
 class EpochProgress:
     """Progress of one epoch's batches. Does nothing unless `live` (a terminal and the main process)."""
 
-    def __init__(self, live: bool, total: int, label: str, start: int = 0):
+    def __init__(self, live: bool, total: int, label: str, start: int = 0, extra: Sequence[str] = ()):
         self.live, self.total, self.label, self.start = live, total, label, start
+        self.extra = tuple(extra)  # names of the losses after box, obj, cls (e.g. distill)
         self._progress = None
         self._task = None
 
@@ -37,7 +38,8 @@ class EpochProgress:
     def update(self, losses: Sequence[float], n_targets: int, img_size: int) -> None:
         if self._progress is not None:
             box, obj, cls = (float(x) for x in losses[:3])
-            text = f"box {box:.4f}  obj {obj:.4f}  cls {cls:.4f}  {n_targets} labels  {img_size}px"
+            more = "".join(f"  {n} {float(v):.4f}" for n, v in zip(self.extra, losses[3:]))
+            text = f"box {box:.4f}  obj {obj:.4f}  cls {cls:.4f}{more}  {n_targets} labels  {img_size}px"
             self._progress.update(self._task, advance=1, losses=text)
 
     def __exit__(self, *exc) -> None:

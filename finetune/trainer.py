@@ -52,7 +52,7 @@ METRIC_KEYS = (
     ("metrics/mAP_0.5", "map50"),
     ("metrics/mAP_0.5:0.95", "map"),
 )
-RESUME_OVERRIDABLE = ("device", "workers", "quiet")
+RESUME_OVERRIDABLE = ("device", "workers", "quiet", "time_limit")
 
 
 @dataclass
@@ -86,6 +86,9 @@ class TrainOptions:
     sparsity_layers: str = "all"
     amp: bool = True
     quiet: bool = False
+    teacher: str = ""  # knowledge distillation from this (unpruned) model; gains: hyp distill*
+    time_limit: float = 0.0  # minutes; stop after the epoch that crosses it (the LR schedule keeps --epochs)
+    time_limit_fit: bool = False  # instead: lower --epochs (and the LR schedule) to what fits the time limit
 
     @classmethod
     def from_any(cls, opt: TrainOptions | argparse.Namespace | dict) -> TrainOptions:
@@ -161,6 +164,11 @@ class Trainer:
         self.best_fitness = -1.0
         self.metrics: dict = {}
         self.loss_items = torch.zeros(3)
+        self.loss_names: tuple[str, ...] = LOSS_NAMES  # plus one column per loss hook with a `loss_name`
+        self.distiller = None
+        self.train_seconds = 0.0  # training time before this process (resume), for --time-limit
+        self.t0 = time.time()
+        self.out_of_time = False
         self.position = (0, 0)  # (epoch, batch) a resume continues from
         self.resume_state: dict | None = None
 
@@ -192,9 +200,16 @@ class Trainer:
         try:
             self.setup()
             self.callbacks.run("on_train_start", self)
-            for epoch in range(self.start_epoch, self.epochs):
+            epoch = self.start_epoch
+            while epoch < self.epochs:  # --time-limit-fit may lower self.epochs as the run goes
                 self.train_epoch(epoch)
                 self.end_epoch(epoch)
+                epoch += 1
+                if self.out_of_time and epoch < self.epochs:
+                    log(f"--time-limit {self.opt.time_limit:g} min reached after epoch {epoch - 1}: stopping "
+                        f"({epoch} of {self.epochs} epochs; resume with a larger --time-limit to continue)",
+                        self.is_main)
+                    break
             result = self.result()
             self.callbacks.run("on_train_end", self, result)
             return result
@@ -226,6 +241,7 @@ class Trainer:
         self._setup_model()
         self._setup_loaders()
         self._setup_optimisation()
+        self._setup_teacher()
         if self.resume_state:
             self._restore(self.resume_state)
         self.model = ddp.wrap_ddp(self.model, self.dist, self.device)
@@ -233,6 +249,9 @@ class Trainer:
         if self.results is not None and self.resume_state:
             self.results.load(before_epoch=self.start_epoch)
         self.position = (self.start_epoch, self.start_iter)
+        self.loss_names = LOSS_NAMES + tuple(h.loss_name for h in self.loss_hooks if hasattr(h, "loss_name"))
+        self.loss_items = torch.zeros(len(self.loss_names))
+        self.t0 = time.time()
         self.ready = True
         self._log_start()
 
@@ -269,6 +288,8 @@ class Trainer:
             raise TrainError(f"--batch-size {o.batch_size} is not a multiple of the {self.dist.world_size} processes")
         if o.epochs < 1 or o.val_every < 1 or o.nbs < 1:
             raise TrainError("--epochs, --val-every and --nbs must be >= 1")
+        if o.time_limit < 0:
+            raise TrainError(f"--time-limit {o.time_limit}: minutes must be >= 0 (0 = no limit)")
 
     def _setup_run_dir(self) -> None:
         run_dir = None
@@ -355,6 +376,23 @@ class Trainer:
         detect = model.model[-1]
         self.compute_loss = YoloLoss(model, scale_loss_gains(hyp, detect.nl, detect.nc, o.imgsz))
 
+    def _setup_teacher(self) -> None:
+        """--teacher: every process holds its own frozen copy (never DDP-wrapped) on its device."""
+        if not self.opt.teacher:
+            return
+        from finetune.distill import Distiller
+
+        self.distiller = Distiller.from_weights(
+            self.opt.teacher, self.bare_model, self.hyp, self.opt.imgsz, self.device, self.compute_loss.balance
+        )
+        self.loss_hooks.append(self.distiller)
+        self._log_teacher()
+
+    def _log_teacher(self) -> None:
+        g = self.distiller.gains
+        log(f"distillation from {self.opt.teacher}: gain {self.hyp['distill']:g} (scaled obj {g['obj']:.3g}, "
+            f"cls {g['cls']:.3g}, box {g['box']:.3g})", self.is_main and not self.opt.quiet)
+
     def _restore(self, state: dict) -> None:
         model = self.bare_model
         if self.ema is not None:
@@ -370,6 +408,7 @@ class Trainer:
         self.best_fitness = float(state["best_fitness"])
         self.metrics = dict(state.get("metrics") or {})
         self.callbacks.load_state_dict(state.get("callbacks") or {})
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         if int(state.get("world_size", 1)) == self.dist.world_size:
             set_rng_state(state["rng"])
         if int(state.get("nb", self.nb)) != self.nb:
@@ -396,10 +435,11 @@ class Trainer:
         self.position = (epoch, start)
         self.optimizer.zero_grad()
         self.callbacks.run("on_epoch_start", self)
-        mloss, seen = torch.zeros(3), 0
+        mloss, seen = torch.zeros(len(self.loss_names)), 0
         self.epoch_t0 = time.time()
         live = is_tty() and self.is_main and not self.opt.quiet
-        with EpochProgress(live, self.nb, f"epoch {epoch}/{self.epochs - 1}", start) as bar:
+        extra = [n.split("/")[-1].replace("_loss", "") for n in self.loss_names[len(LOSS_NAMES):]]
+        with EpochProgress(live, self.nb, f"epoch {epoch}/{self.epochs - 1}", start, extra) as bar:
             for i, (imgs, targets, _paths, _shapes) in enumerate(self._batches(epoch, start), start):
                 self.train_step(i, imgs, targets)
                 mloss = (mloss * seen + self.loss_items.cpu()) / (seen + 1)
@@ -432,7 +472,8 @@ class Trainer:
                 f"(global {ni}); training stopped, last good checkpoint kept: {self.last_path or 'rank 0'}"
             )
         self.scaler.scale(loss.sum()).backward()
-        self.loss_items = items.detach()
+        extra = [h.last_item.reshape(1).cpu() for h in self.loss_hooks if hasattr(h, "loss_name")]
+        self.loss_items = torch.cat([items.detach().cpu(), *extra]) if extra else items.detach()
         if ni - self.last_opt_step >= self.accumulate:
             self.optimizer_step()
             self.last_opt_step = ni
@@ -452,13 +493,14 @@ class Trainer:
 
     def end_epoch(self, epoch: int) -> None:
         row: dict[str, Any] = {"epoch": epoch}
-        row.update({k: float(v) for k, v in zip(LOSS_NAMES, self.mloss)})
+        row.update({k: float(v) for k, v in zip(self.loss_names, self.mloss)})
         row.update({f"lr/pg{j}": g["lr"] for j, g in enumerate(self.optimizer.param_groups)})
         scored = is_best = False
+        self._apply_time_limit(epoch)
         if self.is_main:
             self.ema.update_attr(self.bare_model)
             due = not self.opt.noval and (epoch + 1) % self.opt.val_every == 0
-            scored = due or epoch + 1 == self.epochs
+            scored = due or epoch + 1 == self.epochs or self.out_of_time
             if scored:
                 is_best = self._score()
             row.update({k: self.metrics.get(m, math.nan) if scored else math.nan for k, m in METRIC_KEYS})
@@ -468,6 +510,34 @@ class Trainer:
         if self.is_main:
             self._write_epoch(epoch, row, is_best, scored)
         self.position = (epoch + 1, 0)
+
+    def elapsed_seconds(self) -> float:
+        """Training time of the run so far, including the processes before a resume."""
+        return self.train_seconds + time.time() - self.t0
+
+    def _apply_time_limit(self, epoch: int) -> None:
+        """--time-limit after `epoch`: stop here (out_of_time), or with --time-limit-fit lower the epoch count.
+
+        Fitting re-estimates after every epoch from the mean epoch time so far (validation included) and only
+        ever lowers --epochs; the linear / cosine LR schedule is rebuilt for the new length, so a run cut by
+        the clock still ends annealed instead of stopping at a high learning rate. Decided on rank 0 and
+        broadcast, so DDP ranks agree.
+        """
+        o = self.opt
+        if not o.time_limit:
+            return
+        elapsed, budget = self.elapsed_seconds(), o.time_limit * 60
+        if not o.time_limit_fit:
+            self.out_of_time = bool(ddp.broadcast_object(elapsed >= budget, self.dist))
+            return
+        per_epoch = elapsed / max(epoch + 1, 1)
+        fit = epoch + 1 + max(int((budget - elapsed) // max(per_epoch, 1e-9)), 0)
+        fit = int(ddp.broadcast_object(min(fit, o.epochs), self.dist))
+        if fit < o.epochs:
+            log(f"--time-limit {o.time_limit:g} min: {fit} epochs fit ({per_epoch / 60:.2f} min each), not "
+                f"{o.epochs}: LR schedule shortened", self.is_main and not o.quiet)
+            o.epochs = fit
+            self.lf = lr_lambda(fit, self.hyp["lrf"], o.cos_lr)
 
     def _score(self) -> bool:
         """Validate the EMA model; True when it is the best so far."""
@@ -544,6 +614,7 @@ class Trainer:
             "new_head": self.new_head,
             "sparsity": o.sparsity,
             "sparsity_schedule": o.sparsity_schedule,
+            "teacher": str(o.teacher) if o.teacher else None,
             "run_dir": str(self.run_dir),
             "metrics": {k: float(v) for k, v in self.metrics.items()},
         }
@@ -574,6 +645,7 @@ class Trainer:
             "new_head": self.new_head,
             "nb": self.nb,
             "world_size": self.dist.world_size,
+            "train_seconds": self.elapsed_seconds(),
         }
 
     def save_interrupted(self) -> TrainingInterrupted:
@@ -682,7 +754,7 @@ def _skip_batches(loader: torch.utils.data.DataLoader, skip: int) -> torch.utils
 
 def format_row(row: dict, epochs: int) -> str:
     parts = [f"epoch {row['epoch']}/{epochs - 1}"]
-    parts += [f"{k.split('/')[1].replace('_loss', '')} {row[k]:.4f}" for k in LOSS_NAMES]
+    parts += [f"{k.split('/')[1].replace('_loss', '')} {row[k]:.4f}" for k in row if str(k).startswith("train/")]
     for key, label in (("metrics/precision", "P"), ("metrics/recall", "R"), ("metrics/mAP_0.5", "mAP50"),
                        ("metrics/mAP_0.5:0.95", "mAP50-95")):
         v = row.get(key, math.nan)

@@ -46,6 +46,11 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     p.add_argument("--compensate", default=d.compensate, choices=("beta", "mean", "none"))
     p.add_argument("--recalibrate", type=int, default=d.recalibrate, help="re-estimate BN stats on N images")
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
+    p.add_argument("--teacher", default=d.teacher, metavar="{none,unpruned,PATH}",
+                   help="knowledge distillation in the fine-tune stage: 'unpruned' = the model before pruning "
+                        "(the sparse-trained one), or a checkpoint; default none")
+    p.add_argument("--distill-weight", type=float, default=d.distill_weight,
+                   help="total distillation gain (hyp distill, default 1.0); needs --teacher")
     p.add_argument("--val-every", type=int, default=d.val_every, help="score every N epochs while training")
     p.add_argument("--int8", action="store_true", help="also quantize the fine-tuned model to int8 (ONNX Runtime)")
     p.add_argument("--latency-runs", type=int, default=d.latency_runs, help="timed runs per model (interleaved)")

@@ -3,6 +3,12 @@
 Each stage writes into its own sub-folder and is recorded in pipeline.json with a key made from its
 parameters and the key of the stage before it. Re-running the same command skips finished stages, resumes an
 interrupted training stage from its last.pt, and redoes (saying so) every stage whose inputs changed.
+
+Knowledge distillation (`--teacher`): `unpruned` fine-tunes the pruned model against the outputs of the model
+it was pruned from (the prune stage's input: the sparse-trained model, or --weights with --sparse-epochs 0) as
+well as the labels; a path uses that checkpoint instead; `none` (default, until the recovery benchmark
+bench/recovery.py shows the teacher at least matching label-only recovery) trains on labels alone. The choice
+and `--distill-weight` are part of the fine-tune stage's key, so changing them redoes that stage.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from typing import Any, Callable
 
 from pipeline.state import PipelineState, stage_key
 from yolo.fileio import atomic_write_text
+
+TEACHER_CHOICES = ("none", "unpruned", "baseline")
 
 
 class PipelineError(ValueError):
@@ -51,6 +59,8 @@ class PipelineOptions:
     compensate: str = "beta"
     recalibrate: int = 0
     finetune_epochs: int = 30
+    teacher: str = "none"  # none | unpruned (the prune stage's input; alias: baseline) | a checkpoint path
+    distill_weight: float | None = None  # hyp distill override for the fine-tune stage (needs a teacher)
     val_every: int = 1  # score every N epochs in the training stages (and after the last)
     int8: bool = False
     latency_runs: int = 50
@@ -73,7 +83,19 @@ class PipelineOptions:
         for flag, v in (("--weights", self.weights), ("--data", self.data), ("--hyp", self.hyp)):
             if v and not Path(v).is_file():
                 raise PipelineError(f"{flag} {v}: file not found")
+        if self.teacher not in TEACHER_CHOICES and not Path(self.teacher).is_file():
+            raise PipelineError(f"--teacher {self.teacher}: not none, unpruned or an existing checkpoint file")
+        if self.distill_weight is not None and self.teacher == "none":
+            raise PipelineError("--distill-weight needs --teacher (unpruned or a checkpoint)")
+        if self.distill_weight is not None and self.distill_weight < 0:
+            raise PipelineError(f"--distill-weight {self.distill_weight} must be >= 0")
         return self
+
+    def teacher_path(self, prunable: str) -> str:
+        """The fine-tune stage's teacher checkpoint ('' = none); `prunable` is the prune stage's input."""
+        if self.teacher == "none":
+            return ""
+        return prunable if self.teacher in ("unpruned", "baseline") else self.teacher
 
 
 def _train_args(opt: PipelineOptions, run_dir: Path, name: str, epochs: int, **kw: Any) -> dict:
@@ -162,9 +184,17 @@ class Pipeline:
         prune_params = {k: getattr(o, k) for k in ("ratio", "target_flops", "target_params", "importance",
                                                     "min_keep", "round_to", "ignore", "compensate", "recalibrate")}
         pruned = self._stage("prune", prune_params, lambda r: self._prune(prunable))
+        teacher = o.teacher_path(prunable)
+        ft_params: dict[str, Any] = {**train_common, "epochs": o.finetune_epochs, "val_every": o.val_every}
+        ft_kw: dict[str, Any] = {"epochs": o.finetune_epochs, "weights": pruned["weights"]}
+        if teacher:  # only then in the key: runs made before distillation existed keep their finished stage
+            ft_params.update(teacher="unpruned" if teacher == prunable else _file_id(teacher),
+                             distill_weight=o.distill_weight)
+            ft_kw["teacher"] = teacher
+            if o.distill_weight is not None:
+                ft_kw["hyp_overrides"] = {"distill": o.distill_weight}
         finetuned = self._stage(
-            "finetune", {**train_common, "epochs": o.finetune_epochs, "val_every": o.val_every},
-            lambda r: self._train("finetune", r, epochs=o.finetune_epochs, weights=pruned["weights"]),
+            "finetune", ft_params, lambda r: self._train("finetune", r, **ft_kw)
         ) if o.finetune_epochs > 0 else {"best": pruned["weights"]}
         models = {"baseline": prunable, "pruned": pruned["weights"], "finetuned": finetuned["best"]}
         if dense:

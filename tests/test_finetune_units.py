@@ -31,13 +31,17 @@ SCRATCH_LOW = {
     "degrees": 0.0, "translate": 0.1, "scale": 0.5, "shear": 0.0, "perspective": 0.0, "flipud": 0.0,
     "fliplr": 0.5, "mosaic": 1.0, "mixup": 0.0, "copy_paste": 0.0, "label_smoothing": 0.0,
 }
+DISTILL_DEFAULTS = {"distill": 1.0, "distill_obj": 1.0, "distill_cls": 0.5, "distill_box": 0.05}
 
 
 # ---------------------------------------------------------------- hyperparameters
 
 
 def test_default_hyp_is_scratch_low():
-    assert load_hyp() == SCRATCH_LOW
+    hyp = load_hyp()
+    assert {k: hyp[k] for k in SCRATCH_LOW} == SCRATCH_LOW
+    # plus the distillation gains, used only with --teacher
+    assert {k: v for k, v in hyp.items() if k not in SCRATCH_LOW} == DISTILL_DEFAULTS
     assert DEFAULT_HYP_PATH.is_file()
 
 

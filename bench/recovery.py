@@ -1,0 +1,293 @@
+"""Recovery after pruning (issue #8): does the unpruned model as teacher win back more than the labels alone?
+
+The official yolov5n.pt is pruned to keep about 70% and about 50% of its FLOPs (slim importance, beta
+compensation, FLOPs target at --imgsz), then each is fine-tuned on coco128 train with the same recipe and budget,
+without and with knowledge distillation from the unpruned yolov5n (finetune.py --teacher), beside the unpruned
+model fine-tuned the same way. Everything is scored on coco128 val with pycocotools (yolo.val.evaluate), before
+fine-tuning and after it (best epoch and last epoch). coco128's val images are its train images: the figures
+measure how much of the model's behaviour comes back, not generalisation.
+
+Runs: unpruned, p70, p70t, p50, p50t (t = with the teacher). Each gets --epochs (the LR schedule length) and at
+most --minutes of training: with --fit (default) the epoch count is lowered, after each epoch, to what fits the
+minutes, so every run still ends its LR schedule annealed; --no-fit stops after the epoch that crosses the minutes.
+The table shows the epochs each run completed. A finished run leaves <out>/recovery_runs/<run>.json and is skipped
+next time with the same recipe (unless --force); an interrupted one resumes from its last.pt.
+
+Recipe defaults: SGD lr0 0.01 with YOLOv5's scratch-low hyperparameters (what YOLOv5 fine-tunes custom data
+with); batch 16 without accumulation to the nominal 64: coco128 is 8 batches an epoch, and accumulating would
+leave 2 optimiser steps an epoch, 60 in a 30-epoch run, too few to recover anything; 30 epochs = 240 steps (the
+first 100 warm-up). On a GPU that takes minutes; on 2 CPU cores an epoch at 640 with the teacher is ~5 minutes
+(17 s at 160 measured here, x16 pixels), so the 60-minute cap fits about 10 epochs there.
+
+    python bench/recovery.py                                   # all five runs, about 5 x 60 min
+    python bench/recovery.py --runs p50 p50t --minutes 30      # a subset
+    python bench/recovery.py --smoke --minutes 1 --epochs 1 --imgsz 160 --runs p70t   # plumbing, writes /tmp
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from common import RESULTS, SHARED, need_shared, write_result
+
+RUNS: dict[str, tuple[float | None, bool]] = {  # name -> (FLOPs kept target, teacher)
+    "unpruned": (None, False),
+    "p70": (0.7, False),
+    "p70t": (0.7, True),
+    "p50": (0.5, False),
+    "p50t": (0.5, True),
+}
+SMOKE_DIR = Path("/tmp/yolov5_slim_recovery_smoke")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="which runs (default all)")
+    ap.add_argument("--minutes", type=float, default=60.0, help="training-time cap per run (default 60)")
+    ap.add_argument("--epochs", type=int, default=30, help="epochs per run: the LR schedule length (default 30)")
+    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr0", type=float, default=0.01, help="initial learning rate (SGD)")
+    ap.add_argument(
+        "--accumulate",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="accumulate to YOLOv5's nominal batch 64 (default --no-accumulate: nominal = batch size)",
+    )
+    ap.add_argument(
+        "--fit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="lower --epochs to what fits --minutes, so the LR schedule completes (default); --no-fit stops "
+        "mid-schedule after the epoch that crosses --minutes",
+    )
+    ap.add_argument("--distill-weight", type=float, default=None, help="hyp distill for the teacher runs")
+    ap.add_argument("--val-every", type=int, default=1, help="score every N epochs (best epoch needs scores)")
+    ap.add_argument("--device", default="", help="cpu, 0, ... (default: first GPU, else CPU)")
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--project", default=None, help="training run folders (default runs/bench_recovery)")
+    ap.add_argument("--out", default=None, help="where recovery.json/.md and recovery_runs/ go (default bench/results)")
+    ap.add_argument("--smoke", action="store_true", help=f"write everything under {SMOKE_DIR} (plumbing check)")
+    ap.add_argument("--force", action="store_true", help="redo runs that already have a result")
+    args = ap.parse_args(argv)
+    base = SMOKE_DIR if args.smoke else None
+    args.out = Path(args.out) if args.out else (base / "results" if base else RESULTS)
+    args.project = Path(args.project) if args.project else (base / "runs" if base else Path("runs/bench_recovery"))
+    return args
+
+
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _scores(res: dict) -> dict:
+    return {"map": float(res.get("map", math.nan)), "map50": float(res.get("map50", math.nan))}
+
+
+def prepared_model(args: argparse.Namespace, name: str, keep: float | None, weights: Path, data: Path) -> dict:
+    """The run's starting checkpoint (pruned once per FLOPs target, shared by the teacher / no-teacher runs)."""
+    from prune import PruneConfig, prune_model, save_pruned
+    from yolo.checkpoint import load_model
+    from yolo.device import select_device
+    from yolo.flops import count_gflops
+    from yolo.val import evaluate
+
+    tag = f"{'unpruned' if keep is None else f'keep{round(keep * 100)}'}_{args.imgsz}"
+    info_path = args.project / "start" / tag / "start.json"
+    if info_path.is_file() and not args.force:
+        return json.loads(info_path.read_text())
+    base, meta = load_model(weights)
+    g0 = count_gflops(base, args.imgsz)
+    if keep is None:
+        model, path = base, weights
+    else:
+        model, table = prune_model(base, PruneConfig(target_flops=keep, imgsz=args.imgsz))
+        path = save_pruned(info_path.parent, model, meta, table, weights=weights)
+    before = evaluate(
+        model,
+        data,
+        imgsz=args.imgsz,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=select_device(args.device),
+        progress=False,
+    )
+    info = {
+        "weights": str(path),
+        "flops_kept": count_gflops(model, args.imgsz) / g0,
+        "params": _params(model),
+        "params_kept": _params(model) / _params(base),
+        "gflops": count_gflops(model, args.imgsz),
+        "before": _scores(before),
+    }
+    info_path.parent.mkdir(parents=True, exist_ok=True)
+    info_path.write_text(json.dumps(info, indent=2))
+    return info
+
+
+def best_row(run_dir: Path) -> dict:
+    """The scored results.csv row with the highest fitness (0.1 mAP50 + 0.9 mAP50-95)."""
+    with open(run_dir / "results.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("fitness")]
+    if not rows:
+        return {"map": math.nan, "map50": math.nan, "epoch": None}
+    r = max(rows, key=lambda r: float(r["fitness"]))
+    return {"map": float(r["metrics/mAP_0.5:0.95"]), "map50": float(r["metrics/mAP_0.5"]), "epoch": int(r["epoch"])}
+
+
+def finetune(args: argparse.Namespace, name: str, start: dict, teacher: Path | None, data: Path, fresh: bool) -> dict:
+    """Fine-tune one run; an interrupted earlier attempt with the same recipe resumes from its last.pt."""
+    from finetune.trainer import TrainOptions, train
+    from yolo.checkpoint import read_checkpoint
+
+    run_dir = args.project / name
+    last = run_dir / "weights" / "last.pt"
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    overrides = {"lr0": args.lr0}
+    if teacher is not None and args.distill_weight is not None:
+        overrides["distill"] = args.distill_weight
+    opt = TrainOptions(
+        data=str(data),
+        weights=start["weights"],
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        imgsz=args.imgsz,
+        nbs=64 if args.accumulate else args.batch_size,
+        hyp_overrides=overrides,
+        device=args.device,
+        workers=args.workers,
+        seed=args.seed,
+        project=str(args.project),
+        name=name,
+        exist_ok=True,
+        val_every=args.val_every,
+        teacher=str(teacher) if teacher else "",
+        time_limit=args.minutes,
+        time_limit_fit=args.fit,
+    )
+    if last.is_file():
+        print(f"[{name}] resuming {last}", flush=True)
+        opt = TrainOptions(resume=str(last), time_limit=args.minutes, device=args.device, workers=args.workers)
+    res = train(opt)
+    state = read_checkpoint(res.last)["train_state"]
+    return {
+        "run_dir": str(res.run_dir),
+        "epochs": res.epochs,
+        "optimizer_steps": res.optimizer_steps,
+        "minutes": float(state.get("train_seconds", math.nan)) / 60,
+        "best": best_row(Path(res.run_dir)),
+        "last": _scores(res.metrics),
+    }
+
+
+RECIPE_KEYS = (
+    "epochs",
+    "minutes",
+    "fit",
+    "imgsz",
+    "batch_size",
+    "lr0",
+    "accumulate",
+    "distill_weight",
+    "seed",
+    "val_every",
+)
+
+
+def run_one(args: argparse.Namespace, name: str, weights: Path, data: Path) -> dict:
+    """One run, skipped when its result exists for the same recipe (redone from scratch when the recipe changed)."""
+    keep, with_teacher = RUNS[name]
+    path = args.out / "recovery_runs" / f"{name}.json"
+    recipe = {k: getattr(args, k) for k in RECIPE_KEYS}
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old is not None and old.get("recipe") == recipe and not args.force:
+        print(f"[{name}] already done: {path} (--force to redo)", flush=True)
+        return old
+    fresh = args.force or old is not None  # a result with another recipe: its run folder is stale too
+    print(f"[{name}] FLOPs target {keep or 1.0}, teacher {'yes' if with_teacher else 'no'}", flush=True)
+    start = prepared_model(args, name, keep, weights, data)
+    t0 = time.time()
+    after = finetune(args, name, start, weights if with_teacher else None, data, fresh)
+    result = {
+        "run": name,
+        "flops_target": keep,
+        "teacher": str(weights) if with_teacher else None,
+        **start,
+        **after,
+        "wall_minutes": (time.time() - t0) / 60,
+        "recipe": recipe,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def add_ratios(results: dict[str, dict]) -> None:
+    """Each run's mAPs as fractions of the unpruned run's (same recipe and budget), when it exists."""
+    ref = results.get("unpruned")
+    for r in results.values():
+        if ref is None:
+            r["vs_unpruned"] = None
+            continue
+        r["vs_unpruned"] = {
+            f"{when}_{k}": (r[when][k] / ref[when][k] if ref[when][k] else math.nan)
+            for when in ("best", "last")
+            for k in ("map", "map50")
+        }
+
+
+def markdown(results: dict[str, dict], args: argparse.Namespace) -> str:
+    head = (
+        f"### Recovery after pruning: yolov5n, coco128 at {args.imgsz}, {args.epochs} epochs / {args.minutes:g} min "
+        f"per run, batch {args.batch_size}{'' if args.accumulate else ' (no accumulation)'}, lr0 {args.lr0}\n\n"
+        "mAP on coco128 val (pycocotools) before fine-tuning, then at the best and the last epoch; t = with the "
+        "unpruned model as teacher (`--teacher`). coco128 val = its train images.\n\n"
+        "| run | teacher | FLOPs kept | params | mAP50-95 before | mAP50 before | best mAP50-95 | best mAP50 | "
+        "last mAP50-95 | last mAP50 | best mAP50-95 vs unpruned | epochs | minutes |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for name, r in results.items():
+        ratio = (r.get("vs_unpruned") or {}).get("best_map")
+        lines.append(
+            f"| {name} | {'yes' if r['teacher'] else 'no'} | {r['flops_kept']:.3f} | {r['params'] / 1e6:.2f}M | "
+            f"{r['before']['map']:.3f} | {r['before']['map50']:.3f} | {r['best']['map']:.3f} | "
+            f"{r['best']['map50']:.3f} | {r['last']['map']:.3f} | {r['last']['map50']:.3f} | "
+            f"{'' if ratio is None else format(ratio, '.3f')} | {r['epochs']} | {r['minutes']:.1f} |"
+        )
+    return head + "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not (SHARED / "weights" / "yolov5n.pt").is_file():
+        print(f"skipped: this benchmark needs {SHARED} (weights/yolov5n.pt, datasets/coco128)", file=sys.stderr)
+        return 0
+    shared = need_shared()
+    weights, data = shared / "weights" / "yolov5n.pt", shared / "datasets" / "coco128" / "coco128.yaml"
+    results = {name: run_one(args, name, weights, data) for name in RUNS if name in args.runs}
+    done = args.out / "recovery_runs"
+    for name in RUNS:  # runs finished earlier (other --runs selections) belong in the table too
+        if name not in results and (done / f"{name}.json").is_file():
+            results[name] = json.loads((done / f"{name}.json").read_text())
+    results = {name: results[name] for name in RUNS if name in results}
+    add_ratios(results)
+    md = markdown(results, args)
+    path = write_result("recovery", {"runs": results}, md, out_dir=args.out)
+    print(md)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
