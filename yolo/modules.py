@@ -17,6 +17,13 @@ def autopad(k: int | list[int], p: int | None = None, d: int = 1) -> int | list[
     return p
 
 
+def resolve_act(act: bool | nn.Module, default: type[nn.Module]) -> nn.Module:
+    """YOLOv5's `act` argument: True = the class default, a module = itself, anything else = none."""
+    if act is True:
+        return default()
+    return act if isinstance(act, nn.Module) else nn.Identity()
+
+
 class Conv(nn.Module):
     """Conv2d + BatchNorm2d + activation: the unit that pruning slices."""
 
@@ -26,12 +33,7 @@ class Conv(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p, d), groups=g, dilation=d, bias=False)
         self.bn = nn.BatchNorm2d(c2)
-        if act is True:
-            self.act = self.default_act()
-        elif isinstance(act, nn.Module):
-            self.act = act
-        else:
-            self.act = nn.Identity()
+        self.act = resolve_act(act, self.default_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))

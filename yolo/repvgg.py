@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yolo.modules import Conv, autopad
+from yolo.modules import Conv, autopad, resolve_act
 
 
 class RepVGG(nn.Module):
@@ -40,12 +40,7 @@ class RepVGG(nn.Module):
         self.rbr_dense = Conv(c1, c2, 3, s, 1, act=False)
         self.rbr_1x1 = Conv(c1, c2, 1, s, 0, act=False)
         self.rbr_identity = nn.BatchNorm2d(c1) if c1 == c2 and s == 1 else None
-        if act is True:
-            self.act = self.default_act()
-        elif isinstance(act, nn.Module):
-            self.act = act
-        else:
-            self.act = nn.Identity()
+        self.act = resolve_act(act, self.default_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deploy:
