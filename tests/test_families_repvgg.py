@@ -357,3 +357,37 @@ def test_repvgg_family_train_prune_finetune_reparam_export(tmp_path):
     path = export_onnx(back, tmp_path / "final.onnx", imgsz=64, metadata=meta)
     assert onnx_ops(path).count("Conv") == n_conv2d(back)
     assert check_parity(back, path, synthetic_images()).passed
+
+
+def test_focus_era_family_train_prune_finetune_replace_focus_export(tmp_path):
+    """v5.0 layout (Focus + SPP): trains, prunes (Focus included), fine-tunes, loses its Focus exactly, exports."""
+    import yaml
+
+    from finetune.trainer import TrainOptions, train
+    from prune import prune_model, save_pruned
+    from yolo.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", n_train=8, n_val=2, img_size=96, seed=2)
+    cfg_path = tmp_path / "v5.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_official("yolov5n-v5", width=0.25), sort_keys=False))
+    no_aug = {"mosaic": 0.0, "fliplr": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0,
+              "scale": 0.0, "warmup_epochs": 0.0}  # fmt: skip
+    common = dict(data=str(data), epochs=1, batch_size=4, nbs=4, imgsz=64, device="cpu", workers=1,
+                  hyp_overrides=no_aug, quiet=True, noval=True, project=str(tmp_path / "runs"))  # fmt: skip
+    base, meta = load_model(train(TrainOptions(cfg=str(cfg_path), name="base", **common)).last)
+    assert sum(isinstance(m, Focus) for m in base.modules()) == 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned, table = prune_model(base, PruneConfig(ratio=0.3, imgsz=64))
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in base.parameters())
+    pruned_pt = save_pruned(tmp_path / "pruned", pruned, meta, table)
+    tuned, meta = load_model(train(TrainOptions(weights=str(pruned_pt), name="ft", **common)).last)
+
+    plain = copy.deepcopy(tuned).eval()
+    assert replace_focus(plain) == 1 and not any(isinstance(m, Focus) for m in plain.modules())
+    x = torch.rand(1, 3, 64, 64)
+    assert max_diff(raw_only(tuned.eval(), x), raw_only(plain, x)) < 1e-4
+    back, meta = load_model(save_checkpoint(tmp_path / "plain.pt", plain, meta))
+    path = export_onnx(back, tmp_path / "plain.onnx", imgsz=64, metadata=meta)
+    assert check_parity(back, path, synthetic_images()).passed
