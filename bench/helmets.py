@@ -8,7 +8,7 @@ Issue target (#6): the pruned + fine-tuned model ends within 2 points of mAP50 o
 pipeline (everything but the comparison run) takes at most 2 hours on this 2-core CPU. For scale, the official
 YOLOv5 transfer training at 320 for 20 epochs reaches mAP50 0.756 / mAP50-95 0.399 in 18 minutes.
 
-    python bench/helmets.py [--sparse-epochs 20 --finetune-epochs 20 --sparsity 0.01 ...]
+    python bench/helmets.py [--sparse-epochs 30 --finetune-epochs 30 --sparsity 0.02 ...]
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from common import REPO, need_shared, write_result
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sparse-epochs", type=int, default=20)
-    ap.add_argument("--finetune-epochs", type=int, default=20)
-    ap.add_argument("--sparsity", type=float, default=0.01)
+    ap.add_argument("--sparse-epochs", type=int, default=30)
+    ap.add_argument("--finetune-epochs", type=int, default=30)
+    ap.add_argument("--sparsity", type=float, default=0.02)
     ap.add_argument("--target-flops", type=float, default=0.5)
     ap.add_argument("--nbs", type=int, default=16, help="nominal batch: 16 = no accumulation, 4x the optimizer steps")
     ap.add_argument("--workdir", default=str(REPO / "runs" / "bench_helmets"))
