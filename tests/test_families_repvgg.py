@@ -324,29 +324,37 @@ def test_export_cli_replace_focus(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------ family end to end
 
 
-def test_repvgg_family_train_prune_finetune_reparam_export(tmp_path):
-    from finetune.trainer import TrainOptions, train
-    from prune import prune_model, save_pruned
+def _one_epoch_options(tmp_path: Path, seed: int) -> dict:
+    """TrainOptions keywords for one quick epoch on a small synthetic set, augmentation off."""
     from yolo.synthetic import make_synthetic_dataset
 
-    data = make_synthetic_dataset(tmp_path / "data", n_train=8, n_val=2, img_size=96, seed=1)
+    data = make_synthetic_dataset(tmp_path / "data", n_train=8, n_val=2, img_size=96, seed=seed)
     no_aug = {"mosaic": 0.0, "fliplr": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0,
               "scale": 0.0, "warmup_epochs": 0.0}  # fmt: skip
     # workers=1: the trainer then keeps one intra-op thread (2 threads on a shared 2-core box ran 3-4x slower)
-    common = dict(data=str(data), epochs=1, batch_size=4, nbs=4, imgsz=64, device="cpu", workers=1,
-                  hyp_overrides=no_aug, quiet=True, noval=True, project=str(tmp_path / "runs"))  # fmt: skip
-    res = train(TrainOptions(cfg="yolov5n-repvgg", name="base", **common))
-    base, meta = load_model(res.last)
-    assert sum(isinstance(m, RepVGG) for m in base.modules()) == 4
+    return dict(data=str(data), epochs=1, batch_size=4, nbs=4, imgsz=64, device="cpu", workers=1,
+                hyp_overrides=no_aug, quiet=True, noval=True, project=str(tmp_path / "runs"))  # fmt: skip
 
+
+def _train_prune_finetune(tmp_path: Path, cfg: str, seed: int):
+    """One epoch from the yaml, prune at ratio 0.3 (must shrink), one fine-tune epoch; returns (base, tuned, meta)."""
+    from finetune.trainer import TrainOptions, train
+    from prune import prune_model, save_pruned
+
+    common = _one_epoch_options(tmp_path, seed=seed)
+    base, meta = load_model(train(TrainOptions(cfg=cfg, name="base", **common)).last)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pruned, table = prune_model(base, PruneConfig(ratio=0.3, imgsz=64))
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in base.parameters())
     pruned_pt = save_pruned(tmp_path / "pruned", pruned, meta, table)
+    tuned, meta = load_model(train(TrainOptions(weights=str(pruned_pt), name="ft", **common)).last)
+    return base, tuned, meta
 
-    res = train(TrainOptions(weights=str(pruned_pt), name="ft", **common))
-    tuned, meta = load_model(res.last)
+
+def test_repvgg_family_train_prune_finetune_reparam_export(tmp_path):
+    base, tuned, meta = _train_prune_finetune(tmp_path, "yolov5n-repvgg", seed=1)
+    assert sum(isinstance(m, RepVGG) for m in base.modules()) == 4
     assert sum(isinstance(m, RepVGG) for m in tuned.modules()) == 4
 
     folded = copy.deepcopy(tuned).eval()
@@ -360,29 +368,13 @@ def test_repvgg_family_train_prune_finetune_reparam_export(tmp_path):
 
 
 def test_focus_era_family_train_prune_finetune_replace_focus_export(tmp_path):
-    """v5.0 layout (Focus + SPP): trains, prunes (Focus included), fine-tunes, loses its Focus exactly, exports."""
+    """v5.0 layout (Focus + SPP): trains, prunes, fine-tunes, loses its Focus exactly, exports."""
     import yaml
 
-    from finetune.trainer import TrainOptions, train
-    from prune import prune_model, save_pruned
-    from yolo.synthetic import make_synthetic_dataset
-
-    data = make_synthetic_dataset(tmp_path / "data", n_train=8, n_val=2, img_size=96, seed=2)
     cfg_path = tmp_path / "v5.yaml"
     cfg_path.write_text(yaml.safe_dump(tiny_official("yolov5n-v5", width=0.25), sort_keys=False))
-    no_aug = {"mosaic": 0.0, "fliplr": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0,
-              "scale": 0.0, "warmup_epochs": 0.0}  # fmt: skip
-    common = dict(data=str(data), epochs=1, batch_size=4, nbs=4, imgsz=64, device="cpu", workers=1,
-                  hyp_overrides=no_aug, quiet=True, noval=True, project=str(tmp_path / "runs"))  # fmt: skip
-    base, meta = load_model(train(TrainOptions(cfg=str(cfg_path), name="base", **common)).last)
+    base, tuned, meta = _train_prune_finetune(tmp_path, str(cfg_path), seed=2)
     assert sum(isinstance(m, Focus) for m in base.modules()) == 1
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pruned, table = prune_model(base, PruneConfig(ratio=0.3, imgsz=64))
-    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in base.parameters())
-    pruned_pt = save_pruned(tmp_path / "pruned", pruned, meta, table)
-    tuned, meta = load_model(train(TrainOptions(weights=str(pruned_pt), name="ft", **common)).last)
 
     plain = copy.deepcopy(tuned).eval()
     assert replace_focus(plain) == 1 and not any(isinstance(m, Focus) for m in plain.modules())
