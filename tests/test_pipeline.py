@@ -51,15 +51,19 @@ def test_bad_options_name_the_flag(tmp_path, kw, flag):
         opt.validate()
 
 
-def _demo(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [
+def _demo_cmd(tmp_path: Path, *extra: str) -> list[str]:
+    """A tiny `prune.py demo` command; later flags in `extra` override the defaults (argparse: last wins)."""
+    return [
         sys.executable, str(REPO / "prune.py"), "demo",
         "--data-dir", str(tmp_path / "data"), "--project", str(tmp_path / "runs"), "--name", "exp",
         "--n-train", "24", "--n-val", "8", "--imgsz", "64", "--batch-size", "8", "--nbs", "8", "--workers", "0",
         "--sparse-epochs", "2", "--finetune-epochs", "1", "--latency-runs", "5", "--threads", "1", "--quiet",
         *extra,
     ]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+
+
+def _demo(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(_demo_cmd(tmp_path, *extra), capture_output=True, text=True, cwd=tmp_path, timeout=600)
 
 
 @pytest.mark.e2e
@@ -96,12 +100,7 @@ def test_killed_during_finetune_resumes_without_redoing_earlier_stages(tmp_path)
     import signal
     import time
 
-    cmd = [
-        sys.executable, str(REPO / "prune.py"), "demo",
-        "--data-dir", str(tmp_path / "data"), "--project", str(tmp_path / "runs"), "--name", "exp",
-        "--n-train", "24", "--n-val", "8", "--imgsz", "64", "--batch-size", "8", "--nbs", "8", "--workers", "0",
-        "--sparse-epochs", "1", "--finetune-epochs", "12", "--latency-runs", "3", "--threads", "1", "--quiet",
-    ]  # fmt: skip
+    cmd = _demo_cmd(tmp_path, "--sparse-epochs", "1", "--finetune-epochs", "12", "--latency-runs", "3")
     run = tmp_path / "runs" / "exp"
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
