@@ -186,16 +186,16 @@ class Detect(nn.Module):
             bs, _, ny, nx = x[i].shape
             x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             if not self.training:
-                z.append(self._decode(i, x[i]))
+                z.append(self._decode(i, x[i].sigmoid()))
         if self.training:
             return x
         return torch.cat(z, 1) if self.export else (torch.cat(z, 1), x)
 
-    def _decode(self, i: int, xi: torch.Tensor) -> torch.Tensor:
-        bs, _, ny, nx, _ = xi.shape
-        if self.export or self.grid[i].shape[2:4] != xi.shape[2:4] or self.grid[i].device != xi.device:
+    def _decode(self, i: int, y: torch.Tensor) -> torch.Tensor:
+        """Level i's probabilities (bs, na, ny, nx, no), i.e. after the sigmoid, to boxes in input pixels."""
+        bs, _, ny, nx, _ = y.shape
+        if self.export or self.grid[i].shape[2:4] != y.shape[2:4] or self.grid[i].device != y.device:
             self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i)
-        y = xi.sigmoid()
         xy, wh, conf = y.split((2, 2, self.nc + 1), 4)
         xy = (xy * 2 - 0.5 + self.grid[i]) * self.stride[i]
         wh = (wh * 2) ** 2 * self.anchor_grid[i]
@@ -213,12 +213,7 @@ class Detect(nn.Module):
         for i in range(self.nl):
             p = self.m[i](x[i]).sigmoid()
             bs, _, ny, nx = p.shape
-            y = p.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2)
-            grid, anchor_grid = self._make_grid(nx, ny, i)
-            xy, wh, conf = y.split((2, 2, self.nc + 1), 4)
-            xy = (xy * 2 - 0.5 + grid) * self.stride[i]
-            wh = (wh * 2) ** 2 * anchor_grid
-            z.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
+            z.append(self._decode(i, p.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2)))
         return torch.cat(z, 1)
 
     def _make_grid(self, nx: int, ny: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
