@@ -7,6 +7,11 @@ model fine-tuned the same way. Everything is scored on coco128 val with pycocoto
 fine-tuning and after it (best epoch and last epoch). coco128's val images are its train images: the figures
 measure how much of the model's behaviour comes back, not generalisation.
 
+Pruned runs prune gradually by default (--fade-epochs): yolov5n first trains with targeted sparsity, the BN-L1
+penalty only on the channels the FLOPs target would cut (re-chosen every epoch, sparsity/targeted.py), so they
+fade while the rest of the network takes over; then the cut (nearly free by then) and fine-tuning, all inside the
+run's --minutes. --fade-epochs 0 is the one-shot prune of yolov5n.pt (which scores ~0 before fine-tuning).
+
 Runs: unpruned, p70, p70t, p50, p50t (t = with the teacher). Each gets --epochs (the LR schedule length) and at
 most --minutes of training: with --fit (default) the epoch count is lowered, after each epoch, to what fits the
 minutes, so every run still ends its LR schedule annealed; --no-fit stops after the epoch that crosses the minutes.
@@ -80,6 +85,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="lower --epochs to what fits --minutes, so the LR schedule completes (default); --no-fit stops "
         "mid-schedule after the epoch that crosses --minutes",
     )
+    ap.add_argument("--fade-epochs", type=int, default=15,
+                    help="pruned runs: first train the unpruned model this many epochs with targeted sparsity (the L1 "
+                         "penalty only on the channels the FLOPs target cuts), then prune and fine-tune; 0 = one-shot "
+                         "prune of yolov5n.pt, then fine-tune (default 15)")
+    ap.add_argument("--fade-minutes", type=float, default=25.0,
+                    help="time cap of the fade stage, inside --minutes (default 25; the epoch count is fitted to it)")
+    ap.add_argument("--fade-sparsity", type=float, default=2.5,
+                    help="L1 rate of the fade stage (default 2.5: at lr0 5e-4 with SGD momentum 0.937 this moves a "
+                         "gamma ~1.0 over the first 60%% of 15 coco128 epochs)")
     ap.add_argument("--distill-weight", type=float, default=None, help="hyp distill for the teacher runs")
     ap.add_argument("--val-every", type=int, default=1, help="score every N epochs (best epoch needs scores)")
     ap.add_argument("--device", default="", help="cpu, 0, ... (default: first GPU, else CPU)")
@@ -104,43 +118,67 @@ def _scores(res: dict) -> dict:
     return {"map": float(res.get("map", math.nan)), "map50": float(res.get("map50", math.nan))}
 
 
+def describe_start(args: argparse.Namespace, model: torch.nn.Module, base: torch.nn.Module, path, data: Path) -> dict:
+    """A run's starting model: where it is, its size against the unpruned yolov5n, its score before training."""
+    from yolo.device import select_device
+    from yolo.flops import count_gflops
+    from yolo.val import evaluate
+
+    before = evaluate(model, data, imgsz=args.imgsz, batch_size=args.batch_size, workers=args.workers,
+                      device=select_device(args.device), progress=False)
+    gflops = count_gflops(model, args.imgsz)
+    return {
+        "weights": str(path),
+        "flops_kept": gflops / count_gflops(base, args.imgsz),
+        "params": _params(model),
+        "params_kept": _params(model) / _params(base),
+        "gflops": gflops,
+        "before": _scores(before),
+    }
+
+
 def prepared_model(args: argparse.Namespace, name: str, keep: float | None, weights: Path, data: Path) -> dict:
     """The run's starting checkpoint (pruned once per FLOPs target, shared by the teacher / no-teacher runs)."""
     from prune import PruneConfig, prune_model, save_pruned
     from yolo.checkpoint import load_model
-    from yolo.device import select_device
-    from yolo.flops import count_gflops
-    from yolo.val import evaluate
 
     tag = f"{'unpruned' if keep is None else f'keep{round(keep * 100)}'}_{args.imgsz}"
     info_path = args.project / "start" / tag / "start.json"
     if info_path.is_file() and not args.force:
         return json.loads(info_path.read_text())
     base, meta = load_model(weights)
-    g0 = count_gflops(base, args.imgsz)
     if keep is None:
         model, path = base, weights
     else:
         model, table = prune_model(base, PruneConfig(target_flops=keep, imgsz=args.imgsz))
         path = save_pruned(info_path.parent, model, meta, table, weights=weights)
-    before = evaluate(
-        model,
-        data,
-        imgsz=args.imgsz,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=select_device(args.device),
-        progress=False,
-    )
-    info = {
-        "weights": str(path),
-        "flops_kept": count_gflops(model, args.imgsz) / g0,
-        "params": _params(model),
-        "params_kept": _params(model) / _params(base),
-        "gflops": count_gflops(model, args.imgsz),
-        "before": _scores(before),
-    }
+    info = describe_start(args, model, base, path, data)
     info_path.parent.mkdir(parents=True, exist_ok=True)
+    info_path.write_text(json.dumps(info, indent=2))
+    return info
+
+
+def faded_model(
+    args: argparse.Namespace, name: str, keep: float, teacher: Path | None, weights: Path, data: Path, fresh: bool
+) -> dict:
+    """Gradual pruning: train yolov5n with the L1 penalty on the channels the FLOPs target removes (re-chosen every
+    epoch), so they fade while the rest takes over their work; then cut them (prune at the same target)."""
+    from prune import PruneConfig, prune_model, save_pruned
+    from yolo.checkpoint import load_model
+
+    info_path = args.project / f"{name}_fade" / "start.json"
+    if info_path.is_file() and not fresh:
+        return json.loads(info_path.read_text())
+    sparsity = {"sparsity": args.fade_sparsity, "sparsity_target": {"target_flops": keep}}
+    fade = finetune(args, f"{name}_fade", {"weights": str(weights)}, teacher, data, fresh,
+                    minutes=args.fade_minutes, epochs=args.fade_epochs, sparsity=sparsity)
+    faded, meta = load_model(fade["final"])
+    base, _ = load_model(weights)
+    model, table = prune_model(faded, PruneConfig(target_flops=keep, imgsz=args.imgsz))
+    path = save_pruned(info_path.parent / "pruned", model, meta, table, weights=fade["final"])
+    info = describe_start(args, model, base, path, data)
+    info["fade"] = {k: fade[k] for k in ("epochs", "optimizer_steps", "minutes", "best", "last")}
+    info["fade"]["max_removed_gamma"] = table.max_removed_gamma
     info_path.write_text(json.dumps(info, indent=2))
     return info
 
@@ -155,8 +193,13 @@ def best_row(run_dir: Path) -> dict:
     return {"map": float(r["metrics/mAP_0.5:0.95"]), "map50": float(r["metrics/mAP_0.5"]), "epoch": int(r["epoch"])}
 
 
-def finetune(args: argparse.Namespace, name: str, start: dict, teacher: Path | None, data: Path, fresh: bool) -> dict:
-    """Fine-tune one run; an interrupted earlier attempt with the same recipe resumes from its last.pt."""
+def finetune(
+    args: argparse.Namespace, name: str, start: dict, teacher: Path | None, data: Path, fresh: bool,
+    minutes: float | None = None, epochs: int | None = None, sparsity: dict | None = None,
+) -> dict:
+    """Fine-tune one run (or, with `sparsity`, its fade stage); an interrupted earlier attempt with the same recipe
+    resumes from its last.pt."""
+    minutes = args.minutes if minutes is None else minutes
     from finetune.trainer import TrainOptions, train
     from yolo.checkpoint import read_checkpoint
 
@@ -170,7 +213,7 @@ def finetune(args: argparse.Namespace, name: str, start: dict, teacher: Path | N
     opt = TrainOptions(
         data=str(data),
         weights=start["weights"],
-        epochs=args.epochs,
+        epochs=epochs or args.epochs,
         batch_size=args.batch_size,
         imgsz=args.imgsz,
         nbs=64 if args.accumulate else args.batch_size,
@@ -183,16 +226,18 @@ def finetune(args: argparse.Namespace, name: str, start: dict, teacher: Path | N
         exist_ok=True,
         val_every=args.val_every,
         teacher=str(teacher) if teacher else "",
-        time_limit=args.minutes,
+        time_limit=minutes,
         time_limit_fit=args.fit,
+        **(sparsity or {}),
     )
     if last.is_file():
         print(f"[{name}] resuming {last}", flush=True)
-        opt = TrainOptions(resume=str(last), time_limit=args.minutes, device=args.device, workers=args.workers)
+        opt = TrainOptions(resume=str(last), time_limit=minutes, device=args.device, workers=args.workers)
     res = train(opt)
     state = read_checkpoint(res.last)["train_state"]
     return {
         "run_dir": str(res.run_dir),
+        "final": str(res.last),
         "epochs": res.epochs,
         "optimizer_steps": res.optimizer_steps,
         "minutes": float(state.get("train_seconds", math.nan)) / 60,
@@ -211,6 +256,9 @@ RECIPE_KEYS = (
     "warmup_epochs",
     "accumulate",
     "distill_weight",
+    "fade_epochs",
+    "fade_minutes",
+    "fade_sparsity",
     "seed",
     "val_every",
 )
@@ -227,13 +275,21 @@ def run_one(args: argparse.Namespace, name: str, weights: Path, data: Path) -> d
         return old
     fresh = args.force or old is not None  # a result with another recipe: its run folder is stale too
     print(f"[{name}] FLOPs target {keep or 1.0}, teacher {'yes' if with_teacher else 'no'}", flush=True)
-    start = prepared_model(args, name, keep, weights, data)
+    teacher = weights if with_teacher else None
     t0 = time.time()
-    after = finetune(args, name, start, weights if with_teacher else None, data, fresh)
+    if keep is not None and args.fade_epochs > 0:
+        start = faded_model(args, name, keep, teacher, weights, data, fresh)
+        left = max(args.minutes - start["fade"]["minutes"], 1.0)
+        after = finetune(args, name, start, teacher, data, fresh, minutes=left)
+        after["minutes"] += start["fade"]["minutes"]
+        after["epochs"] += start["fade"]["epochs"]
+    else:
+        start = prepared_model(args, name, keep, weights, data)
+        after = finetune(args, name, start, teacher, data, fresh)
     result = {
         "run": name,
         "flops_target": keep,
-        "teacher": str(weights) if with_teacher else None,
+        "teacher": str(teacher) if teacher else None,
         **start,
         **after,
         "wall_minutes": (time.time() - t0) / 60,
@@ -264,7 +320,12 @@ def markdown(results: dict[str, dict], args: argparse.Namespace) -> str:
         f"per run, batch {args.batch_size}{'' if args.accumulate else ' (no accumulation)'}, lr0 {args.lr0}\n\n"
         "mAP on coco128 val (pycocotools) before fine-tuning, then at the best and the last epoch; t = with the "
         "unpruned model as teacher (`--teacher`). coco128 val = its train images.\n\n"
-        "| run | teacher | FLOPs kept | params | mAP50-95 before | mAP50 before | best mAP50-95 | best mAP50 | "
+        + (f"Pruned runs prune gradually inside their budget: up to {args.fade_epochs} epochs / {args.fade_minutes:g} "
+           f"min of targeted sparse training (L1 rate {args.fade_sparsity:g} on the channels the FLOPs target cuts, "
+           "re-chosen every epoch; with the teacher when the run has one), then the cut, then fine-tuning for the "
+           "rest; 'before' is right after the cut, epochs and minutes count both stages.\n\n"
+           if args.fade_epochs > 0 else "Pruned runs: one-shot prune of yolov5n.pt, then fine-tuning.\n\n")
+        + "| run | teacher | FLOPs kept | params | mAP50-95 before | mAP50 before | best mAP50-95 | best mAP50 | "
         "last mAP50-95 | last mAP50 | best mAP50-95 vs unpruned | epochs | minutes |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )

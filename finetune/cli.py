@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="constant, or linear decay of the rate to 0 over the run")
     p.add_argument("--sparsity-layers", choices=LAYER_CHOICES, default="all",
                    help="all BatchNorms, or prunable: skip those feeding residual adds")
+    p.add_argument("--sparsity-target", default="", metavar="flops=F|params=F|ratio=R",
+                   help="targeted sparse training: penalise only the channels a prune to this target would remove "
+                        "(re-chosen every epoch; default --min-keep/--round-to of prune.py)")
     p.add_argument("--teacher", default="",
                    help="knowledge distillation: also learn the outputs of this model (the unpruned one; same "
                         "classes, levels, anchors and strides) on the same augmented batches")
@@ -64,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.sparsity_target:
+        from sparsity.targeted import parse_target
+
+        try:
+            args.sparsity_target = parse_target(args.sparsity_target)
+        except ValueError as e:
+            parser.error(str(e))
+        if args.sparsity <= 0:
+            parser.error("--sparsity-target needs --sparsity > 0 (the L1 rate on the targeted channels)")
+    else:
+        args.sparsity_target = {}
     args.hyp_overrides = {} if args.label_smoothing is None else {"label_smoothing": args.label_smoothing}
     if args.distill_weight is not None:
         if not args.teacher:

@@ -84,6 +84,7 @@ class TrainOptions:
     sparsity: float = 0.0
     sparsity_schedule: str = "constant"
     sparsity_layers: str = "all"
+    sparsity_target: dict = field(default_factory=dict)  # a PruneConfig dict: penalise only what that plan cuts
     amp: bool = True
     quiet: bool = False
     teacher: str = ""  # knowledge distillation from this (unpruned) model; gains: hyp distill*
@@ -150,7 +151,8 @@ class Trainer:
 
     def __init__(self, opt: TrainOptions, callbacks=(), loss_hooks=()):
         self.opt = opt
-        sparse = SparsityCallback(opt.sparsity, opt.sparsity_schedule, opt.sparsity_layers)
+        target = {"imgsz": opt.imgsz, **opt.sparsity_target} if opt.sparsity_target else None
+        sparse = SparsityCallback(opt.sparsity, opt.sparsity_schedule, opt.sparsity_layers, target)
         self.callbacks = Callbacks([sparse, *callbacks])
         self.loss_hooks: list[Callable] = list(loss_hooks)
         self.dist = ddp.dist_info_from_env()
@@ -418,7 +420,8 @@ class Trainer:
 
     def _log_start(self) -> None:
         o = self.opt
-        stage = f"sparse training (sr {o.sparsity}, {o.sparsity_schedule})" if o.sparsity > 0 else "training"
+        aim = f", targeted at {_target_text(o.sparsity_target)}" if o.sparsity_target else ""
+        stage = f"sparse training (sr {o.sparsity}, {o.sparsity_schedule}{aim})" if o.sparsity > 0 else "training"
         log(f"{stage}: {o.epochs} epochs, batch {o.batch_size} (accumulate to {o.nbs}), {self.nb} batches/epoch, "
             f"imgsz {o.imgsz}, {o.optimizer}, device {self.device}"
             f"{f' x{self.dist.world_size} processes' if self.dist.distributed else ''}; results in {self.run_dir}",
@@ -614,6 +617,7 @@ class Trainer:
             "new_head": self.new_head,
             "sparsity": o.sparsity,
             "sparsity_schedule": o.sparsity_schedule,
+            "sparsity_target": dict(o.sparsity_target) or None,
             "teacher": str(o.teacher) if o.teacher else None,
             "run_dir": str(self.run_dir),
             "metrics": {k: float(v) for k, v in self.metrics.items()},
@@ -752,6 +756,11 @@ def _skip_batches(loader: torch.utils.data.DataLoader, skip: int) -> torch.utils
     return _clone_loader(loader, _SkipBatchSampler(loader.batch_sampler, skip), persistent=False)
 
 
+def _target_text(target: dict) -> str:
+    amount = {k: v for k, v in target.items() if k in ("ratio", "target_flops", "target_params") and v is not None}
+    return ", ".join(f"{k} {v:g}" for k, v in amount.items())
+
+
 def format_row(row: dict, epochs: int) -> str:
     parts = [f"epoch {row['epoch']}/{epochs - 1}"]
     parts += [f"{k.split('/')[1].replace('_loss', '')} {row[k]:.4f}" for k in row if str(k).startswith("train/")]
@@ -764,6 +773,8 @@ def format_row(row: dict, epochs: int) -> str:
         parts.append(f"sr {row['sparsity_sr']:.2g}")
     if "gamma_lt_1e-2" in row:
         parts.append(f"|gamma|<1e-2 {row['gamma_lt_1e-2']:.3f}")
+    if "cut_gamma_max" in row:
+        parts.append(f"cut {row['cut_channels']} ch, max |gamma| {row['cut_gamma_max']:.3g}")
     parts.append(f"steps {row['optimizer_steps']}")
     if "time" in row:
         parts.append(f"{row['time']:.1f}s")

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
-from pipeline.run import PipelineOptions, run_pipeline
+from pipeline.run import SPARSITY_MODES, PipelineOptions, run_pipeline
 
 DEMO_MODEL = {
     # YOLOv5n itself (from scratch, 3 classes): it learns the demo shapes in a few minutes on two cores at 128 px
@@ -35,6 +35,9 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
                    help="epochs of the sparse-training stage (BN-L1); 0 prunes the given weights directly")
     p.add_argument("--sparsity", type=float, default=d.sparsity, help="L1 rate on BatchNorm scales")
     p.add_argument("--sparsity-schedule", default=d.sparsity_schedule, choices=("constant", "linear"))
+    p.add_argument("--sparsity-mode", default=d.sparsity_mode, choices=SPARSITY_MODES,
+                   help="uniform: the penalty acts on every BatchNorm; targeted: only on the channels the prune "
+                        "target below would remove (re-chosen every epoch)")
     amount = p.add_mutually_exclusive_group()
     amount.add_argument("--ratio", type=float, default=None, help="fraction of prunable channels REMOVED")
     amount.add_argument("--target-flops", type=float, default=None, help="fraction of FLOPs KEPT (default 0.5)")

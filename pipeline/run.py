@@ -23,6 +23,9 @@ from pipeline.state import PipelineState, stage_key
 from yolo.fileio import atomic_write_text
 
 TEACHER_CHOICES = ("none", "unpruned", "baseline")
+SPARSITY_MODES = ("uniform", "targeted")
+PRUNE_KEYS = ("ratio", "target_flops", "target_params", "importance", "min_keep", "round_to", "ignore", "compensate",
+              "recalibrate")
 
 
 class PipelineError(ValueError):
@@ -49,6 +52,7 @@ class PipelineOptions:
     sparse_epochs: int = 30
     sparsity: float = 1e-3
     sparsity_schedule: str = "constant"
+    sparsity_mode: str = "uniform"  # uniform: every BatchNorm; targeted: only what the prune plan would cut
     ratio: float | None = None
     target_flops: float | None = 0.5
     target_params: float | None = None
@@ -83,6 +87,10 @@ class PipelineOptions:
         for flag, v in (("--weights", self.weights), ("--data", self.data), ("--hyp", self.hyp)):
             if v and not Path(v).is_file():
                 raise PipelineError(f"{flag} {v}: file not found")
+        if self.sparsity_mode not in SPARSITY_MODES:
+            raise PipelineError(f"--sparsity-mode {self.sparsity_mode}: use one of {', '.join(SPARSITY_MODES)}")
+        if self.sparsity_mode == "targeted" and self.importance != "slim":
+            raise PipelineError("--sparsity-mode targeted pushes BatchNorm gammas, so it needs --importance slim")
         if self.teacher not in TEACHER_CHOICES and not Path(self.teacher).is_file():
             raise PipelineError(f"--teacher {self.teacher}: not none, unpruned or an existing checkpoint file")
         if self.distill_weight is not None and self.teacher == "none":
@@ -170,19 +178,24 @@ class Pipeline:
             dense = self._stage("dense", {**train_common, "epochs": o.dense_epochs},
                                 lambda r: self._train("dense", r, epochs=o.dense_epochs, **self._start_weights()))
             self._upstream = root  # the dense model is a side branch: it does not feed the sparse stage
+        prune_params = {k: getattr(o, k) for k in PRUNE_KEYS}
         if o.sparse_epochs > 0:
+            sparse_params = {**train_common, "epochs": o.sparse_epochs, "sparsity": o.sparsity,
+                             "schedule": o.sparsity_schedule, "val_every": o.val_every}
+            target = {}
+            if o.sparsity_mode == "targeted":  # only then in the key: earlier uniform runs keep their stage
+                target = {k: prune_params[k] for k in ("ratio", "target_flops", "target_params", "min_keep",
+                                                        "round_to", "ignore")}
+                sparse_params["target"] = target
             sparse = self._stage(
-                "sparse",
-                {**train_common, "epochs": o.sparse_epochs, "sparsity": o.sparsity, "schedule": o.sparsity_schedule,
-                 "val_every": o.val_every},
+                "sparse", sparse_params,
                 lambda r: self._train("sparse", r, epochs=o.sparse_epochs, sparsity=o.sparsity,
-                                      sparsity_schedule=o.sparsity_schedule, **self._start_weights()),
+                                      sparsity_schedule=o.sparsity_schedule, sparsity_target=target,
+                                      **self._start_weights()),
             )
             prunable = sparse.get("final", sparse["last"])
         else:
             prunable = o.weights
-        prune_params = {k: getattr(o, k) for k in ("ratio", "target_flops", "target_params", "importance",
-                                                    "min_keep", "round_to", "ignore", "compensate", "recalibrate")}
         pruned = self._stage("prune", prune_params, lambda r: self._prune(prunable))
         teacher = o.teacher_path(prunable)
         ft_params: dict[str, Any] = {**train_common, "epochs": o.finetune_epochs, "val_every": o.val_every}
@@ -199,7 +212,8 @@ class Pipeline:
         models = {"baseline": prunable, "pruned": pruned["weights"], "finetuned": finetuned["best"]}
         if dense:
             models["dense"] = dense["best"]
-        report = self._stage("report", {"int8": o.int8, "runs": o.latency_runs, "threads": o.threads},
+        report = self._stage("report", {"int8": o.int8, "runs": o.latency_runs, "threads": o.threads,
+                                        "models": sorted(models)},
                              lambda r: self._report(models))
         summary = {"run_dir": str(self.run_dir), "baseline": baseline, "models": models, "report": report}
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str))

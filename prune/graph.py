@@ -343,7 +343,7 @@ def _collect_groups(work: nn.Module, dg, ctx: _Context) -> tuple[list[GroupInfo]
         layer, ltype = layer_of(work, producers[0])
         members.sort(key=lambda m: order.get(m.name, 0))
         g = GroupInfo(len(groups), producers[0], layer, ltype, len(group[0].idxs), members)
-        g.gamma = _group_gamma(work, g)
+        g.gamma = group_gamma(work, g)
         groups.append(g)
     groups.sort(key=lambda g: (order[g.name], g.name))
     for i, g in enumerate(groups):
@@ -423,7 +423,7 @@ def _check_members(members: list[Member], channels: int) -> list[str]:
     return []
 
 
-def _group_gamma(work: nn.Module, g: GroupInfo) -> np.ndarray:
+def group_gamma(work: nn.Module, g: GroupInfo) -> np.ndarray:
     """Per group channel, the largest |gamma| over the group's BatchNorms."""
     out = np.zeros(g.channels)
     for m in g.members:

@@ -4,6 +4,10 @@ The trainer calls `on_train_start`, `on_before_optimizer_step` (after accumulati
 all-reduce and gradient clipping; right before `optimizer.step()`) and `on_epoch_end` (which adds the
 sparsity columns to the results row). With `sr == 0` nothing touches the gradients and only the gamma
 statistics are recorded.
+
+With a prune `target` (a PruneConfig dict: ratio / target_flops / target_params, min_keep, round_to, ignore,
+imgsz) the penalty is targeted (sparsity/targeted.py): it acts only on the channels the prune plan would remove,
+re-chosen at the start of every epoch on the live gammas.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pathlib import Path
 
 from sparsity.bn_l1 import apply_bn_l1, select_bns, sr_at
 from sparsity.stats import gamma_histogram, gamma_stats, plot_gamma_histograms
+from sparsity.targeted import apply_targeted_l1
 
 HIST_PNG = "gamma_hist.png"
 
@@ -19,11 +24,14 @@ HIST_PNG = "gamma_hist.png"
 class SparsityCallback:
     name = "sparsity"
 
-    def __init__(self, sr: float = 0.0, schedule: str = "constant", layers: str = "all"):
+    def __init__(self, sr: float = 0.0, schedule: str = "constant", layers: str = "all", target: dict | None = None):
         if sr < 0:
             raise ValueError(f"sparsity rate must be >= 0, got {sr}")
         sr_at(sr, schedule, 0, 1)  # validates the schedule name
         self.sr, self.schedule, self.layers = float(sr), schedule, layers
+        self.target = dict(target or {})
+        self.selection = None  # TargetedSelection when targeted
+        self.cut = None  # its current TargetState
         self.bns: list = []
         self.history: list[dict] = []  # {"epoch", "hist"} per finished epoch
         self.steps = 0  # optimiser steps the penalty was applied to
@@ -34,12 +42,24 @@ class SparsityCallback:
 
     def on_train_start(self, trainer) -> None:
         self.bns = select_bns(trainer.bare_model, self.layers)
+        if self.sr > 0 and self.target:
+            from sparsity.targeted import TargetedSelection
+
+            self.selection = TargetedSelection(trainer.bare_model, self.target)
         self.history = [h for h in self.history if h["epoch"] < trainer.start_epoch]  # resume: drop redone epochs
 
+    def on_epoch_start(self, trainer) -> None:
+        if self.selection is not None:
+            self.cut = self.selection.select(trainer.bare_model)
+
     def on_before_optimizer_step(self, trainer) -> None:
-        if self.sr > 0:
+        if self.sr <= 0:
+            return
+        if self.selection is not None:
+            apply_targeted_l1(trainer.bare_model, self.current_sr(trainer), self.cut.masks)
+        else:
             apply_bn_l1(None, self.current_sr(trainer), self.bns)
-            self.steps += 1
+        self.steps += 1
 
     def on_epoch_end(self, trainer, row: dict) -> None:
         stats = gamma_stats(trainer.bare_model)
@@ -47,6 +67,9 @@ class SparsityCallback:
         row["gamma_lt_1e-3"] = stats["lt_1e-3"]
         row["gamma_lt_1e-2"] = stats["lt_1e-2"]
         row["gamma_median"] = stats["median"]
+        if self.cut is not None:  # how far the channels the cut will remove still are from zero
+            row["cut_channels"] = self.cut.channels
+            row["cut_gamma_max"] = self.selection.select(trainer.bare_model).max_gamma
         self.history.append({"epoch": trainer.epoch, "hist": gamma_histogram(trainer.bare_model)})
         if self.sr > 0 and trainer.is_main and trainer.run_dir is not None:
             plot_gamma_histograms(self.history, Path(trainer.run_dir) / HIST_PNG)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import math
 from pathlib import Path
@@ -244,3 +245,17 @@ def test_official_weights_transfer(shared_dir, setup, tmp_path, capsys):
     model, meta = load_model(res.last)
     assert model.nc == 3 and meta["source"]["sha256"] == before
     assert _sha(weights) == before
+
+
+def test_targeted_sparsity_through_trainer(setup, tmp_path):
+    """--sparsity-target reaches the callback with the run's imgsz: the cut set's gammas fall, the median holds."""
+    res = train(_opts(setup, tmp_path, epochs=3, sparsity=2.0, nbs=2, noval=True, name="targeted",
+                      sparsity_target={"ratio": 0.3, "round_to": 1}, hyp_overrides={**NO_AUG, "lr0": 0.05}))
+    with open(res.run_dir / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    cut = [float(r["cut_gamma_max"]) for r in rows]
+    assert all(int(r["cut_channels"]) > 0 for r in rows)
+    assert cut[2] < cut[1] < cut[0] and cut[-1] < 0.8 * cut[0]  # (the LR warms up over these few steps)
+    assert float(rows[-1]["gamma_median"]) > 0.5  # 70% of the channels are never pushed
+    meta = read_checkpoint(res.last)["history"][-1]
+    assert meta["sparsity_target"] == {"ratio": 0.3, "round_to": 1}

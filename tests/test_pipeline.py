@@ -41,6 +41,8 @@ def test_state_status_transitions(tmp_path):
         ({"weights": "missing.pt"}, "missing.pt"),
         ({"cfg": "yolov5n", "ratio": 0.3, "target_flops": 0.5}, "--ratio"),
         ({"cfg": "yolov5n", "data": ""}, "--data"),
+        ({"cfg": "yolov5n", "sparsity_mode": "some"}, "--sparsity-mode"),
+        ({"cfg": "yolov5n", "sparsity_mode": "targeted", "importance": "l1"}, "--importance slim"),
     ],
 )
 def test_bad_options_name_the_flag(tmp_path, kw, flag):
