@@ -49,6 +49,9 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     p.add_argument("--compensate", default=d.compensate, choices=("beta", "mean", "none"))
     p.add_argument("--recalibrate", type=int, default=d.recalibrate, help="re-estimate BN stats on N images")
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
+    p.add_argument("--rounds", type=int, default=d.rounds,
+                   help="iterative mode: N prune -> fine-tune rounds, each a geometric step toward the target "
+                        "(--finetune-epochs split between them); default 1")
     p.add_argument("--teacher", default=d.teacher, metavar="{none,unpruned,PATH}",
                    help="knowledge distillation in the fine-tune stage: 'unpruned' = the model before pruning "
                         "(the sparse-trained one), or a checkpoint; default none")

@@ -63,6 +63,7 @@ class PipelineOptions:
     compensate: str = "beta"
     recalibrate: int = 0
     finetune_epochs: int = 30
+    rounds: int = 1  # iterative mode: this many prune -> fine-tune rounds, each a geometric step toward the target
     teacher: str = "none"  # none | unpruned (the prune stage's input; alias: baseline) | a checkpoint path
     distill_weight: float | None = None  # hyp distill override for the fine-tune stage (needs a teacher)
     val_every: int = 1  # score every N epochs in the training stages (and after the last)
@@ -95,6 +96,11 @@ class PipelineOptions:
             raise PipelineError(f"--teacher {self.teacher}: not none, unpruned or an existing checkpoint file")
         if self.distill_weight is not None and self.teacher == "none":
             raise PipelineError("--distill-weight needs --teacher (unpruned or a checkpoint)")
+        if self.rounds < 1:
+            raise PipelineError(f"--rounds {self.rounds} must be >= 1 (1 = prune once, then fine-tune)")
+        if self.rounds > 1 and self.finetune_epochs < self.rounds:
+            raise PipelineError(f"--rounds {self.rounds} needs --finetune-epochs >= {self.rounds} (each round "
+                                "fine-tunes at least one epoch)")
         if self.distill_weight is not None and self.distill_weight < 0:
             raise PipelineError(f"--distill-weight {self.distill_weight} must be >= 0")
         return self
@@ -196,19 +202,19 @@ class Pipeline:
             prunable = sparse.get("final", sparse["last"])
         else:
             prunable = o.weights
-        pruned = self._stage("prune", prune_params, lambda r: self._prune(prunable))
         teacher = o.teacher_path(prunable)
-        ft_params: dict[str, Any] = {**train_common, "epochs": o.finetune_epochs, "val_every": o.val_every}
-        ft_kw: dict[str, Any] = {"epochs": o.finetune_epochs, "weights": pruned["weights"]}
-        if teacher:  # only then in the key: runs made before distillation existed keep their finished stage
-            ft_params.update(teacher="unpruned" if teacher == prunable else _file_id(teacher),
-                             distill_weight=o.distill_weight)
-            ft_kw["teacher"] = teacher
-            if o.distill_weight is not None:
-                ft_kw["hyp_overrides"] = {"distill": o.distill_weight}
-        finetuned = self._stage(
-            "finetune", ft_params, lambda r: self._train("finetune", r, **ft_kw)
-        ) if o.finetune_epochs > 0 else {"best": pruned["weights"]}
+        current, pruned, finetuned = prunable, {}, {}
+        for r in range(1, o.rounds + 1):
+            last_round = r == o.rounds
+            tag = "" if last_round else f"_r{r}"
+            step = dict(prune_params) if o.rounds == 1 else {**prune_params, "round": r, "rounds": o.rounds}
+            src = current
+            pruned = self._stage("prune" + tag, step, lambda _r, src=src, r=r: self._prune(src, prunable, r))
+            epochs = o.finetune_epochs - (o.rounds - 1) * (o.finetune_epochs // o.rounds) if last_round \
+                else o.finetune_epochs // o.rounds
+            finetuned = self._finetune_stage("finetune" + tag, pruned["weights"], epochs, teacher, prunable,
+                                             train_common)
+            current = finetuned["best"] if last_round else finetuned.get("final", finetuned["best"])
         models = {"baseline": prunable, "pruned": pruned["weights"], "finetuned": finetuned["best"]}
         if dense:
             models["dense"] = dense["best"]
@@ -218,6 +224,21 @@ class Pipeline:
         summary = {"run_dir": str(self.run_dir), "baseline": baseline, "models": models, "report": report}
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
         return summary
+
+    def _finetune_stage(self, name: str, weights: str, epochs: int, teacher: str, prunable: str,
+                        train_common: dict) -> dict:
+        o = self.opt
+        if epochs <= 0:
+            return {"best": weights}
+        params: dict[str, Any] = {**train_common, "epochs": epochs, "val_every": o.val_every}
+        kw: dict[str, Any] = {"epochs": epochs, "weights": weights}
+        if teacher:  # only then in the key: runs made before distillation existed keep their finished stage
+            params.update(teacher="unpruned" if teacher == prunable else _file_id(teacher),
+                          distill_weight=o.distill_weight)
+            kw["teacher"] = teacher
+            if o.distill_weight is not None:
+                kw["hyp_overrides"] = {"distill": o.distill_weight}
+        return self._stage(name, params, lambda r: self._train(name, r, **kw))
 
     def _start_weights(self) -> dict:
         return {"weights": self.opt.weights} if self.opt.weights else {"cfg": self.opt.cfg}
@@ -245,7 +266,8 @@ class Pipeline:
                  f"{info['params'] / 1e6:.2f}M params  {info['gflops']:.2f} GFLOPs")
         return {"info": info, "metrics": _brief(res)}
 
-    def _prune(self, weights: str) -> dict:
+    def _prune(self, weights: str, original: str, r: int = 1) -> dict:
+        """Prune `weights`; in round r of R, toward the target's r/R geometric step measured on `original`."""
         from prune.api import PruneConfig, prune_model
         from prune.cli import save_pruned
         from yolo.checkpoint import load_model
@@ -254,13 +276,13 @@ class Pipeline:
 
         o = self.opt
         model, meta = load_model(weights)
-        cfg = PruneConfig(ratio=o.ratio, target_flops=o.target_flops, target_params=o.target_params,
-                          importance=o.importance, min_keep=o.min_keep, round_to=o.round_to,
+        amount = round_amount(o, r, model, original)
+        cfg = PruneConfig(**amount, importance=o.importance, min_keep=o.min_keep, round_to=o.round_to,
                           ignore=tuple(o.ignore), compensate=o.compensate, recalibrate=o.recalibrate, imgsz=o.imgsz)
         data = load_data_yaml(o.data)
         calib = _calib_loader(data, o) if (o.compensate == "mean" or o.recalibrate) else None
         pruned, table = prune_model(model, cfg, calib_loader=calib)
-        out_dir = self.run_dir / "prune"
+        out_dir = self.run_dir / ("prune" if r == o.rounds else f"prune_r{r}")
         path = save_pruned(out_dir, pruned, meta, table, cfg)
         res = evaluate(pruned, data, imgsz=o.imgsz, batch_size=o.batch_size, device=o.device, workers=o.workers)
         _save_json(out_dir / "metrics.json", res)
@@ -289,6 +311,28 @@ class Pipeline:
         q = quantize_best(out / "finetuned.onnx", o.data, out / "finetuned_int8.onnx", imgsz=o.imgsz)
         return ModelEntry.measure("int8", onnx_path=q["path"], imgsz=o.imgsz, metrics=q.get("metrics", {}),
                                   latency=q.get("latency", {}), notes=q.get("notes", {}))
+
+
+def round_amount(o: PipelineOptions, r: int, model, original: str) -> dict:
+    """The PruneConfig amount for round r of o.rounds, relative to `model` (the current, already pruned one).
+
+    After round r the model keeps target^(r/R) of the ORIGINAL model's FLOPs (or parameters); a channel ratio
+    removes 1 - (1 - ratio)^(1/R) of the current prunable channels each round. With one round this is the
+    requested amount itself.
+    """
+    if o.rounds == 1:
+        return {"ratio": o.ratio, "target_flops": o.target_flops, "target_params": o.target_params}
+    if o.ratio is not None:
+        return {"ratio": 1 - (1 - o.ratio) ** (1 / o.rounds)}
+    from yolo.checkpoint import load_model
+    from yolo.flops import model_info
+
+    key, target = ("gflops", o.target_flops) if o.target_flops is not None else ("params", o.target_params)
+    base = model_info(load_model(original)[0], o.imgsz)[key]
+    now = model_info(model, o.imgsz)[key]
+    goal = base * target ** (r / o.rounds)
+    name = "target_flops" if key == "gflops" else "target_params"
+    return {name: min(1.0, goal / now)}
 
 
 def _calib_loader(data, o: PipelineOptions):

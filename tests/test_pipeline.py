@@ -42,6 +42,8 @@ def test_state_status_transitions(tmp_path):
         ({"cfg": "yolov5n", "ratio": 0.3, "target_flops": 0.5}, "--ratio"),
         ({"cfg": "yolov5n", "data": ""}, "--data"),
         ({"cfg": "yolov5n", "sparsity_mode": "some"}, "--sparsity-mode"),
+        ({"cfg": "yolov5n", "rounds": 0}, "--rounds"),
+        ({"cfg": "yolov5n", "rounds": 3, "finetune_epochs": 2}, "--finetune-epochs >= 3"),
         ({"cfg": "yolov5n", "sparsity_mode": "targeted", "importance": "l1"}, "--importance slim"),
     ],
 )
@@ -123,3 +125,25 @@ def test_killed_during_finetune_resumes_without_redoing_earlier_stages(tmp_path)
     rows = (run / "finetune" / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 12  # header + every epoch exactly once
     assert json.loads((run / "pipeline.json").read_text())["stages"]["report"]["status"] == "done"
+
+
+@pytest.mark.e2e
+def test_iterative_rounds_step_toward_the_target(tmp_path):
+    """--rounds 2: prune_r1 -> finetune_r1 -> prune -> finetune; the first cut keeps about sqrt(target)."""
+    res = _demo(tmp_path, "--sparse-epochs", "1", "--finetune-epochs", "3", "--rounds", "2", "--latency-runs", "3",
+                "--target-flops", "0.5")
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "runs" / "exp"
+    stages = json.loads((run / "pipeline.json").read_text())["stages"]
+    assert list(stages)[:6] == ["baseline", "sparse", "prune_r1", "finetune_r1", "prune", "finetune"]
+    assert all(s["status"] == "done" for s in stages.values())
+    epochs = [len((run / f / "results.csv").read_text().strip().splitlines()) - 1 for f in ("finetune_r1", "finetune")]
+    assert epochs == [1, 2]  # 3 epochs split between the rounds, the last one gets the remainder
+    flops = {}
+    for stage in ("prune_r1", "prune"):
+        table = json.loads((run / stage / "prune_table.json").read_text())["totals"]
+        flops[stage] = (table["gflops_before"], table["gflops_after"])
+    original = flops["prune_r1"][0]
+    assert flops["prune"][0] == pytest.approx(flops["prune_r1"][1])  # round 2 starts from round 1's model
+    assert 0.5 < flops["prune_r1"][1] / original <= 0.71 + 1e-6  # ~0.5 ** (1/2) of the original FLOPs
+    assert flops["prune"][1] / original <= 0.5 + 1e-6
