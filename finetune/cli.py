@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, default=0.0,
                    help="sparse training: L1 rate on BatchNorm scales (e.g. 0.001); 0 = plain training")
     p.add_argument("--sparsity-schedule", choices=SCHEDULES, default="constant",
-                   help="constant, or linear decay of the rate to 0 over the run")
+                   help="constant; linear decay of the rate to 0 over the run; ramp: a rise from 0 to the rate")
     p.add_argument("--sparsity-layers", choices=LAYER_CHOICES, default="all",
                    help="all BatchNorms, or prunable: skip those feeding residual adds")
     p.add_argument("--sparsity-target", default="", metavar="flops=F|params=F|ratio=R",

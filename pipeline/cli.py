@@ -7,6 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from pipeline.run import SPARSITY_MODES, PipelineOptions, run_pipeline
+from sparsity.bn_l1 import SCHEDULES
 
 DEMO_MODEL = {
     # YOLOv5n itself (from scratch, 3 classes): it learns the demo shapes in a few minutes on two cores at 128 px
@@ -34,7 +35,8 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     p.add_argument("--sparse-epochs", type=int, default=d.sparse_epochs,
                    help="epochs of the sparse-training stage (BN-L1); 0 prunes the given weights directly")
     p.add_argument("--sparsity", type=float, default=d.sparsity, help="L1 rate on BatchNorm scales")
-    p.add_argument("--sparsity-schedule", default=d.sparsity_schedule, choices=("constant", "linear"))
+    p.add_argument("--sparsity-schedule", default=d.sparsity_schedule, choices=SCHEDULES,
+                   help="constant; linear (decay to 0); ramp (rise from 0 to --sparsity)")
     p.add_argument("--sparsity-mode", default=d.sparsity_mode, choices=SPARSITY_MODES,
                    help="uniform: the penalty acts on every BatchNorm; targeted: only on the channels the prune "
                         "target below would remove (re-chosen every epoch)")

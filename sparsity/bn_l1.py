@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-SCHEDULES = ("constant", "linear")
+SCHEDULES = ("constant", "linear", "ramp")
 LAYER_CHOICES = ("all", "prunable")
 
 
@@ -66,11 +66,15 @@ def _is_csp(block: nn.Module) -> bool:
 
 
 def sr_at(sr: float, schedule: str, epoch: float, epochs: int) -> float:
-    """Penalty strength at a (fractional) epoch: constant, or linear decay from sr to 0 over the run."""
+    """Penalty strength at a (fractional) epoch: constant; linear decay from sr to 0 over the run; or ramp, a
+    linear rise from 0 to sr, which lets a transferred model learn the new task before the push gets strong and
+    ends with the strongest push on the channels that still resist (useful with targeted sparsity)."""
     if schedule == "constant":
         return sr
     if schedule == "linear":
         return sr * max(0.0, 1.0 - epoch / max(epochs, 1))
+    if schedule == "ramp":
+        return sr * min(1.0, epoch / max(epochs, 1))
     raise ValueError(f"sparsity schedule {schedule!r} not understood; use one of {', '.join(SCHEDULES)}")
 
 

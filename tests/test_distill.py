@@ -230,7 +230,7 @@ def test_pipeline_teacher_is_part_of_the_finetune_key(tmp_path, monkeypatch):
         return {"best": f"{stage}/best.pt", "last": f"{stage}/last.pt", "final": f"{stage}/final.pt"}
 
     monkeypatch.setattr(Pipeline, "_baseline", lambda self: {})
-    monkeypatch.setattr(Pipeline, "_prune", lambda self, w: {"weights": "pruned.pt"})
+    monkeypatch.setattr(Pipeline, "_prune", lambda self, w, original, r=1: {"weights": "pruned.pt"})
     monkeypatch.setattr(Pipeline, "_train", fake_train)
     monkeypatch.setattr(Pipeline, "_report", lambda self, models: {})
 

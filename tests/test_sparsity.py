@@ -54,7 +54,10 @@ def test_schedules():
     assert sr_at(0.01, "linear", 0, 10) == 0.01
     assert sr_at(0.01, "linear", 5, 10) == pytest.approx(0.005)
     assert sr_at(0.01, "linear", 10, 10) == 0.0
-    with pytest.raises(ValueError, match="constant, linear"):
+    assert sr_at(0.01, "ramp", 0, 10) == 0.0
+    assert sr_at(0.01, "ramp", 2.5, 10) == pytest.approx(0.0025)
+    assert sr_at(0.01, "ramp", 10, 10) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="constant, linear, ramp"):
         sr_at(0.01, "cosine", 0, 10)
     with pytest.raises(ValueError):
         SparsityCallback(-1.0)
