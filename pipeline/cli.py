@@ -27,6 +27,9 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--hyp", default=d.hyp, help="hyperparameter yaml for the training stages")
+    p.add_argument("--finetune-hyp", default=d.finetune_hyp,
+                   help="hyperparameter yaml for the fine-tune stage(s) only (default: --hyp); "
+                        "finetune/hyps/finetune.yaml: lr0 0.005 without warm-up")
     p.add_argument("--nbs", type=int, default=d.nbs, help="nominal batch (= --batch-size: no accumulation)")
     p.add_argument("--optimizer", default=d.optimizer, choices=("SGD", "AdamW"))
     p.add_argument("--cos-lr", action="store_true")

@@ -45,6 +45,7 @@ class PipelineOptions:
     workers: int = 2
     seed: int = 0
     hyp: str | None = None
+    finetune_hyp: str | None = None  # hyperparameters of the fine-tune stage(s) only (default: hyp)
     nbs: int = 64
     optimizer: str = "SGD"
     cos_lr: bool = False
@@ -85,7 +86,8 @@ class PipelineOptions:
         if len(amounts) != 1:
             raise PipelineError("give exactly one of --ratio (fraction REMOVED), --target-flops or --target-params "
                                 "(fraction KEPT)")
-        for flag, v in (("--weights", self.weights), ("--data", self.data), ("--hyp", self.hyp)):
+        for flag, v in (("--weights", self.weights), ("--data", self.data), ("--hyp", self.hyp),
+                        ("--finetune-hyp", self.finetune_hyp)):
             if v and not Path(v).is_file():
                 raise PipelineError(f"{flag} {v}: file not found")
         if self.sparsity_mode not in SPARSITY_MODES:
@@ -232,6 +234,9 @@ class Pipeline:
             return {"best": weights}
         params: dict[str, Any] = {**train_common, "epochs": epochs, "val_every": o.val_every}
         kw: dict[str, Any] = {"epochs": epochs, "weights": weights}
+        if o.finetune_hyp:  # only then in the key, like the teacher
+            params["hyp"] = _file_id(o.finetune_hyp)
+            kw["hyp"] = o.finetune_hyp
         if teacher:  # only then in the key: runs made before distillation existed keep their finished stage
             params.update(teacher="unpruned" if teacher == prunable else _file_id(teacher),
                           distill_weight=o.distill_weight)

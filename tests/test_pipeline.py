@@ -147,3 +147,37 @@ def test_iterative_rounds_step_toward_the_target(tmp_path):
     assert flops["prune"][0] == pytest.approx(flops["prune_r1"][1])  # round 2 starts from round 1's model
     assert 0.5 < flops["prune_r1"][1] / original <= 0.71 + 1e-6  # ~0.5 ** (1/2) of the original FLOPs
     assert flops["prune"][1] / original <= 0.5 + 1e-6
+
+
+def test_finetune_hyp_reaches_only_the_finetune_stage(tmp_path, monkeypatch):
+    from pipeline.run import Pipeline
+
+    data, weights, hyp = tmp_path / "data.yaml", tmp_path / "w.pt", tmp_path / "ft.yaml"
+    data.write_text("names: [a]\ntrain: x\nval: x\n")
+    weights.write_bytes(b"x")
+    hyp.write_text("lr0: 0.005\nwarmup_epochs: 0.0\n")
+    calls: dict[str, dict] = {}
+
+    def fake_train(self, stage, resume, **kw):
+        calls[stage] = kw
+        return {"best": f"{stage}/best.pt", "last": f"{stage}/last.pt", "final": f"{stage}/final.pt"}
+
+    monkeypatch.setattr(Pipeline, "_baseline", lambda self: {})
+    monkeypatch.setattr(Pipeline, "_prune", lambda self, w, original, r=1: {"weights": "pruned.pt"})
+    monkeypatch.setattr(Pipeline, "_train", fake_train)
+    monkeypatch.setattr(Pipeline, "_report", lambda self, models: {})
+
+    def run(**kw) -> list[str]:
+        logs: list[str] = []
+        opt = PipelineOptions(data=str(data), weights=str(weights), sparse_epochs=1, finetune_epochs=1, **kw)
+        Pipeline(opt, tmp_path / "run", logs.append).run()
+        return logs
+
+    run()
+    assert "hyp" not in calls["finetune"] and "hyp" not in calls["sparse"]
+    logs = run(finetune_hyp=str(hyp))
+    assert "[sparse] already done with these inputs: skipped" in logs
+    assert "[finetune] inputs changed since the last run: redoing this stage (and the ones after it)" in logs
+    assert calls["finetune"]["hyp"] == str(hyp) and "hyp" not in calls["sparse"]
+    with pytest.raises(PipelineError, match="--finetune-hyp"):
+        run(finetune_hyp=str(tmp_path / "missing.yaml"))
