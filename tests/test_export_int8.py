@@ -46,7 +46,7 @@ def int8(fp32):
 
 def test_decode_nodes_found_from_the_output(fp32):
     names, convs = decode_nodes(onnx.load(str(fp32)))
-    assert len(convs) == 3  # one last convolution per output level
+    assert len(convs) == 6  # two last convolutions (box, scores) per output level
     ops = {n.op_type for n in onnx.load(str(fp32)).graph.node if n.name in names}
     assert {"Sigmoid", "Concat", "Reshape"} <= ops
     assert "Conv" not in ops

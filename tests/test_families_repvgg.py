@@ -165,7 +165,8 @@ def test_reparam_keeps_train_mode_statistics_sane():
 
 def test_reparam_onnx_has_one_conv_per_block(tmp_path):
     model = randomize_bn(tiny_repvgg(), seed=1).eval()
-    expected = n_conv2d(model) - sum(isinstance(m, RepVGG) for m in model.modules())
+    # each Detect conv is exported as two (box / scores, see Detect._forward_export)
+    expected = n_conv2d(model) - sum(isinstance(m, RepVGG) for m in model.modules()) + model.detect.nl
     reparameterize(model)
     path = export_onnx(model, tmp_path / "rep.onnx", imgsz=64)
     ops = onnx_ops(path)
@@ -363,7 +364,7 @@ def test_repvgg_family_train_prune_finetune_reparam_export(tmp_path):
     assert max_diff(raw_only(tuned, x), raw_only(folded, x)) < 1e-4
     back, meta = load_model(save_checkpoint(tmp_path / "final.pt", folded, meta))
     path = export_onnx(back, tmp_path / "final.onnx", imgsz=64, metadata=meta)
-    assert onnx_ops(path).count("Conv") == n_conv2d(back)
+    assert onnx_ops(path).count("Conv") == n_conv2d(back) + back.detect.nl  # Detect convs export as two each
     assert check_parity(back, path, synthetic_images()).passed
 
 
