@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--torch", action="store_true", help="also time the PyTorch modules (CPU, or --device)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--io-binding", choices=("both", "on", "off"), default="both",
+                    help="ONNX Runtime runs with session.run (off), on bound preallocated input/output (on), or both")
     ap.add_argument("--workdir", default=str(REPO / "runs" / "bench_latency"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "latency.json"))
     args = ap.parse_args(argv)
@@ -76,15 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         paths[Path(f).stem] = Path(f)
         info[Path(f).stem] = {"onnx_mb": os.path.getsize(f) / 1e6}
     threads = [None if t == "all" else int(t) for t in args.threads]
-    res = benchmark_files(
-        paths,
-        threads=threads,
-        runs=args.runs,
-        warmup=args.warmup,
-        imgsz=args.imgsz,
-        torch_models=models if args.torch else None,
-        device=args.device,
-    )
+    common = dict(threads=threads, runs=args.runs, warmup=args.warmup, imgsz=args.imgsz, device=args.device)
+    res = benchmark_files(paths, torch_models=models if args.torch and args.io_binding != "on" else None,
+                          io_binding=args.io_binding == "on", **common)
+    if args.io_binding == "both":  # session.run results under "1" / "all", bound ones under "1 io-binding" / ...
+        bound = benchmark_files(paths, io_binding=True, **common)
+        res["results"].update({f"{k} io-binding": v for k, v in bound["results"].items()})
+        res["settings"]["io_binding"] = "both"
     first = next(iter(paths))
     for setting, rows in res["results"].items():
         add_ratios(rows, first)
@@ -117,14 +117,17 @@ def markdown(result: dict) -> str:
     """The README table: median/p90 per model and thread count, latency ratio against the FLOPs ratio."""
     title = f"pruned yolov5n (--round-to {result.get('round_to', 8)}, no fine-tuning) vs baseline"
     lines = [f"### Deployment latency: {title}, ONNX Runtime CPU, 640x640, interleaved", "",
-             "| threads | model | GFLOPs | params | ONNX MB | median ms | p90 ms | latency ratio | FLOPs ratio |"
-             " latency ratio / FLOPs ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "ORT call `run`: `session.run` (allocates and copies out the output every call); `io-binding`: input and "
+             "output bound once to preallocated buffers, as a deployment loop runs.", "",
+             "| threads | ORT call | model | GFLOPs | params | ONNX MB | median ms | p90 ms | latency ratio "
+             "| FLOPs ratio | latency ratio / FLOPs ratio |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, models in result["results"].items():
         for name, r in models.items():
             info = result["models"].get(name, {})
             lat, fl = r["ratio_to_baseline"], r["gflops_ratio"]
             lines.append(
-                f"| {r.get('threads', key)} | {name} | {info.get('gflops', 0):.2f} | "
+                f"| {r.get('threads', key)} | {'io-binding' if 'io-binding' in key else 'run'} | {name} | "
+                f"{info.get('gflops', 0):.2f} | "
                 f"{info.get('params', 0) / 1e6:.2f} M | {info.get('onnx_mb', 0):.1f} | {r['median_ms']:.1f} | "
                 f"{r['p90_ms']:.1f} | {lat:.3f} | {fl:.3f} | {lat / fl:.2f} |"
             )

@@ -158,6 +158,7 @@ def cmd_benchmark(args: Any) -> int:
             imgsz=imgsz,
             torch_models=torch_models,
             device=args.device,
+            io_binding=args.io_binding,
         )
     for setting in res["results"].values():
         add_ratios(setting, next(iter(setting)))
@@ -288,6 +289,8 @@ def register(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--torch", action="store_true", help="also time checkpoints in PyTorch")
     p.add_argument("--device", default="cpu", help="PyTorch device for --torch (cpu or cuda:0)")
+    p.add_argument("--io-binding", action="store_true",
+                   help="ONNX Runtime on input/output bound once to preallocated buffers (no per-call output copy)")
     p.add_argument("--json", help="write the figures to this JSON file")
     p.set_defaults(func=cmd_benchmark)
 

@@ -49,3 +49,23 @@ def test_machine_description():
     assert isinstance(info["flags"], list) and isinstance(info["model"], str)
     env = environment()
     assert env["onnxruntime"] and env["torch"] and env["python"]
+
+
+def test_io_binding_runner_computes_the_same_output(tmp_path):
+    """The bound run is a real inference: its preallocated output holds what session.run returns."""
+    import numpy as np
+    from test_sparsity import TINY
+
+    from reports.export import export_onnx
+    from reports.latency import OnnxRunner, benchmark_files
+    from yolo.model import build_model
+
+    path = export_onnx(build_model(TINY).eval(), tmp_path / "tiny.onnx", imgsz=64)
+    plain, bound = OnnxRunner(path, threads=1, imgsz=64), OnnxRunner(path, threads=1, imgsz=64, io_binding=True)
+    assert bound.kind == "onnxruntime-iobinding" and plain.binding is None
+    bound._y_value.numpy()[...] = -1.0
+    bound()
+    expected = plain.det.session.run(None, {plain.det.input_name: plain.x})[0]
+    np.testing.assert_allclose(bound._y_value.numpy(), expected, rtol=1e-6, atol=1e-6)
+    res = benchmark_files({"a": path}, threads=[1], runs=3, warmup=1, imgsz=64, io_binding=True)
+    assert res["settings"]["io_binding"] is True and res["results"]["1"]["a"]["kind"] == "onnxruntime-iobinding"
