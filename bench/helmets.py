@@ -92,7 +92,7 @@ def main() -> None:
         f"### Helmets (a user's own data): yolov5n.pt -> 2 classes at 320, sparse {args.sparse_epochs} + fine-tune "
         f"{args.finetune_epochs} epochs vs unpruned {total} epochs\n\n"
         f"Pipeline {pipeline_s / 60:.0f} min (the unpruned comparison run another "
-        f"{(wall - pipeline_s) / 60:.0f} min).\n\n"
+        f"{seconds.get('dense', 0.0) / 60:.0f} min).\n\n"
         "| model | params | GFLOPs | mAP50 | mAP50-95 |\n|---|---|---|---|---|\n" + rows + "\n\n"
         + "Checks: " + ", ".join(f"{k}: {'yes' if v else '**no**'}" for k, v in checks.items())
     )
