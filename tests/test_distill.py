@@ -218,28 +218,12 @@ def test_time_limit_fit_shortens_the_schedule(setup, tmp_path):
 
 
 def test_pipeline_teacher_is_part_of_the_finetune_key(tmp_path, monkeypatch):
-    from pipeline.run import Pipeline, PipelineError, PipelineOptions
+    from test_pipeline import stubbed_pipeline
 
+    from pipeline.run import PipelineError, PipelineOptions
+
+    run, calls = stubbed_pipeline(tmp_path, monkeypatch)
     data, weights = tmp_path / "data.yaml", tmp_path / "w.pt"
-    data.write_text("names: [a]\ntrain: x\nval: x\n")
-    weights.write_bytes(b"x")
-    calls: list[tuple[str, dict]] = []
-
-    def fake_train(self, stage, resume, **kw):
-        calls.append((stage, kw))
-        return {"best": f"{stage}/best.pt", "last": f"{stage}/last.pt", "final": f"{stage}/final.pt"}
-
-    monkeypatch.setattr(Pipeline, "_baseline", lambda self: {})
-    monkeypatch.setattr(Pipeline, "_prune", lambda self, w, original, r=1: {"weights": "pruned.pt"})
-    monkeypatch.setattr(Pipeline, "_train", fake_train)
-    monkeypatch.setattr(Pipeline, "_report", lambda self, models: {})
-
-    def run(**kw) -> list[str]:
-        logs: list[str] = []
-        opt = PipelineOptions(data=str(data), weights=str(weights), sparse_epochs=1, finetune_epochs=1, **kw)
-        Pipeline(opt, tmp_path / "run", logs.append).run()
-        return logs
-
     run()
     assert "teacher" not in calls[-1][1]
     assert "[finetune] already done with these inputs: skipped" in run()

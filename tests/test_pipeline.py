@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -150,16 +151,32 @@ def test_iterative_rounds_step_toward_the_target(tmp_path):
 
 
 def test_finetune_hyp_reaches_only_the_finetune_stage(tmp_path, monkeypatch):
+    run, calls = stubbed_pipeline(tmp_path, monkeypatch)
+    hyp = tmp_path / "ft.yaml"
+    hyp.write_text("lr0: 0.005\nwarmup_epochs: 0.0\n")
+    run()
+    stage = dict(calls)
+    assert "hyp" not in stage["finetune"] and "hyp" not in stage["sparse"]
+    logs = run(finetune_hyp=str(hyp))
+    assert "[sparse] already done with these inputs: skipped" in logs
+    assert "[finetune] inputs changed since the last run: redoing this stage (and the ones after it)" in logs
+    assert calls[-1][0] == "finetune" and calls[-1][1]["hyp"] == str(hyp)
+    assert all("hyp" not in kw for name, kw in calls if name == "sparse")
+    with pytest.raises(PipelineError, match="--finetune-hyp"):
+        run(finetune_hyp=str(tmp_path / "missing.yaml"))
+
+
+def stubbed_pipeline(tmp_path: Path, monkeypatch) -> tuple[Callable[..., list[str]], list[tuple[str, dict]]]:
+    """A Pipeline whose stages only record their calls: (run(**options) -> log lines, [(stage, train kwargs)])."""
     from pipeline.run import Pipeline
 
-    data, weights, hyp = tmp_path / "data.yaml", tmp_path / "w.pt", tmp_path / "ft.yaml"
+    data, weights = tmp_path / "data.yaml", tmp_path / "w.pt"
     data.write_text("names: [a]\ntrain: x\nval: x\n")
     weights.write_bytes(b"x")
-    hyp.write_text("lr0: 0.005\nwarmup_epochs: 0.0\n")
-    calls: dict[str, dict] = {}
+    calls: list[tuple[str, dict]] = []
 
     def fake_train(self, stage, resume, **kw):
-        calls[stage] = kw
+        calls.append((stage, kw))
         return {"best": f"{stage}/best.pt", "last": f"{stage}/last.pt", "final": f"{stage}/final.pt"}
 
     monkeypatch.setattr(Pipeline, "_baseline", lambda self: {})
@@ -173,11 +190,4 @@ def test_finetune_hyp_reaches_only_the_finetune_stage(tmp_path, monkeypatch):
         Pipeline(opt, tmp_path / "run", logs.append).run()
         return logs
 
-    run()
-    assert "hyp" not in calls["finetune"] and "hyp" not in calls["sparse"]
-    logs = run(finetune_hyp=str(hyp))
-    assert "[sparse] already done with these inputs: skipped" in logs
-    assert "[finetune] inputs changed since the last run: redoing this stage (and the ones after it)" in logs
-    assert calls["finetune"]["hyp"] == str(hyp) and "hyp" not in calls["sparse"]
-    with pytest.raises(PipelineError, match="--finetune-hyp"):
-        run(finetune_hyp=str(tmp_path / "missing.yaml"))
+    return run, calls
