@@ -49,7 +49,7 @@ class SparsityCallback:
         self.history = [h for h in self.history if h["epoch"] < trainer.start_epoch]  # resume: drop redone epochs
 
     def on_epoch_start(self, trainer) -> None:
-        if self.selection is not None:
+        if self.selection is not None and self.cut is None:  # later epochs reuse the set chosen at the last end
             self.cut = self.selection.select(trainer.bare_model)
 
     def on_before_optimizer_step(self, trainer) -> None:
@@ -67,9 +67,10 @@ class SparsityCallback:
         row["gamma_lt_1e-3"] = stats["lt_1e-3"]
         row["gamma_lt_1e-2"] = stats["lt_1e-2"]
         row["gamma_median"] = stats["median"]
-        if self.cut is not None:  # how far the channels the cut will remove still are from zero
+        if self.selection is not None:  # re-chosen now, for the next epoch; how far from zero it still is
+            self.cut = self.selection.select(trainer.bare_model)
             row["cut_channels"] = self.cut.channels
-            row["cut_gamma_max"] = self.selection.select(trainer.bare_model).max_gamma
+            row["cut_gamma_max"] = self.cut.max_gamma
         self.history.append({"epoch": trainer.epoch, "hist": gamma_histogram(trainer.bare_model)})
         if self.sr > 0 and trainer.is_main and trainer.run_dir is not None:
             plot_gamma_histograms(self.history, Path(trainer.run_dir) / HIST_PNG)
