@@ -53,6 +53,8 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     p.add_argument("--ignore", action="append", default=[], help="glob of module names to leave alone (repeatable)")
     p.add_argument("--compensate", default=d.compensate, choices=("beta", "mean", "none"))
     p.add_argument("--recalibrate", type=int, default=d.recalibrate, help="re-estimate BN stats on N images")
+    p.add_argument("--reconstruct", type=int, default=d.reconstruct,
+                   help="least-squares re-fit of the convs that lost inputs on N images (prune --reconstruct)")
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
     p.add_argument("--rounds", type=int, default=d.rounds,
                    help="iterative mode: N prune -> fine-tune rounds, each a geometric step toward the target "

@@ -25,7 +25,7 @@ from yolo.fileio import atomic_write_text
 TEACHER_CHOICES = ("none", "unpruned", "baseline")
 SPARSITY_MODES = ("uniform", "targeted")
 PRUNE_KEYS = ("ratio", "target_flops", "target_params", "importance", "min_keep", "round_to", "ignore", "compensate",
-              "recalibrate")
+              "recalibrate", "reconstruct")
 
 
 class PipelineError(ValueError):
@@ -63,6 +63,7 @@ class PipelineOptions:
     ignore: list[str] = field(default_factory=list)
     compensate: str = "beta"
     recalibrate: int = 0
+    reconstruct: int = 0
     finetune_epochs: int = 30
     rounds: int = 1  # iterative mode: this many prune -> fine-tune rounds, each a geometric step toward the target
     teacher: str = "none"  # none | unpruned (the prune stage's input; alias: baseline) | a checkpoint path
@@ -186,7 +187,8 @@ class Pipeline:
             dense = self._stage("dense", {**train_common, "epochs": o.dense_epochs},
                                 lambda r: self._train("dense", r, epochs=o.dense_epochs, **self._start_weights()))
             self._upstream = root  # the dense model is a side branch: it does not feed the sparse stage
-        prune_params = {k: getattr(o, k) for k in PRUNE_KEYS}
+        prune_params = {k: getattr(o, k) for k in PRUNE_KEYS if k != "reconstruct" or o.reconstruct}  # runs from
+        # before reconstruction existed keep their prune stage
         if o.sparse_epochs > 0:
             sparse_params = {**train_common, "epochs": o.sparse_epochs, "sparsity": o.sparsity,
                              "schedule": o.sparsity_schedule, "val_every": o.val_every}
@@ -283,9 +285,10 @@ class Pipeline:
         model, meta = load_model(weights)
         amount = round_amount(o, r, model, original)
         cfg = PruneConfig(**amount, importance=o.importance, min_keep=o.min_keep, round_to=o.round_to,
-                          ignore=tuple(o.ignore), compensate=o.compensate, recalibrate=o.recalibrate, imgsz=o.imgsz)
+                          ignore=tuple(o.ignore), compensate=o.compensate, recalibrate=o.recalibrate,
+                          reconstruct=o.reconstruct, imgsz=o.imgsz)
         data = load_data_yaml(o.data)
-        calib = _calib_loader(data, o) if (o.compensate == "mean" or o.recalibrate) else None
+        calib = _calib_loader(data, o, cfg) if cfg.needs_images else None
         pruned, table = prune_model(model, cfg, calib_loader=calib)
         out_dir = self.run_dir / ("prune" if r == o.rounds else f"prune_r{r}")
         path = save_pruned(out_dir, pruned, meta, table, cfg)
@@ -340,11 +343,10 @@ def round_amount(o: PipelineOptions, r: int, model, original: str) -> dict:
     return {name: min(1.0, goal / now)}
 
 
-def _calib_loader(data, o: PipelineOptions):
-    from yolo.data import create_dataloader
+def _calib_loader(data, o: PipelineOptions, cfg):
+    from prune.cli import calib_loader
 
-    loader, _ = create_dataloader(data.train, o.imgsz, 8, workers=0, shuffle=True, seed=o.seed)
-    return loader
+    return calib_loader(data, o.imgsz, cfg.images_needed, batch_size=8)
 
 
 def _brief(metrics: dict | None) -> dict:

@@ -7,7 +7,7 @@ import warnings
 from torch import nn
 
 from prune.apply import PruneWarning, apply_plan, recalibrate_bn
-from prune.config import PruneConfig, PruneError
+from prune.config import CALIB_NEEDED, PruneConfig, PruneError
 from prune.graph import PruneGraph, build_graph
 from prune.plan import PrunePlan, plan_pruning
 from prune.runs import save_pruned
@@ -20,8 +20,8 @@ def prune_model(
 ) -> tuple[nn.Module, PruneTable]:
     """Plan and apply in one call; returns (pruned copy, prune table). The input model is not changed."""
     config.validate()
-    if (config.compensate == "mean" or config.recalibrate) and calib_loader is None:
-        raise PruneError("compensate='mean' and recalibrate need calibration images (--data / calib_loader)")
+    if config.needs_images and calib_loader is None:
+        raise PruneError(CALIB_NEEDED)
     plan = plan_pruning(graph if graph is not None else model, config)
     for w in plan.warnings:
         warnings.warn(w, PruneWarning, stacklevel=2)

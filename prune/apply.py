@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prune.config import COMPENSATIONS, PruneError
+from prune.config import CALIB_NEEDED, COMPENSATIONS, PruneError
 from prune.graph import one_thread, raw_head
 from prune.plan import PrunePlan
 from yolo.model import de_parallel
@@ -37,14 +37,16 @@ def apply_plan(
     compensate: str | None = None,
     calib_loader=None,
     recalibrate: int | None = None,
+    reconstruct: int | None = None,
 ) -> nn.Module:
     """A pruned copy of `model` (the input is left untouched); train/eval mode and requires_grad are kept."""
     compensate = plan.config.compensate if compensate is None else compensate
     recalibrate = plan.config.recalibrate if recalibrate is None else recalibrate
+    reconstruct = plan.config.reconstruct if reconstruct is None else reconstruct
     if compensate not in COMPENSATIONS:
         raise PruneError(f"compensate {compensate!r} unknown; use one of {', '.join(COMPENSATIONS)}")
-    if (compensate == "mean" or recalibrate) and calib_loader is None:
-        raise PruneError("compensate='mean' and recalibrate need calibration images (--data / calib_loader)")
+    if (compensate == "mean" or recalibrate or reconstruct) and calib_loader is None:
+        raise PruneError(CALIB_NEEDED)
     base = de_parallel(model)
     check_fits(base, plan)
     work = copy.deepcopy(base)
@@ -55,6 +57,11 @@ def apply_plan(
         if compensate != "none":
             compensate_removed(work, plan, compensate, calib_loader)
         slice_model(work, plan)
+    if reconstruct:
+        from prune.reconstruct import reconstruct_consumers
+
+        p = next(work.parameters())
+        reconstruct_consumers(base, work, plan, list(image_batches(calib_loader, reconstruct, p)))
     if recalibrate:
         recalibrate_bn(work, calib_loader, recalibrate)
     work.train(was_training)

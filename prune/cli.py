@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     amount.add_argument("--target-params", type=float, help="fraction of the parameters KEPT, in (0, 1]")
     p.add_argument("--recalibrate", type=int, default=0, metavar="N",
                    help="re-estimate BatchNorm statistics on N training images after slicing (needs --data)")
+    p.add_argument("--reconstruct", type=int, default=0, metavar="N",
+                   help="re-fit the convs that lost inputs by least squares to the unpruned outputs on N training "
+                        "images (needs --data; for checkpoints that were not sparse-trained)")
     p.set_defaults(func=run_prune)
 
     s = sub.add_parser("sweep", help="prune copies at several ratios; report size and (with --data) mAP",
@@ -36,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fractions of channels REMOVED to try (default 0.1 0.2 ... 0.9)")
     s.add_argument("--share", type=float, default=0.9,
                    help="name the largest ratio whose mAP50 stays >= share x the unpruned mAP50 (default 0.9)")
-    s.set_defaults(func=run_sweep, recalibrate=0)
+    s.set_defaults(func=run_sweep, recalibrate=0, reconstruct=0)
 
 
 def _common(p: argparse.ArgumentParser, name: str) -> None:
@@ -69,7 +72,8 @@ def config_from_args(args: argparse.Namespace, imgsz: int) -> PruneConfig:
         ratio=getattr(args, "ratio", None), target_flops=getattr(args, "target_flops", None),
         target_params=getattr(args, "target_params", None), importance=args.importance, min_keep=args.min_keep,
         round_to=args.round_to, ignore=tuple(args.ignore or ()), compensate=args.compensate,
-        recalibrate=int(getattr(args, "recalibrate", 0) or 0), calib_images=args.calib_images,
+        recalibrate=int(getattr(args, "recalibrate", 0) or 0), reconstruct=int(getattr(args, "reconstruct", 0) or 0),
+        calib_images=args.calib_images,
         warn_gamma=args.warn_gamma, imgsz=imgsz,
     )  # fmt: skip
 
@@ -99,12 +103,12 @@ def _load(args: argparse.Namespace):
     return model, meta, imgsz, device
 
 
-def _calib(args, config: PruneConfig, model, need: bool):
-    if not need:
+def _calib(args, config: PruneConfig, model):
+    if not config.needs_images:
         return None
     if not args.data:
-        raise PruneError("--compensate mean and --recalibrate need training images: give --data")
-    n = max(config.calib_images, config.recalibrate)
+        raise PruneError("--compensate mean, --recalibrate and --reconstruct need training images: give --data")
+    n = config.images_needed
     stride = int(max(model.stride.tolist())) if hasattr(model, "stride") else 32
     return calib_loader(args.data, config.imgsz, n, args.batch_size, stride, args.workers)
 
@@ -123,7 +127,7 @@ def run_prune(args: argparse.Namespace) -> dict:
     PruneConfig(ratio=args.ratio, target_flops=args.target_flops, target_params=args.target_params).validate()
     model, meta, imgsz, _ = _load(args)
     config = config_from_args(args, imgsz).validate()
-    calib = _calib(args, config, model, config.compensate == "mean" or config.recalibrate > 0)
+    calib = _calib(args, config, model)
     graph = build_graph(model, config.imgsz, config.ignore)
     plan = plan_pruning(graph, config)
     pruned = apply_plan(model, plan, calib_loader=calib)
@@ -152,7 +156,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
     config = config_from_args(args, imgsz)
     config.ratio = 0.0
     config.validate()
-    calib = _calib(args, config, model, config.compensate == "mean")
+    calib = _calib(args, config, model)
     console = _console()
     res = sweep(model, args.ratios, data=args.data, config=config, share=args.share, calib_loader=calib,
                 log=lambda m: print(m, file=sys.stderr), batch_size=args.batch_size, workers=args.workers,

@@ -20,6 +20,7 @@ COMPENSATIONS = ("beta", "mean", "none")
 DEFAULT_MIN_KEEP = 0.1
 DEFAULT_ROUND_TO = 8
 DEFAULT_WARN_GAMMA = 0.05
+CALIB_NEEDED = "compensate='mean', recalibrate and reconstruct need calibration images (--data / calib_loader)"
 
 
 class PruneError(ValueError):
@@ -41,6 +42,8 @@ class PruneConfig:
     compensate     'beta' (fold act(beta) of removed channels into their consumers), 'mean' (fold their mean
                    input on calibration images), 'none'
     recalibrate    re-estimate BatchNorm statistics over this many training images after slicing (0 = off)
+    reconstruct    re-fit the convs that lost inputs by least squares to the unpruned outputs on this many training
+                   images (0 = off; prune/reconstruct.py): for checkpoints that were not sparse-trained
     calib_images   images used to measure channel means for compensate='mean'
     warn_gamma     warn when a removed channel's |gamma| exceeds this
     imgsz          image size for the FLOPs accounting
@@ -55,6 +58,7 @@ class PruneConfig:
     ignore: tuple[str, ...] = field(default_factory=tuple)
     compensate: str = "beta"
     recalibrate: int = 0
+    reconstruct: int = 0
     calib_images: int = 64
     warn_gamma: float = DEFAULT_WARN_GAMMA
     imgsz: int = 640
@@ -85,12 +89,22 @@ class PruneConfig:
             raise PruneError(f"min_keep {self.min_keep} is negative")
         if int(self.round_to) != self.round_to or self.round_to < 1:
             raise PruneError(f"round_to {self.round_to} must be a positive integer")
-        if self.recalibrate < 0 or self.calib_images < 1:
-            raise PruneError("recalibrate must be >= 0 and calib_images >= 1")
+        if self.recalibrate < 0 or self.reconstruct < 0 or self.calib_images < 1:
+            raise PruneError("recalibrate and reconstruct must be >= 0 and calib_images >= 1")
         if self.imgsz < 32:
             raise PruneError(f"imgsz {self.imgsz} is too small")
         if isinstance(self.ignore, str):
             self.ignore = (self.ignore,)
+
+    @property
+    def needs_images(self) -> bool:
+        """Whether applying this config reads calibration images (mean compensation, reconstruction, BN stats)."""
+        return self.compensate == "mean" or self.recalibrate > 0 or self.reconstruct > 0
+
+    @property
+    def images_needed(self) -> int:
+        """How many calibration images the most demanding of those steps reads."""
+        return max(self.calib_images, self.recalibrate, self.reconstruct)
 
     def amount_items(self) -> list[tuple[str, float | None]]:
         return [("ratio", self.ratio), ("target_flops", self.target_flops), ("target_params", self.target_params)]

@@ -74,7 +74,8 @@ def test_prune_command_writes_run_folder(weights, tmp_path):
 @pytest.mark.parametrize(
     "extra, match",
     [(["--ratio", "1.5"], "outside"), (["--ratio", "0.3", "--ignore", "nothing.*"], "matches no layer"),
-     (["--target-flops", "0.01"], "cannot be met"), (["--ratio", "0.3", "--compensate", "mean"], "--data")],
+     (["--target-flops", "0.01"], "cannot be met"), (["--ratio", "0.3", "--compensate", "mean"], "--data"),
+     (["--ratio", "0.3", "--reconstruct", "8"], "--data")],
 )  # fmt: skip
 def test_prune_command_errors_write_nothing(weights, tmp_path, extra, match):
     args = parse("prune", "--weights", str(weights), "--project", str(tmp_path / "runs"), *extra)

@@ -1,0 +1,81 @@
+"""Least-squares reconstruction: after a one-shot prune of channels that carried real signal, the re-fitted convs
+bring the detector's outputs back much closer to the unpruned model's than constant compensation alone, without
+touching the input model or the convs nothing upstream changed."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from prune import PruneConfig, PruneError, apply_plan, plan_pruning
+from prune.reconstruct import execution_order
+from tests.zoo import ZOO, randomize_bn
+from tests.zoo import single_thread as single_thread  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def images(n_batches: int, seed: int, size: int = 96) -> list[tuple[torch.Tensor]]:
+    """Smooth random images (uint8, like a dataloader's): upsampled noise, so neighbouring pixels correlate."""
+    g = torch.Generator().manual_seed(seed)
+    small = torch.rand(n_batches * 4, 3, size // 8, size // 8, generator=g)
+    big = torch.nn.functional.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
+    return [((big[i * 4 : (i + 1) * 4] * 255).to(torch.uint8),) for i in range(n_batches)]
+
+
+def output_error(ref: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Squared error of the raw Detect maps, relative to how much the reference maps vary over images and cells
+    (each output's constant part, its bias, would otherwise dominate)."""
+    with torch.no_grad():
+        a, b = ref(x)[1], model(x)[1]
+    spread = [((u - u.mean((0, 2, 3), keepdim=True)) ** 2).mean() for u in a]
+    return sum(float(((u - v) ** 2).mean() / s) for u, v, s in zip(a, b, spread)) / len(a)
+
+
+@pytest.fixture(scope="module")
+def case():
+    model = randomize_bn(ZOO["csp_focus_spp"].build(), seed=3).eval()
+    plan = plan_pruning(model, PruneConfig(ratio=0.3, round_to=1, imgsz=96))
+    return model, plan
+
+
+def test_reconstruction_brings_the_outputs_back(case):
+    model, plan = case
+    before = copy.deepcopy(model.state_dict())
+    plain = apply_plan(model, plan)
+    rebuilt = apply_plan(model, plan, reconstruct=24, calib_loader=images(6, seed=0))
+    for k, v in model.state_dict().items():  # the input model is untouched
+        assert torch.equal(v, before[k]), k
+    x = images(2, seed=1)[0][0].float() / 255  # images the fit never saw
+    e_plain, e_rebuilt = output_error(model, plain, x), output_error(model, rebuilt, x)
+    assert e_plain > 0.05  # the cut channels carried signal
+    assert e_rebuilt < 0.5 * e_plain
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in plain.parameters()]  # same architecture
+
+
+def test_convs_with_unchanged_inputs_keep_their_weights(case):
+    model, plan = case
+    plain = apply_plan(model, plan)
+    rebuilt = apply_plan(model, plan, reconstruct=8, calib_loader=images(2, seed=0))
+    convs = [n for n, m in plain.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    first = execution_order(plain, torch.zeros(1, 3, 64, 64), convs)[0]
+    assert torch.equal(plain.get_submodule(first).weight, rebuilt.get_submodule(first).weight)
+    changed = [n for (n, a), b in zip(plain.named_parameters(), rebuilt.parameters()) if not torch.equal(a, b)]
+    assert changed  # and the convs downstream of the cut were re-fitted
+
+
+def test_execution_order_puts_a_c3_output_conv_after_its_bottlenecks():
+    model = ZOO["yolov5n"].build().eval()
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    order = execution_order(model, torch.zeros(1, 3, 64, 64), names)
+    assert sorted(order) == sorted(names)
+    c3 = next(n.rsplit(".cv3", 1)[0] for n in names if n.endswith(".cv3.conv"))
+    assert order.index(f"{c3}.cv3.conv") > max(order.index(n) for n in names if n.startswith(f"{c3}.m."))
+
+
+def test_reconstruction_needs_images(case):
+    model, plan = case
+    with pytest.raises(PruneError, match="reconstruct"):
+        apply_plan(model, plan, reconstruct=8)
