@@ -4,8 +4,9 @@
    the channels whose coupled |gamma| is below 1e-2 are removed (one global threshold), FLOPs and mAP50 before
    and after, no fine-tuning. Issue target: >= 40% of the FLOPs removed, mAP50 moved by <= 1 point.
 2. official yolov5n.pt on coco128 val at 640 (needs ../shared): mAP50-95 vs FLOPs kept for ratios 0.05..0.5,
-   with `beta` compensation (default) and without (`none`), beside Torch-Pruning's published recipe
-   (REFERENCE.md: 0.000 at every ratio).
+   with `beta` compensation (default), without (`none`), with BatchNorm re-calibration and with the least-squares
+   re-fit of the convs downstream of the cut (`--reconstruct`; both on 64 coco128 train images at 640), beside
+   Torch-Pruning's published recipe (REFERENCE.md: 0.000 at every ratio).
 
     python bench/prune_quality.py [--sparse-weights runs/demo/exp/sparse/weights/final.pt --demo-data DIR]
 """
@@ -23,6 +24,7 @@ import torch
 from common import REPO, SHARED, write_result
 
 from prune import PruneConfig, build_graph, prune_model
+from prune.cli import calib_loader
 from prune.importance import group_scores
 from prune.sweep import sweep
 from yolo.checkpoint import load_model
@@ -30,6 +32,9 @@ from yolo.flops import count_gflops
 from yolo.val import evaluate
 
 RATIOS = (0.05, 0.1, 0.2, 0.3, 0.5)
+CALIB_IMAGES = 64  # coco128 train images at 640 for BN re-calibration and the least-squares re-fit
+VARIANTS = (("beta", {}), ("none", {}), ("beta", {"recalibrate": CALIB_IMAGES}),
+            ("beta", {"reconstruct": CALIB_IMAGES}))  # fmt: skip
 
 
 def sparse_demo_model(tmp: Path) -> tuple[Path, Path]:
@@ -58,10 +63,13 @@ def official_sweep() -> list[dict]:
     model, _ = load_model(SHARED / "weights" / "yolov5n.pt")
     data = SHARED / "datasets" / "coco128" / "coco128.yaml"
     rows = []
-    for comp in ("beta", "none"):
-        res = sweep(model, ratios=RATIOS, data=data, config=PruneConfig(ratio=0.0, imgsz=640, compensate=comp),
-                    batch_size=16)
-        rows += [{"compensate": comp, "ratio": r.ratio, "flops_kept": r.flops_kept, "params_kept": r.params_kept,
+    calib = calib_loader(data, 640, CALIB_IMAGES, batch_size=8)
+    for comp, extra in VARIANTS:
+        config = PruneConfig(ratio=0.0, imgsz=640, compensate=comp, **extra)
+        res = sweep(model, ratios=RATIOS, data=data, config=config, batch_size=16,
+                    calib_loader=calib if config.needs_images else None)
+        label = comp + "".join(f" + {k} {v}" for k, v in extra.items())
+        rows += [{"compensate": label, "ratio": r.ratio, "flops_kept": r.flops_kept, "params_kept": r.params_kept,
                   "map": r.map, "map50": r.map50, "max_removed_gamma": r.max_removed_gamma} for r in res.rows]
         base = res.baseline
     return [{"compensate": "-", "ratio": 0.0, "flops_kept": 1.0, "params_kept": 1.0, "map": base.get("map"),

@@ -97,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--fade-sparsity", type=float, default=2.5,
                     help="L1 rate of the fade stage (default 2.5: at lr0 5e-4 with SGD momentum 0.937 this moves a "
                          "gamma ~1.0 over the first 60%% of 15 coco128 epochs)")
+    ap.add_argument("--reconstruct", type=int, default=64, metavar="N",
+                    help="pruned runs: least-squares re-fit of the convs downstream of the cut on N coco128 train "
+                         "images at --imgsz (prune --reconstruct; default 64, 0 = beta compensation only)")
     ap.add_argument("--distill-weight", type=float, default=None, help="hyp distill for the teacher runs")
     ap.add_argument("--val-every", type=int, default=1, help="score every N epochs (best epoch needs scores)")
     ap.add_argument("--device", default="", help="cpu, 0, ... (default: first GPU, else CPU)")
@@ -142,10 +145,10 @@ def describe_start(args: argparse.Namespace, model: torch.nn.Module, base: torch
 
 def prepared_model(args: argparse.Namespace, name: str, keep: float | None, weights: Path, data: Path) -> dict:
     """The run's starting checkpoint (pruned once per FLOPs target, shared by the teacher / no-teacher runs)."""
-    from prune import PruneConfig, prune_model, save_pruned
+    from prune import save_pruned
     from yolo.checkpoint import load_model
 
-    tag = f"{'unpruned' if keep is None else f'keep{round(keep * 100)}'}_{args.imgsz}"
+    tag = f"{'unpruned' if keep is None else f'keep{round(keep * 100)}'}_{args.imgsz}_rec{args.reconstruct}"
     info_path = args.project / "start" / tag / "start.json"
     if info_path.is_file() and not args.force:
         return json.loads(info_path.read_text())
@@ -153,7 +156,7 @@ def prepared_model(args: argparse.Namespace, name: str, keep: float | None, weig
     if keep is None:
         model, path = base, weights
     else:
-        model, table = prune_model(base, PruneConfig(target_flops=keep, imgsz=args.imgsz))
+        model, table = cut(args, base, keep, data)
         path = save_pruned(info_path.parent, model, meta, table, weights=weights)
     info = describe_start(args, model, base, path, data)
     info_path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,12 +164,22 @@ def prepared_model(args: argparse.Namespace, name: str, keep: float | None, weig
     return info
 
 
+def cut(args: argparse.Namespace, model: torch.nn.Module, keep: float, data: Path):
+    """Prune to keep this share of the FLOPs (slim importance, beta compensation, then the least-squares re-fit)."""
+    from prune import PruneConfig, prune_model
+    from prune.cli import calib_loader
+
+    config = PruneConfig(target_flops=keep, imgsz=args.imgsz, reconstruct=args.reconstruct)
+    loader = calib_loader(data, args.imgsz, args.reconstruct, batch_size=8) if args.reconstruct else None
+    return prune_model(model, config, calib_loader=loader)
+
+
 def faded_model(
     args: argparse.Namespace, name: str, keep: float, teacher: Path | None, weights: Path, data: Path, fresh: bool
 ) -> dict:
     """Gradual pruning: train yolov5n with the L1 penalty on the channels the FLOPs target removes (re-chosen every
     epoch), so they fade while the rest takes over their work; then cut them (prune at the same target)."""
-    from prune import PruneConfig, prune_model, save_pruned
+    from prune import save_pruned
     from yolo.checkpoint import load_model
 
     info_path = args.project / f"{name}_fade" / "start.json"
@@ -177,7 +190,7 @@ def faded_model(
                     minutes=args.fade_minutes, epochs=args.fade_epochs, sparsity=sparsity)
     faded, meta = load_model(fade["final"])
     base, _ = load_model(weights)
-    model, table = prune_model(faded, PruneConfig(target_flops=keep, imgsz=args.imgsz))
+    model, table = cut(args, faded, keep, data)
     path = save_pruned(info_path.parent / "pruned", model, meta, table, weights=fade["final"])
     info = describe_start(args, model, base, path, data)
     info["fade"] = {k: fade[k] for k in ("epochs", "optimizer_steps", "minutes", "best", "last")}
@@ -262,6 +275,7 @@ RECIPE_KEYS = (
     "fade_epochs",
     "fade_minutes",
     "fade_sparsity",
+    "reconstruct",
     "seed",
     "val_every",
 )
