@@ -13,6 +13,7 @@ and `--distill-weight` are part of the fine-tune stage's key, so changing them r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -355,14 +356,18 @@ def _brief(metrics: dict | None) -> dict:
 
 
 def _file_id(path: str | None) -> str | None:
-    """A file's identity for stage keys: path, size and modification time (cheap, catches replacements)."""
+    """A file's identity for stage keys: path, size and a hash of its bytes. Not the modification time: copying,
+    re-mounting or touching a dataset must not redo an hour of training, while any edit of the bytes does."""
     if not path:
         return None
     p = Path(path)
     if not p.is_file():
         return str(path)
-    st = p.stat()
-    return f"{p.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+    digest = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{p.resolve()}:{p.stat().st_size}:{digest.hexdigest()[:16]}"
 
 
 def _save_json(path: Path, obj: Any) -> None:

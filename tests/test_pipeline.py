@@ -191,3 +191,17 @@ def stubbed_pipeline(tmp_path: Path, monkeypatch) -> tuple[Callable[..., list[st
         return logs
 
     return run, calls
+
+
+def test_a_touched_input_keeps_its_stages_and_an_edited_one_does_not(tmp_path):
+    import os
+
+    from pipeline.run import _file_id
+
+    f = tmp_path / "data.yaml"
+    f.write_text("nc: 2\n")
+    before = _file_id(str(f))
+    os.utime(f, (1_000_000_000, 1_000_000_000))  # copied / re-mounted / touched: same bytes
+    assert _file_id(str(f)) == before
+    f.write_text("nc: 3\n")  # same size, other bytes
+    assert _file_id(str(f)) != before
