@@ -182,6 +182,7 @@ def _warnings(table: PruneTable, c: PruneConfig) -> list[str]:
         return [
             f"this plan removes channels whose BatchNorm |gamma| is far from zero (up to {worst:.3g} > warn_gamma "
             f"{c.warn_gamma:g}, in {n} layers): they carry real signal, so expect a clear mAP drop. Sparse-train "
-            f"first (the sparsity stage, BN L1 penalty) until gammas collapse, and fine-tune after pruning."
+            f"first (the sparsity stage, BN L1 penalty) until gammas collapse, and fine-tune after pruning"
+            + ("." if c.reconstruct else "; --reconstruct N re-fits the layers after the cut to win part of it back.")
         ]
     return []
