@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--sparse-weights", default=None)
     ap.add_argument("--demo-data", default=None)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(min(2, torch.get_num_threads()))  # OMP_NUM_THREADS=1 beside another job
     with tempfile.TemporaryDirectory() as tmp:
         if args.sparse_weights:
             weights, data = Path(args.sparse_weights), Path(args.demo_data)
