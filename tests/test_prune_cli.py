@@ -138,3 +138,17 @@ def test_sweep_with_synthetic_data(tmp_path):
     res = sweep(model, [0.2, 0.5], data=data, config=PruneConfig(imgsz=64), batch_size=8, workers=0)
     assert res.baseline["map50"] >= 0 and all(r.map50 is not None for r in res.rows)
     res.plot(tmp_path / "s.png")
+
+
+def test_prune_command_reconstructs_on_training_images(weights, tmp_path):
+    from yolo.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "d", n_train=6, n_val=2, img_size=64, seed=0)
+    common = ["prune", "--weights", str(weights), "--ratio", "0.3", "--imgsz", "64", "--project", str(tmp_path)]
+    plain = prune_cli.run_prune(parse(*common, "--name", "plain"))
+    refit = prune_cli.run_prune(parse(*common, "--name", "refit", "--reconstruct", "6", "--data", str(data)))
+    a, b = load_model(plain["weights"])[0], load_model(refit["weights"])[0]
+    assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]  # same architecture
+    assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))  # other weights
+    saved = json.loads((tmp_path / "refit" / "prune_table.json").read_text())
+    assert saved["config"]["reconstruct"] == 6
