@@ -11,9 +11,13 @@ Pruned runs prune gradually by default (--fade-epochs): yolov5n first trains wit
 penalty only on the channels the FLOPs target would cut (re-chosen every epoch, sparsity/targeted.py), so they
 fade while the rest of the network takes over; then the cut (nearly free by then) and fine-tuning, all inside the
 run's --minutes. --fade-epochs 0 is the one-shot prune of yolov5n.pt (which scores ~0 before fine-tuning).
-First evidence (p70t, interrupted): at lr0 5e-4 the default rate 2.5 brought the cut set's largest gamma from
-0.71 to 0.03 within 9 epochs, but mAP50-95 fell to ~0.01 from epoch 5 on, teacher or not: tune the rate (ramp)
-before trusting the default.
+First evidence (hand-run probes, lr0 5e-4, teacher on, 0.7x FLOPs): the default fade rate 2.5 brought the cut
+set's largest gamma from 0.71 to 0.03 within 9 epochs, but mAP50-95 fell to ~0.01 from epoch 5 on; rate 0.5 moved
+it only 0.70 -> 0.64 in 4 epochs and mAP50-95 still fell 0.346 -> 0.279. One-shot with beta compensation stayed
+<= 0.001 for 6 epochs; one-shot with the least-squares re-fit (--reconstruct 64) started at 0.030 and hovered at
+0.02-0.04 for 6 epochs. At this LR and 8 steps an epoch, training cannot rebuild a 30% cut; the re-fit alone keeps
+0.259 at 0.93x and 0.180 at 0.86x (bench/prune_quality.py), which points at iterative small cuts, each re-fitted,
+with a few distilled epochs between them (not written yet).
 
 Runs: unpruned, p70, p70t, p50, p50t (t = with the teacher). Each gets --epochs (the LR schedule length) and at
 most --minutes of training: with --fit (default) the epoch count is lowered, after each epoch, to what fits the
