@@ -87,52 +87,9 @@ def reconstruct_consumers(
         for name in execution_order(pruned, batches[0][:1], names):
             if _refit(original, pruned, plan, name, batches, rows, ridge, gen):
                 fitted.append(name)
-        if fitted:
-            align_bn_statistics(pruned, batches)
     finally:
         original.train(modes[0]), pruned.train(modes[1])
     return fitted
-
-
-def align_bn_statistics(model: nn.Module, batches: list[torch.Tensor]) -> None:
-    """Give every BatchNorm the running statistics its input really has on these images, and rescale its weight
-    and bias so that its eval-mode output does not change.
-
-    A re-fitted conv reproduces the unpruned output in eval mode, where its BatchNorm divides by the unpruned
-    model's running variance; its own output varies less (a least-squares fit explains only part of the target's
-    variance). Training normalises by batch statistics instead, so without this the first fine-tuning steps would
-    see (and pull the running statistics towards) another function than the one that was fitted.
-    gamma' = gamma s'/s, beta' = beta + gamma (m' - m)/s keeps gamma (x - m)/s + beta for s = sqrt(var + eps).
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.affine and m.track_running_stats]
-    sums: dict[nn.Module, list[torch.Tensor]] = {}
-
-    def hook(mod, args):
-        x = args[0].detach().double()
-        s = [x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), torch.tensor(x.numel() / x.shape[1], dtype=torch.float64)]
-        sums[mod] = s if mod not in sums else [a + b for a, b in zip(sums[mod], s)]
-
-    hooks = [bn.register_forward_pre_hook(hook) for bn in bns]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), raw_head(model):
-            for x in batches:
-                model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    for bn, (s1, s2, n) in sums.items():
-        mean = s1 / n
-        var = (s2 / n - mean * mean).clamp_min(0)
-        old_std = (bn.running_var.double() + bn.eps).sqrt()
-        new_std = (var + bn.eps).sqrt()
-        gamma = bn.weight.detach().double()
-        bn.bias.data += (gamma * (mean - bn.running_mean.double()) / old_std).to(bn.bias)
-        bn.weight.data.copy_((gamma * new_std / old_std).to(bn.weight))
-        bn.running_mean.data.copy_(mean.to(bn.running_mean))
-        bn.running_var.data.copy_(var.to(bn.running_var))
 
 
 def _refit(original, pruned, plan, name, batches, rows, ridge, gen) -> bool:
