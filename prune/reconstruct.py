@@ -7,7 +7,9 @@ and one-shot pruning of it scores ~0 mAP before fine-tuning. Channel pruning wit
 conv to recover what it used to compute from the inputs it has left: on calibration images, its new weights are
 the ridge least-squares fit of the unpruned model's conv output (the kept output channels, before BatchNorm) on
 the pruned model's own input patches. Convs are fitted in execution order, each on the inputs produced by the
-already fitted layers before it, so the errors upstream are corrected rather than compounded. A fitted intercept
+already fitted layers before it, so the errors upstream are corrected rather than compounded; that includes convs
+that lost no input but read changed ones (Detect's convs: on yolov5n at 0.7x FLOPs, re-fitting them took the P3
+output error from 130% to 17% of its variance). Convs whose inputs are unchanged are left alone. A fitted intercept
 goes to the conv's bias, or to the running mean of the BatchNorm right after it.
 
 Cost: one truncated forward of both models per fitted conv over the calibration images, and a (k*k*c_in + 1)^2
@@ -29,13 +31,6 @@ from prune.plan import PrunePlan
 
 class _Reached(Exception):
     """Raised from a hook to stop a forward pass once the layer of interest has run."""
-
-
-def consumer_convs(plan: PrunePlan) -> set[str]:
-    """Names of the dense convs whose input channels the plan removes (the ones reconstruction re-fits)."""
-    from prune.apply import removals
-
-    return {name for (name, kind), _ in removals(plan).items() if kind == "in"}
 
 
 def kept_outputs(plan: PrunePlan, name: str, n_out: int) -> torch.Tensor:
@@ -72,7 +67,8 @@ def reconstruct_consumers(
     ridge: float = 1e-3,
     seed: int = 0,
 ) -> list[str]:
-    """Re-fit (in place) every dense conv of `pruned` whose inputs were cut; returns the fitted conv names.
+    """Re-fit (in place) every dense conv of `pruned` whose inputs differ from the unpruned model's (it lost input
+    channels, or something upstream changed); returns the fitted conv names.
 
     `original` is the unpruned model the plan was made for (left unchanged), `batches` float images in [0, 1].
     """
