@@ -188,8 +188,7 @@ class Pipeline:
             dense = self._stage("dense", {**train_common, "epochs": o.dense_epochs},
                                 lambda r: self._train("dense", r, epochs=o.dense_epochs, **self._start_weights()))
             self._upstream = root  # the dense model is a side branch: it does not feed the sparse stage
-        prune_params = {k: getattr(o, k) for k in PRUNE_KEYS if k != "reconstruct" or o.reconstruct}  # runs from
-        # before reconstruction existed keep their prune stage
+        prune_params = {k: getattr(o, k) for k in PRUNE_KEYS}
         if o.sparse_epochs > 0:
             sparse_params = {**train_common, "epochs": o.sparse_epochs, "sparsity": o.sparsity,
                              "schedule": o.sparsity_schedule, "val_every": o.val_every}

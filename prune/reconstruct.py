@@ -95,7 +95,7 @@ def _refit(original, pruned, plan, name, batches, rows, ridge, gen) -> bool:
     xtx, xty, yty = _normal_equations(original, pruned, conv_o, conv_p, keep, batches, rows, gen)
     if _sq_error(_current_solution(conv_p), xtx, xty, yty) <= 1e-6 * yty.clamp_min(1e-12):
         return False
-    bn_o, bn_p = _bn_after(original, name, conv_o), _bn_after(pruned, name, conv_p)
+    bn_o, bn_p = _own_bn(original, plan, name, conv_o), _own_bn(pruned, plan, name, conv_p)
     intercept = conv_p.bias is not None or (bn_o is not None and bn_p is not None)
     if not intercept:  # nowhere to put one
         xtx, xty = xtx[:-1, :-1], xty[:-1]
@@ -183,10 +183,10 @@ def _set_weights(conv: nn.Conv2d, sol: torch.Tensor) -> None:
         conv.bias.data.copy_(sol[n_w].to(conv.bias))
 
 
-def _bn_after(model: nn.Module, name: str, conv: nn.Conv2d) -> nn.BatchNorm2d | None:
-    """The BatchNorm of the YOLOv5 Conv block holding `conv` (parent.bn), when it normalises exactly its outputs."""
-    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else None
-    bn = getattr(parent, "bn", None)
-    if isinstance(bn, nn.BatchNorm2d) and bn.num_features == conv.out_channels:
-        return bn
-    return None
+def _own_bn(model: nn.Module, plan: PrunePlan, name: str, conv: nn.Conv2d) -> nn.BatchNorm2d | None:
+    """The BatchNorm right after `conv` (the plan's shift sink for it), when it normalises exactly its outputs."""
+    sink = plan.sinks.get(name)
+    if sink is None or sink.kind != "bn" or sink.offset != 0:
+        return None
+    bn = model.get_submodule(sink.name)
+    return bn if bn.num_features == conv.out_channels else None
