@@ -12,8 +12,10 @@ that lost no input but read changed ones (Detect's convs: on yolov5n at 0.7x FLO
 output error from 130% to 17% of its variance). Convs whose inputs are unchanged are left alone. A fitted intercept
 goes to the conv's bias, or to the running mean of the BatchNorm right after it.
 
-Cost: one truncated forward of both models per fitted conv over the calibration images, and a (k*k*c_in + 1)^2
-normal-equation solve per conv; rows (patch positions) are sampled to at most `rows` per conv.
+Cost: one forward of the unpruned model over the calibration images (each conv's output kept at sampled positions
+only, at most `rows` per conv), then, layer by layer, the pruned layer's forward from the cached outputs of the
+layers before it (once per conv it holds, stopped at that conv), and a (k*k*c_in + 1)^2 normal-equation solve per
+conv. Patches are gathered at the sampled positions only.
 """
 
 from __future__ import annotations
@@ -66,11 +68,14 @@ def reconstruct_consumers(
     rows: int = 40_000,
     ridge: float = 1e-3,
     seed: int = 0,
+    layered: bool = True,
 ) -> list[str]:
     """Re-fit (in place) every dense conv of `pruned` whose inputs differ from the unpruned model's (it lost input
     channels, or something upstream changed); returns the fitted conv names.
 
     `original` is the unpruned model the plan was made for (left unchanged), `batches` float images in [0, 1].
+    `layered=False` runs the whole model up to each conv instead of one layer from cached layer outputs (same fit,
+    slower; the path for models that are not a YOLOv5 layer list).
     """
     if not batches:
         return []
@@ -80,19 +85,124 @@ def reconstruct_consumers(
     names = [n for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
     fitted = []
     try:
-        for name in execution_order(pruned, batches[0][:1], names):
-            if _refit(original, pruned, plan, name, batches, rows, ridge, gen):
-                fitted.append(name)
+        order = execution_order(pruned, batches[0][:1], names)
+        per_image = max(1, math.ceil(rows / sum(b.shape[0] for b in batches)))
+        targets = _sampled_targets(original, plan, order, batches, per_image, gen)
+        fast = layered and _LayerRunner.fits(pruned)
+        runner = _LayerRunner(pruned, batches) if fast else _WholeModel(pruned, batches)
+        for stage, convs in runner.stages(order):
+            for name in convs:
+                if _refit(original, pruned, plan, name, runner, stage, targets[name], ridge):
+                    fitted.append(name)
+            runner.advance(stage)
     finally:
         original.train(modes[0]), pruned.train(modes[1])
     return fitted
 
 
-def _refit(original, pruned, plan, name, batches, rows, ridge, gen) -> bool:
+class _Target:
+    """One conv's fit target on one batch: the sampled output positions and the unpruned outputs there."""
+
+    def __init__(self, pick: torch.Tensor, out_hw: tuple[int, int], ys: torch.Tensor):
+        self.pick, self.out_hw, self.ys = pick, out_hw, ys  # ys: (rows, kept channels), float32
+
+
+def _sampled_targets(original, plan, order, batches, per_image, gen) -> dict[str, list[_Target]]:
+    """One forward of the unpruned model per batch, keeping each conv's output (kept channels) at sampled positions.
+
+    Positions are drawn per conv and batch, shared by the batch's images, in execution order (deterministic)."""
+    targets: dict[str, list[_Target]] = {n: [] for n in order}
+    hooks = []
+    for name in order:
+        conv = original.get_submodule(name)
+        keep = kept_outputs(plan, name, conv.out_channels)
+
+        def post(mod, args, out, name=name, keep=keep):
+            n_pos = out.shape[-2] * out.shape[-1]
+            pick = torch.randperm(n_pos, generator=gen)[: min(per_image, n_pos)]
+            ys = out.detach()[:, keep.to(out.device)].flatten(2)[:, :, pick.to(out.device)]
+            targets[name].append(_Target(pick, tuple(out.shape[-2:]), ys.permute(0, 2, 1).reshape(-1, len(keep))))
+
+        hooks.append(conv.register_forward_hook(post))
+    try:
+        with torch.no_grad(), raw_head(original):
+            for x in batches:
+                original(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return targets
+
+
+class _WholeModel:
+    """Runs the whole model from the images up to a conv: one stage holding every conv."""
+
+    def __init__(self, model: nn.Module, batches: list[torch.Tensor]):
+        self.model, self.batches = model, batches
+
+    def stages(self, order: list[str]):
+        yield 0, order
+
+    def conv_input(self, stage: int, b: int, conv: nn.Conv2d) -> torch.Tensor:
+        return _capture(self.model, conv, self.batches[b])
+
+    def advance(self, stage: int) -> None:
+        pass
+
+
+class _LayerRunner:
+    """A YOLOv5 layer list (`model.model`, each layer with its `.f` sources) run one layer at a time, every layer's
+    outputs over the calibration batches cached until the last layer that reads them: a conv's input then costs one
+    layer's forward, not the whole network's up to it."""
+
+    def __init__(self, model: nn.Module, batches: list[torch.Tensor]):
+        self.model, self.layers, self.batches = model, list(model.model), batches
+        self.outputs: dict[int, list] = {}
+        self.last_use = {}
+        for k, layer in enumerate(self.layers):
+            for j in self._sources(k, layer):
+                self.last_use[j] = k
+
+    @staticmethod
+    def fits(model: nn.Module) -> bool:
+        layers = getattr(model, "model", None)
+        return isinstance(layers, (nn.Sequential, nn.ModuleList)) and all(hasattr(m, "f") for m in layers)
+
+    @staticmethod
+    def _sources(k: int, layer: nn.Module) -> list[int]:
+        f = layer.f if isinstance(layer.f, (list, tuple)) else [layer.f]
+        return [k - 1 if j == -1 else (j if j >= 0 else k + j) for j in f]
+
+    def stages(self, order: list[str]):
+        where = {id(m): k for k, layer in enumerate(self.layers) for m in layer.modules()}
+        by_layer: dict[int, list[str]] = {}
+        for name in order:
+            by_layer.setdefault(where[id(self.model.get_submodule(name))], []).append(name)
+        for k in range(len(self.layers)):
+            yield k, by_layer.get(k, [])
+
+    def _input(self, k: int, b: int):
+        layer = self.layers[k]
+        if k == 0:
+            return self.batches[b]
+        src = [self.outputs[j][b] for j in self._sources(k, layer)]
+        return src if isinstance(layer.f, (list, tuple)) else src[0]
+
+    def conv_input(self, stage: int, b: int, conv: nn.Conv2d) -> torch.Tensor:
+        return _capture(self.layers[stage], conv, self._input(stage, b), head=self.model)
+
+    def advance(self, stage: int) -> None:
+        with torch.no_grad(), raw_head(self.model):
+            self.outputs[stage] = [self.layers[stage](self._input(stage, b)) for b in range(len(self.batches))]
+        for j in [j for j in self.outputs if self.last_use.get(j, -1) <= stage]:
+            del self.outputs[j]
+
+
+def _refit(original, pruned, plan, name, runner, stage, targets, ridge) -> bool:
     """Fit one conv; False when its inputs turn out unchanged (nothing upstream was cut), so it is already exact."""
     conv_o, conv_p = original.get_submodule(name), pruned.get_submodule(name)
     keep = kept_outputs(plan, name, conv_o.out_channels)
-    xtx, xty, yty = _normal_equations(original, pruned, conv_o, conv_p, keep, batches, rows, gen)
+    xtx, xty, yty = _normal_equations(conv_p, runner, stage, targets)
     if _sq_error(_current_solution(conv_p), xtx, xty, yty) <= 1e-6 * yty.clamp_min(1e-12):
         return False
     bn_o, bn_p = _own_bn(original, plan, name, conv_o), _own_bn(pruned, plan, name, conv_p)
@@ -109,22 +219,17 @@ def _refit(original, pruned, plan, name, batches, rows, ridge, gen) -> bool:
     return True
 
 
-def _normal_equations(original, pruned, conv_o, conv_p, keep, batches, rows, gen):
-    """X^T X and X^T Y over sampled patch positions: X the pruned conv's input patches (plus a ones column), Y the
+def _normal_equations(conv, runner, stage, targets: list[_Target]):
+    """X^T X and X^T Y over the sampled positions: X the pruned conv's input patches (plus a ones column), Y the
     unpruned conv's output at the kept channels."""
-    d = conv_p.in_channels * conv_p.kernel_size[0] * conv_p.kernel_size[1] + 1
+    d = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] + 1
+    n_out = targets[0].ys.shape[1]
     xtx = torch.zeros(d, d, dtype=torch.float64)
-    xty = torch.zeros(d, len(keep), dtype=torch.float64)
+    xty = torch.zeros(d, n_out, dtype=torch.float64)
     yty = torch.zeros((), dtype=torch.float64)
-    per_image = max(1, math.ceil(rows / sum(b.shape[0] for b in batches)))
-    for x in batches:
-        inp = _capture(pruned, conv_p, x, "input")
-        out = _capture(original, conv_o, x, "output")[:, keep.to(x.device)]
-        cols = F.unfold(inp, conv_p.kernel_size, conv_p.dilation, conv_p.padding, conv_p.stride)  # (B, D-1, L)
-        b, _, n_pos = cols.shape
-        pick = torch.randperm(n_pos, generator=gen)[: min(per_image, n_pos)].to(x.device)
-        xs = cols[:, :, pick].permute(0, 2, 1).reshape(-1, d - 1).double().cpu()
-        ys = out.flatten(2)[:, :, pick].permute(0, 2, 1).reshape(-1, len(keep)).double().cpu()
+    for b, t in enumerate(targets):
+        xs = _patches(runner.conv_input(stage, b, conv), conv, t.pick, t.out_hw).double().cpu()
+        ys = t.ys.double().cpu()
         xs = torch.cat((xs, torch.ones(xs.shape[0], 1, dtype=xs.dtype)), 1)
         xtx += xs.T @ xs
         xty += xs.T @ ys
@@ -132,21 +237,36 @@ def _normal_equations(original, pruned, conv_o, conv_p, keep, batches, rows, gen
     return xtx, xty, yty
 
 
-def _capture(model: nn.Module, conv: nn.Conv2d, x: torch.Tensor, what: str) -> torch.Tensor:
-    """The input (or output) of `conv` for images x, running `model` only as far as that conv."""
+def _patches(x: torch.Tensor, conv: nn.Conv2d, pick: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """The conv's input patches at the picked output positions, (images * positions, c_in * kh * kw), in the
+    layout of `conv.weight.reshape(c_out, -1)`; gathered directly instead of unfolding the whole map."""
+    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+        raise ValueError(f"reconstruct: conv padding {conv.padding!r} / {conv.padding_mode!r} is not supported")
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    xp = F.pad(x, (pw, pw, ph, ph))
+    wp = xp.shape[-1]
+    pick = pick.to(x.device)
+    oy, ox = pick // out_hw[1], pick % out_hw[1]
+    ky = (torch.arange(kh, device=x.device) * dh).repeat_interleave(kw)
+    kx = (torch.arange(kw, device=x.device) * dw).repeat(kh)
+    idx = (oy[None] * sh + ky[:, None]) * wp + (ox[None] * sw + kx[:, None])  # (kh * kw, n)
+    b, c = xp.shape[:2]
+    g = xp.flatten(2)[:, :, idx.flatten()].view(b, c, kh * kw, -1)
+    return g.permute(0, 3, 1, 2).reshape(-1, c * kh * kw)
+
+
+def _capture(model: nn.Module, conv: nn.Conv2d, x, head: nn.Module | None = None) -> torch.Tensor:
+    """The input of `conv` for input x, running `model` (a whole detector, or one of its layers) only as far as
+    that conv; `head` is the model whose Detect must return raw maps (default `model`)."""
     got = {}
 
     def pre(mod, args):
         got["t"] = args[0].detach()
         raise _Reached
 
-    def post(mod, args, out):
-        got["t"] = out.detach()
-        raise _Reached
-
-    h = conv.register_forward_pre_hook(pre) if what == "input" else conv.register_forward_hook(post)
+    h = conv.register_forward_pre_hook(pre)
     try:
-        with torch.no_grad(), raw_head(model):
+        with torch.no_grad(), raw_head(model if head is None else head):
             model(x)
     except _Reached:
         pass

@@ -80,3 +80,31 @@ def test_reconstruction_needs_images(case):
     with pytest.raises(PruneError, match="reconstruct"):
         apply_plan(model, plan, reconstruct=8)
 
+
+
+def test_layer_by_layer_fit_equals_the_whole_model_fit(case):
+    """The cached layer-by-layer runner is a speed-up only: the same convs get the same weights as running the
+    whole model up to each conv."""
+    from prune.apply import apply_plan as slice_only
+    from prune.reconstruct import reconstruct_consumers
+
+    model, plan = case
+    x = [b[0].float() / 255 for b in images(3, seed=0)]
+    fast, slow = slice_only(model, plan), slice_only(model, plan)
+    names_fast = reconstruct_consumers(model, fast, plan, x, rows=600)
+    names_slow = reconstruct_consumers(model, slow, plan, x, rows=600, layered=False)
+    assert names_fast == names_slow and names_fast
+    for (n, a), b in zip(fast.state_dict().items(), slow.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), n
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [(1, 1, 0, 1), (3, 1, 1, 1), (3, 2, 1, 1), (3, 1, 2, 2)])
+def test_patches_at_picked_positions_match_unfold(kernel, stride, padding, dilation):
+    from prune.reconstruct import _patches
+
+    conv = torch.nn.Conv2d(5, 4, kernel, stride, padding, dilation)
+    x = torch.randn(2, 5, 11, 9)
+    out_hw = conv(x).shape[-2:]
+    pick = torch.tensor([0, 3, out_hw[0] * out_hw[1] - 1, 7])
+    cols = torch.nn.functional.unfold(x, kernel, dilation, padding, stride)[:, :, pick]  # (B, D, n)
+    assert torch.equal(_patches(x, conv, pick, tuple(out_hw)), cols.permute(0, 2, 1).reshape(-1, cols.shape[1]))
