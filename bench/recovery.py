@@ -1,23 +1,26 @@
 """Recovery after pruning (issue #8): does the unpruned model as teacher win back more than the labels alone?
 
 The official yolov5n.pt is pruned to keep about 70% and about 50% of its FLOPs (slim importance, beta
-compensation, FLOPs target at --imgsz), then each is fine-tuned on coco128 train with the same recipe and budget,
-without and with knowledge distillation from the unpruned yolov5n (finetune.py --teacher), beside the unpruned
-model fine-tuned the same way. Everything is scored on coco128 val with pycocotools (yolo.val.evaluate), before
-fine-tuning and after it (best epoch and last epoch). coco128's val images are its train images: the figures
-measure how much of the model's behaviour comes back, not generalisation.
+compensation and the least-squares re-fit, FLOPs target at --imgsz), then each is fine-tuned on coco128 train with
+the same recipe and budget, without and with knowledge distillation from the unpruned yolov5n (finetune.py
+--teacher), beside the unpruned model fine-tuned the same way. Everything is scored on coco128 val with pycocotools (yolo.val.evaluate), before
+fine-tuning and after it (best epoch and last epoch). The val split here is the first 128 COCO val2017 images,
+none of them among the 128 train images: the figures measure generalisation from 128 images, with the unpruned
+model's own knowledge as what can be won back.
 
-Pruned runs prune gradually by default (--fade-epochs): yolov5n first trains with targeted sparsity, the BN-L1
-penalty only on the channels the FLOPs target would cut (re-chosen every epoch, sparsity/targeted.py), so they
-fade while the rest of the network takes over; then the cut (nearly free by then) and fine-tuning, all inside the
-run's --minutes. --fade-epochs 0 is the one-shot prune of yolov5n.pt (which scores ~0 before fine-tuning).
-First evidence (hand-run probes, lr0 5e-4, teacher on, 0.7x FLOPs): the default fade rate 2.5 brought the cut
-set's largest gamma from 0.71 to 0.03 within 9 epochs, but mAP50-95 fell to ~0.01 from epoch 5 on; rate 0.5 moved
-it only 0.70 -> 0.64 in 4 epochs and mAP50-95 still fell 0.346 -> 0.279. One-shot with beta compensation stayed
-<= 0.001 for 6 epochs; one-shot with the least-squares re-fit (--reconstruct 64) started at 0.030 and hovered at
-0.02-0.04 for 6 epochs. At this LR and 8 steps an epoch, training cannot rebuild a 30% cut; the re-fit alone keeps
-0.259 at 0.93x and 0.180 at 0.86x (bench/prune_quality.py), which points at iterative small cuts, each re-fitted,
-with a few distilled epochs between them (not written yet).
+Pruned runs prune iteratively by default (--steps): the FLOPs target is reached in cuts of equal ratio (about 7%
+of the FLOPs each: 5 cuts for 0.7x, 10 for 0.5x), each followed by the least-squares re-fit of the convs downstream
+(prune --reconstruct, on --reconstruct coco128 train images) and --step-epochs of fine-tuning (with the teacher when
+the run has one), so the model never falls far from what it was; after the last cut the rest of the run's --minutes
+is the fine-tune. Cuts, re-fits and the fine-tunes between them all count in the run's --minutes. --steps 1 is the
+one-shot prune of yolov5n.pt.
+
+What led here (hand-run probes, lr0 5e-4, teacher on, 0.7x FLOPs): one-shot with beta compensation stayed <= 0.001
+mAP50-95 for 6 epochs; one-shot with the re-fit (64 images) started at 0.030 and hovered at 0.02-0.04 for 6 epochs;
+gradual pruning by targeted sparsity (the BN-L1 penalty only on the channels the target would cut) either moved
+the cut set's gammas too little (rate 0.5: largest gamma 0.70 -> 0.64 in 4 epochs while mAP50-95 fell 0.346 ->
+0.279) or collapsed the model (rate 2.5: ~0.01 from epoch 5). At this LR and 8 optimiser steps an epoch, training
+cannot rebuild a 30% cut; the re-fit alone keeps 0.259 at 0.93x and 0.180 at 0.86x (bench/prune_quality.py).
 
 Runs: unpruned, p70, p70t, p50, p50t (t = with the teacher). Each gets --epochs (the LR schedule length) and at
 most --minutes of training: with --fit (default) the epoch count is lowered, after each epoch, to what fits the
@@ -61,6 +64,7 @@ RUNS: dict[str, tuple[float | None, bool]] = {  # name -> (FLOPs kept target, te
     "p50t": (0.5, True),
 }
 SMOKE_DIR = Path("/tmp/yolov5_slim_recovery_smoke")
+STEP_KEEP = 0.93  # FLOPs kept per cut in the default iterative schedule: where the re-fit alone still holds 0.26
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,8 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=30, help="epochs per run: the LR schedule length (default 30)")
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr0", type=float, default=5e-4,
-                    help="initial learning rate (SGD; 0.01 without warm-up wrecks yolov5n on coco128)")
+    ap.add_argument(
+        "--lr0",
+        type=float,
+        default=5e-4,
+        help="initial learning rate (SGD; 0.01 without warm-up wrecks yolov5n on coco128)",
+    )
     ap.add_argument(
         "--warmup-epochs",
         type=float,
@@ -92,18 +100,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="lower --epochs to what fits --minutes, so the LR schedule completes (default); --no-fit stops "
         "mid-schedule after the epoch that crosses --minutes",
     )
-    ap.add_argument("--fade-epochs", type=int, default=15,
-                    help="pruned runs: first train the unpruned model this many epochs with targeted sparsity (the L1 "
-                         "penalty only on the channels the FLOPs target cuts), then prune and fine-tune; 0 = one-shot "
-                         "prune of yolov5n.pt, then fine-tune (default 15)")
-    ap.add_argument("--fade-minutes", type=float, default=25.0,
-                    help="time cap of the fade stage, inside --minutes (default 25; the epoch count is fitted to it)")
-    ap.add_argument("--fade-sparsity", type=float, default=2.5,
-                    help="L1 rate of the fade stage (default 2.5: at lr0 5e-4 with SGD momentum 0.937 this moves a "
-                         "gamma ~1.0 over the first 60%% of 15 coco128 epochs)")
-    ap.add_argument("--reconstruct", type=int, default=64, metavar="N",
-                    help="pruned runs: least-squares re-fit of the convs downstream of the cut on N coco128 train "
-                         "images at --imgsz (prune --reconstruct; default 64, 0 = beta compensation only)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="pruned runs: cuts to reach the FLOPs target (equal ratios); 0 = one per ~7%% of the FLOPs "
+        "(5 for 0.7x, 10 for 0.5x), 1 = one-shot (default 0)",
+    )
+    ap.add_argument(
+        "--step-epochs", type=int, default=2, help="fine-tune epochs after each cut but the last (default 2)"
+    )
+    ap.add_argument(
+        "--reconstruct",
+        type=int,
+        default=64,
+        metavar="N",
+        help="pruned runs: least-squares re-fit of the convs downstream of the cut on N coco128 train "
+        "images at --imgsz (prune --reconstruct; default 64, 0 = beta compensation only)",
+    )
     ap.add_argument("--distill-weight", type=float, default=None, help="hyp distill for the teacher runs")
     ap.add_argument("--val-every", type=int, default=1, help="score every N epochs (best epoch needs scores)")
     ap.add_argument("--device", default="", help="cpu, 0, ... (default: first GPU, else CPU)")
@@ -134,8 +148,15 @@ def describe_start(args: argparse.Namespace, model: torch.nn.Module, base: torch
     from yolo.flops import count_gflops
     from yolo.val import evaluate
 
-    before = evaluate(model, data, imgsz=args.imgsz, batch_size=args.batch_size, workers=args.workers,
-                      device=select_device(args.device), progress=False)
+    before = evaluate(
+        model,
+        data,
+        imgsz=args.imgsz,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=select_device(args.device),
+        progress=False,
+    )
     gflops = count_gflops(model, args.imgsz)
     return {
         "weights": str(path),
@@ -178,27 +199,60 @@ def cut(args: argparse.Namespace, model: torch.nn.Module, keep: float, data: Pat
     return prune_model(model, config, calib_loader=loader)
 
 
-def faded_model(
+def step_count(args: argparse.Namespace, keep: float) -> int:
+    """Cuts to reach `keep`: --steps, or one per ~7% of the FLOPs removed (each cut keeps about 0.93)."""
+    return args.steps or max(1, math.ceil(math.log(keep) / math.log(STEP_KEEP) - 1e-6))
+
+
+def iterative_model(
     args: argparse.Namespace, name: str, keep: float, teacher: Path | None, weights: Path, data: Path, fresh: bool
 ) -> dict:
-    """Gradual pruning: train yolov5n with the L1 penalty on the channels the FLOPs target removes (re-chosen every
-    epoch), so they fade while the rest takes over their work; then cut them (prune at the same target)."""
+    """Iterative pruning: cut to keep**(i/n) of yolov5n's FLOPs at step i (re-fit each time), fine-tune
+    --step-epochs between cuts. Returns the last cut's start description, with the steps and their minutes.
+    Finished steps are kept (<project>/<name>_steps/step<i>/step.json) and skipped on a re-run."""
     from prune import save_pruned
     from yolo.checkpoint import load_model
+    from yolo.flops import count_gflops
 
-    info_path = args.project / f"{name}_fade" / "start.json"
-    if info_path.is_file() and not fresh:
+    n = step_count(args, keep)
+    root = args.project / f"{name}_steps"
+    info_path = root / "start.json"
+    if fresh and root.exists():
+        shutil.rmtree(root)
+    if info_path.is_file():
         return json.loads(info_path.read_text())
-    sparsity = {"sparsity": args.fade_sparsity, "sparsity_target": {"target_flops": keep}}
-    fade = finetune(args, f"{name}_fade", {"weights": str(weights)}, teacher, data, fresh,
-                    minutes=args.fade_minutes, epochs=args.fade_epochs, sparsity=sparsity)
-    faded, meta = load_model(fade["final"])
     base, _ = load_model(weights)
-    model, table = cut(args, faded, keep, data)
-    path = save_pruned(info_path.parent / "pruned", model, meta, table, weights=fade["final"])
-    info = describe_start(args, model, base, path, data)
-    info["fade"] = {k: fade[k] for k in ("epochs", "optimizer_steps", "minutes", "best", "last")}
-    info["fade"]["max_removed_gamma"] = table.max_removed_gamma
+    base_gflops = count_gflops(base, args.imgsz)
+    current, steps = str(weights), []
+    for i in range(1, n + 1):
+        record = root / f"step{i}" / "step.json"
+        if not record.is_file():
+            t0 = time.time()
+            model, meta = load_model(current)
+            goal = keep ** (i / n)
+            pruned, table = cut(args, model, goal * base_gflops / count_gflops(model, args.imgsz), data)
+            path = save_pruned(record.parent, pruned, meta, table, weights=current)
+            step = {"step": i, "goal": goal, "flops_kept": count_gflops(pruned, args.imgsz) / base_gflops,
+                    "pruned": str(path), "after": str(path), "cut_minutes": (time.time() - t0) / 60,
+                    "train_minutes": 0.0, "epochs": 0}  # fmt: skip
+            if i < n:
+                ft = finetune(args, f"{name}_s{i}", {"weights": str(path)}, teacher, data, fresh,
+                              epochs=args.step_epochs)  # fmt: skip
+                step.update(after=ft["final"], train_minutes=ft["minutes"], epochs=ft["epochs"], last=ft["last"])
+            record.write_text(json.dumps(step, indent=2))
+        step = json.loads(record.read_text())
+        print(
+            f"[{name}] step {i}/{n}: FLOPs kept {step['flops_kept']:.3f}, "
+            f"mAP50-95 after its fine-tune {step.get('last', {}).get('map', float('nan')):.3f}",
+            flush=True,
+        )
+        steps.append(step)
+        current = step["after"]
+    final, _ = load_model(steps[-1]["pruned"])
+    info = describe_start(args, final, base, steps[-1]["pruned"], data)
+    info["steps"] = steps
+    info["steps_minutes"] = sum(s["cut_minutes"] + s["train_minutes"] for s in steps)
+    info["steps_epochs"] = sum(s["epochs"] for s in steps)
     info_path.write_text(json.dumps(info, indent=2))
     return info
 
@@ -214,11 +268,17 @@ def best_row(run_dir: Path) -> dict:
 
 
 def finetune(
-    args: argparse.Namespace, name: str, start: dict, teacher: Path | None, data: Path, fresh: bool,
-    minutes: float | None = None, epochs: int | None = None, sparsity: dict | None = None,
+    args: argparse.Namespace,
+    name: str,
+    start: dict,
+    teacher: Path | None,
+    data: Path,
+    fresh: bool,
+    minutes: float | None = None,
+    epochs: int | None = None,
 ) -> dict:
-    """Fine-tune one run (or, with `sparsity`, its fade stage); an interrupted earlier attempt with the same recipe
-    resumes from its last.pt."""
+    """Fine-tune one run (or one step of it); an interrupted earlier attempt with the same recipe resumes from its
+    last.pt."""
     minutes = args.minutes if minutes is None else minutes
     from finetune.trainer import TrainOptions, train
     from yolo.checkpoint import read_checkpoint
@@ -248,7 +308,6 @@ def finetune(
         teacher=str(teacher) if teacher else "",
         time_limit=minutes,
         time_limit_fit=args.fit,
-        **(sparsity or {}),
     )
     if last.is_file():
         print(f"[{name}] resuming {last}", flush=True)
@@ -276,9 +335,8 @@ RECIPE_KEYS = (
     "warmup_epochs",
     "accumulate",
     "distill_weight",
-    "fade_epochs",
-    "fade_minutes",
-    "fade_sparsity",
+    "steps",
+    "step_epochs",
     "reconstruct",
     "seed",
     "val_every",
@@ -298,12 +356,12 @@ def run_one(args: argparse.Namespace, name: str, weights: Path, data: Path) -> d
     print(f"[{name}] FLOPs target {keep or 1.0}, teacher {'yes' if with_teacher else 'no'}", flush=True)
     teacher = weights if with_teacher else None
     t0 = time.time()
-    if keep is not None and args.fade_epochs > 0:
-        start = faded_model(args, name, keep, teacher, weights, data, fresh)
-        left = max(args.minutes - start["fade"]["minutes"], 1.0)
+    if keep is not None and step_count(args, keep) > 1:
+        start = iterative_model(args, name, keep, teacher, weights, data, fresh)
+        left = max(args.minutes - start["steps_minutes"], 1.0)
         after = finetune(args, name, start, teacher, data, fresh, minutes=left)
-        after["minutes"] += start["fade"]["minutes"]
-        after["epochs"] += start["fade"]["epochs"]
+        after["minutes"] += start["steps_minutes"]
+        after["epochs"] += start["steps_epochs"]
     else:
         start = prepared_model(args, name, keep, weights, data)
         after = finetune(args, name, start, teacher, data, fresh)
@@ -340,12 +398,16 @@ def markdown(results: dict[str, dict], args: argparse.Namespace) -> str:
         f"### Recovery after pruning: yolov5n, coco128 at {args.imgsz}, {args.epochs} epochs / {args.minutes:g} min "
         f"per run, batch {args.batch_size}{'' if args.accumulate else ' (no accumulation)'}, lr0 {args.lr0}\n\n"
         "mAP on coco128 val (pycocotools) before fine-tuning, then at the best and the last epoch; t = with the "
-        "unpruned model as teacher (`--teacher`). coco128 val = its train images.\n\n"
-        + (f"Pruned runs prune gradually inside their budget: up to {args.fade_epochs} epochs / {args.fade_minutes:g} "
-           f"min of targeted sparse training (L1 rate {args.fade_sparsity:g} on the channels the FLOPs target cuts, "
-           "re-chosen every epoch; with the teacher when the run has one), then the cut, then fine-tuning for the "
-           "rest; 'before' is right after the cut, epochs and minutes count both stages.\n\n"
-           if args.fade_epochs > 0 else "Pruned runs: one-shot prune of yolov5n.pt, then fine-tuning.\n\n")
+        "unpruned model as teacher (`--teacher`). Val: the first 128 COCO val2017 images, none seen in training.\n\n"
+        + (
+            "Pruned runs prune iteratively inside their budget: cuts of equal ratio "
+            + (f"({args.steps} of them)" if args.steps else f"(about {1 - STEP_KEEP:.0%} of the FLOPs each)")
+            + f", each re-fitted on {args.reconstruct} train images and followed by {args.step_epochs} epochs of "
+            "fine-tuning (with the teacher when the run has one), then the fine-tune; 'before' is right after the last "
+            "cut, epochs and minutes count everything.\n\n"
+            if args.steps != 1
+            else "Pruned runs: one-shot prune of yolov5n.pt, then fine-tuning.\n\n"
+        )
         + "| run | teacher | FLOPs kept | params | mAP50-95 before | mAP50 before | best mAP50-95 | best mAP50 | "
         "last mAP50-95 | last mAP50 | best mAP50-95 vs unpruned | epochs | minutes |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
