@@ -1,12 +1,12 @@
 """Recovery after pruning (issue #8): does the unpruned model as teacher win back more than the labels alone?
 
-The official yolov5n.pt is pruned to keep about 70% and about 50% of its FLOPs (slim importance, beta
-compensation and the least-squares re-fit, FLOPs target at --imgsz), then each is fine-tuned on coco128 train with
-the same recipe and budget, without and with knowledge distillation from the unpruned yolov5n (finetune.py
---teacher), beside the unpruned model fine-tuned the same way. Everything is scored on coco128 val with pycocotools (yolo.val.evaluate), before
-fine-tuning and after it (best epoch and last epoch). The val split here is the first 128 COCO val2017 images,
-none of them among the 128 train images: the figures measure generalisation from 128 images, with the unpruned
-model's own knowledge as what can be won back.
+The official yolov5n.pt is pruned to keep about 70% and about 50% of its FLOPs (slim importance, beta compensation
+and the least-squares re-fit, FLOPs target at --imgsz), then each is fine-tuned on coco128 train with the same
+recipe and budget, without and with knowledge distillation from the unpruned yolov5n (finetune.py --teacher),
+beside the unpruned model fine-tuned the same way. Everything is scored on coco128 val with pycocotools
+(yolo.val.evaluate), before fine-tuning and after it (best epoch and last epoch). The val split here is the first
+128 COCO val2017 images, none of them among the 128 train images: the figures measure generalisation from 128
+images, with the unpruned model's own knowledge as what can be won back.
 
 Pruned runs prune iteratively by default (--steps): the FLOPs target is reached in cuts of equal ratio (about 7%
 of the FLOPs each: 5 cuts for 0.7x, 10 for 0.5x), each followed by the least-squares re-fit of the convs downstream
