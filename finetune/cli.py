@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noval", action="store_true", help="score only after the final epoch")
     p.add_argument("--val-every", type=int, default=1, help="score every N epochs (and after the last)")
     p.add_argument("--close-mosaic", type=int, default=0, help="turn mosaic off for the last N epochs")
+    p.add_argument("--freeze-bn-stats", action="store_true",
+                   help="BatchNorms use their running statistics while training (their scale and shift still learn)")
     p.add_argument("--freeze", nargs="+", type=int, default=[0],
                    help="freeze layers: N = first N layers, or a list of layer indices")
     p.add_argument("--label-smoothing", type=float, default=None, help="overrides hyp label_smoothing")

@@ -80,6 +80,7 @@ class TrainOptions:
     noval: bool = False
     val_every: int = 1
     close_mosaic: int = 0
+    freeze_bn_stats: bool = False  # BatchNorms normalise with their running statistics while training (eval mode)
     freeze: list = field(default_factory=lambda: [0])
     sparsity: float = 0.0
     sparsity_schedule: str = "constant"
@@ -129,6 +130,15 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, message: str, last: Path | None):
         super().__init__(message)
         self.message, self.last = message, last
+
+
+def freeze_bn_statistics(model: nn.Module) -> None:
+    """Every BatchNorm to eval mode (its scale and shift still learn): training then sees the function the model
+    computes at inference. After a cut and re-fit, batch statistics differ from the fitted running ones, and with
+    them the first epochs would train (and re-estimate the statistics of) a different network."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def fitness(metrics: dict) -> float:
@@ -432,6 +442,8 @@ class Trainer:
     def train_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.model.train()
+        if self.opt.freeze_bn_stats:
+            freeze_bn_statistics(self.model)
         self._maybe_close_mosaic(epoch)
         set_epoch_lr(self.optimizer, self.lf(epoch))
         start = self.start_iter if epoch == self.start_epoch else 0

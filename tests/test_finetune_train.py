@@ -259,3 +259,24 @@ def test_targeted_sparsity_through_trainer(setup, tmp_path):
     assert float(rows[-1]["gamma_median"]) > 0.5  # 70% of the channels are never pushed
     meta = read_checkpoint(res.last)["history"][-1]
     assert meta["sparsity_target"] == {"ratio": 0.3, "round_to": 1}
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_freeze_bn_stats_keeps_running_statistics_while_scales_learn(setup, tmp_path, frozen):
+    seen = {}
+
+    class Watch:
+        def on_epoch_start(self, trainer):
+            bns = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+            seen.setdefault("modes", []).append({m.training for m in bns})
+            seen.setdefault("start", [(m.running_mean.clone(), m.weight.detach().clone()) for m in bns])
+
+        def on_epoch_end(self, trainer, *_):
+            bns = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+            seen["end"] = [(m.running_mean.clone(), m.weight.detach().clone()) for m in bns]
+
+    train(_opts(setup, tmp_path, epochs=2, noval=True, freeze_bn_stats=frozen), callbacks=[Watch()])
+    assert seen["modes"] == [{not frozen}] * 2
+    stats_kept = all(torch.equal(a[0], b[0]) for a, b in zip(seen["start"], seen["end"]))
+    assert stats_kept == frozen
+    assert any(not torch.equal(a[1], b[1]) for a, b in zip(seen["start"], seen["end"]))  # the scales still learn
