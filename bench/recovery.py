@@ -142,21 +142,19 @@ def _scores(res: dict) -> dict:
     return {"map": float(res.get("map", math.nan)), "map50": float(res.get("map50", math.nan))}
 
 
-def describe_start(args: argparse.Namespace, model: torch.nn.Module, base: torch.nn.Module, path, data: Path) -> dict:
-    """A run's starting model: where it is, its size against the unpruned yolov5n, its score before training."""
+def _evaluate(args: argparse.Namespace, model: torch.nn.Module, data: Path) -> dict:
     from yolo.device import select_device
-    from yolo.flops import count_gflops
     from yolo.val import evaluate
 
-    before = evaluate(
-        model,
-        data,
-        imgsz=args.imgsz,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=select_device(args.device),
-        progress=False,
-    )
+    return evaluate(model, data, imgsz=args.imgsz, batch_size=args.batch_size, workers=args.workers,
+                    device=select_device(args.device), progress=False)  # fmt: skip
+
+
+def describe_start(args: argparse.Namespace, model: torch.nn.Module, base: torch.nn.Module, path, data: Path) -> dict:
+    """A run's starting model: where it is, its size against the unpruned yolov5n, its score before training."""
+    from yolo.flops import count_gflops
+
+    before = _evaluate(args, model, data)
     gflops = count_gflops(model, args.imgsz)
     return {
         "weights": str(path),
@@ -232,20 +230,19 @@ def iterative_model(
             goal = keep ** (i / n)
             pruned, table = cut(args, model, goal * base_gflops / count_gflops(model, args.imgsz), data)
             path = save_pruned(record.parent, pruned, meta, table, weights=current)
+            cut_minutes = (time.time() - t0) / 60
             step = {"step": i, "goal": goal, "flops_kept": count_gflops(pruned, args.imgsz) / base_gflops,
-                    "pruned": str(path), "after": str(path), "cut_minutes": (time.time() - t0) / 60,
-                    "train_minutes": 0.0, "epochs": 0}  # fmt: skip
+                    "pruned": str(path), "after": str(path), "cut_minutes": cut_minutes, "train_minutes": 0.0,
+                    "epochs": 0, "cut": _scores(_evaluate(args, pruned, data))}  # fmt: skip
             if i < n:
                 ft = finetune(args, f"{name}_s{i}", {"weights": str(path)}, teacher, data, fresh,
                               epochs=args.step_epochs)  # fmt: skip
                 step.update(after=ft["final"], train_minutes=ft["minutes"], epochs=ft["epochs"], last=ft["last"])
             record.write_text(json.dumps(step, indent=2))
         step = json.loads(record.read_text())
-        print(
-            f"[{name}] step {i}/{n}: FLOPs kept {step['flops_kept']:.3f}, "
-            f"mAP50-95 after its fine-tune {step.get('last', {}).get('map', float('nan')):.3f}",
-            flush=True,
-        )
+        after = step.get("last", {}).get("map", math.nan)
+        print(f"[{name}] step {i}/{n}: FLOPs kept {step['flops_kept']:.3f}, mAP50-95 after the cut "
+              f"{step['cut']['map']:.3f}, after its fine-tune {after:.3f}", flush=True)  # fmt: skip
         steps.append(step)
         current = step["after"]
     final, _ = load_model(steps[-1]["pruned"])
