@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(5 for 0.7x, 10 for 0.5x), 1 = one-shot (default 0)",
     )
     ap.add_argument(
-        "--step-epochs", type=int, default=2, help="fine-tune epochs after each cut but the last (default 2)"
+        "--step-epochs", type=int, default=1, help="fine-tune epochs after each cut but the last (default 1)"
     )
     ap.add_argument(
         "--reconstruct",
