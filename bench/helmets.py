@@ -26,6 +26,12 @@ result adds the least-squares re-fit at the cut (`--sparsity 0.02 --sparsity-sch
 plateau is the pruned network's, not its starting point's. Nor its shape's: the same sparse model cut with
 `--min-keep 0.5` (every layer keeps half its channels or more, so the P3 neck is not thinned to 8-16 channels)
 and re-fitted starts at 0.614 and peaks at 0.725 (finetune.py, same 30-epoch fine-tune, run by hand).
+A shorter sparse stage that keeps the model at full strength does not help either: `--sparse-epochs 20
+--finetune-epochs 40 --sparsity 0.02 --sparsity-schedule ramp -- --reconstruct 128 --teacher unpruned` (the sparse
+model as teacher) gave a sparse model of 0.741 (the unpruned one at 20 epochs: ~0.71), but its cut set still had
+|gamma| up to 0.47, the cut left 0.195 even with the re-fit, the first fine-tune epoch fell to 0.004, and 40
+distilled epochs ended at 0.693 (pipeline 49 min). The cut has to be nearly free when it happens: what the
+fine-tune starts from does matter when the start is that low.
 """
 
 from __future__ import annotations
