@@ -69,13 +69,15 @@ def reconstruct_consumers(
     ridge: float = 1e-3,
     seed: int = 0,
     layered: bool = True,
+    cache_limit: float = 4 * 2**30,
 ) -> list[str]:
     """Re-fit (in place) every dense conv of `pruned` whose inputs differ from the unpruned model's (it lost input
     channels, or something upstream changed); returns the fitted conv names.
 
     `original` is the unpruned model the plan was made for (left unchanged), `batches` float images in [0, 1].
     `layered=False` runs the whole model up to each conv instead of one layer from cached layer outputs (same fit,
-    slower; the path for models that are not a YOLOv5 layer list).
+    slower; the path for models that are not a YOLOv5 layer list, and the one taken when the cached layer outputs
+    would exceed `cache_limit` bytes: a GPU or a small board holds one batch's activations, not N images' worth).
     """
     if not batches:
         return []
@@ -88,7 +90,7 @@ def reconstruct_consumers(
         order = execution_order(pruned, batches[0][:1], names)
         per_image = max(1, math.ceil(rows / sum(b.shape[0] for b in batches)))
         targets = _sampled_targets(original, plan, order, batches, per_image, gen)
-        fast = layered and _LayerRunner.fits(pruned)
+        fast = layered and _LayerRunner.fits(pruned) and _LayerRunner.cache_bytes(pruned, batches) <= cache_limit
         runner = _LayerRunner(pruned, batches) if fast else _WholeModel(pruned, batches)
         for stage, convs in runner.stages(order):
             for name in convs:
@@ -169,6 +171,28 @@ class _LayerRunner:
         return isinstance(layers, (nn.Sequential, nn.ModuleList)) and all(hasattr(m, "f") for m in layers)
 
     @staticmethod
+    def cache_bytes(model: nn.Module, batches: list[torch.Tensor]) -> int:
+        """Peak bytes of the cached layer outputs over all the batches (one image's outputs, times the images)."""
+        layers, sizes = list(model.model), []
+        hooks = [m.register_forward_hook(lambda mod, a, out: sizes.append(_numel(out))) for m in layers]
+        try:
+            with torch.no_grad(), raw_head(model):
+                model(batches[0][:1])
+        finally:
+            for h in hooks:
+                h.remove()
+        last_use = {}
+        for k, layer in enumerate(layers):
+            for j in _LayerRunner._sources(k, layer):
+                last_use[j] = k
+        live, peak = {}, 0
+        for k, size in enumerate(sizes):
+            live[k] = size
+            peak = max(peak, sum(live.values()))
+            live = {j: v for j, v in live.items() if last_use.get(j, -1) > k}
+        return peak * sum(b.shape[0] for b in batches) * batches[0].element_size()
+
+    @staticmethod
     def _sources(k: int, layer: nn.Module) -> list[int]:
         f = layer.f if isinstance(layer.f, (list, tuple)) else [layer.f]
         return [k - 1 if j == -1 else (j if j >= 0 else k + j) for j in f]
@@ -196,6 +220,10 @@ class _LayerRunner:
             self.outputs[stage] = [self.layers[stage](self._input(stage, b)) for b in range(len(self.batches))]
         for j in [j for j in self.outputs if self.last_use.get(j, -1) <= stage]:
             del self.outputs[j]
+
+
+def _numel(out) -> int:
+    return sum(_numel(o) for o in out) if isinstance(out, (list, tuple)) else out.numel()
 
 
 def _refit(original, pruned, plan, name, runner, stage, targets, ridge) -> bool:

@@ -81,7 +81,6 @@ def test_reconstruction_needs_images(case):
         apply_plan(model, plan, reconstruct=8)
 
 
-
 def test_layer_by_layer_fit_equals_the_whole_model_fit(case):
     """The cached layer-by-layer runner is a speed-up only: the same convs get the same weights as running the
     whole model up to each conv."""
@@ -108,3 +107,21 @@ def test_patches_at_picked_positions_match_unfold(kernel, stride, padding, dilat
     pick = torch.tensor([0, 3, out_hw[0] * out_hw[1] - 1, 7])
     cols = torch.nn.functional.unfold(x, kernel, dilation, padding, stride)[:, :, pick]  # (B, D, n)
     assert torch.equal(_patches(x, conv, pick, tuple(out_hw)), cols.permute(0, 2, 1).reshape(-1, cols.shape[1]))
+
+
+def test_layer_cache_too_large_for_the_limit_falls_back_to_the_whole_model_path(case, monkeypatch):
+    from prune import reconstruct as rc
+    from prune.apply import apply_plan as slice_only
+
+    model, plan = case
+    x = [b[0].float() / 255 for b in images(2, seed=0)]
+    need = rc._LayerRunner.cache_bytes(slice_only(model, plan), x)
+    assert need > x[0][0].numel() * x[0].element_size() * 8  # more than one image's input: the layers' outputs too
+    built = []
+    monkeypatch.setattr(
+        rc._LayerRunner, "advance", lambda self, k, f=rc._LayerRunner.advance: built.append(k) or f(self, k)
+    )
+    rc.reconstruct_consumers(model, slice_only(model, plan), plan, x, rows=300, cache_limit=need - 1)
+    assert not built  # over the limit: the whole-model path
+    rc.reconstruct_consumers(model, slice_only(model, plan), plan, x, rows=300, cache_limit=need)
+    assert built  # within it: layer by layer
