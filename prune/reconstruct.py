@@ -12,10 +12,10 @@ that lost no input but read changed ones (Detect's convs: on yolov5n at 0.7x FLO
 output error from 130% to 17% of its variance). Convs whose inputs are unchanged are left alone. A fitted intercept
 goes to the conv's bias, or to the running mean of the BatchNorm right after it.
 
-Cost: one forward of the unpruned model over the calibration images (each conv's output kept at sampled positions
-only, at most `rows` per conv), then, layer by layer, the pruned layer's forward from the cached outputs of the
-layers before it (once per conv it holds, stopped at that conv), and a (k*k*c_in + 1)^2 normal-equation solve per
-conv. Patches are gathered at the sampled positions only.
+Cost: both models run one layer at a time over the calibration images, from cached layer outputs (each layer once
+per conv it holds, stopped at that conv), and a (k*k*c_in + 1)^2 normal-equation solve per conv on patches gathered
+at sampled positions only (at most `rows` per conv). When the two caches would pass `cache_limit`, or the model is
+not a YOLOv5 layer list, each conv's input and output come from running the whole model up to it instead.
 """
 
 from __future__ import annotations
@@ -89,51 +89,17 @@ def reconstruct_consumers(
     try:
         order = execution_order(pruned, batches[0][:1], names)
         per_image = max(1, math.ceil(rows / sum(b.shape[0] for b in batches)))
-        targets = _sampled_targets(original, plan, order, batches, per_image, gen)
-        fast = layered and _LayerRunner.fits(pruned) and _LayerRunner.cache_bytes(pruned, batches) <= cache_limit
-        runner = _LayerRunner(pruned, batches) if fast else _WholeModel(pruned, batches)
-        for stage, convs in runner.stages(order):
+        need = 2 * _LayerRunner.cache_bytes(pruned, batches) if _LayerRunner.fits(pruned) else math.inf
+        runner = _LayerRunner if layered and need <= cache_limit else _WholeModel
+        run_o, run_p = runner(original, batches), runner(pruned, batches)
+        for stage, convs in run_p.stages(order):
             for name in convs:
-                if _refit(original, pruned, plan, name, runner, stage, targets[name], ridge):
+                if _refit(original, pruned, plan, name, (run_o, run_p), stage, per_image, gen, ridge):
                     fitted.append(name)
-            runner.advance(stage)
+            run_o.advance(stage), run_p.advance(stage)
     finally:
         original.train(modes[0]), pruned.train(modes[1])
     return fitted
-
-
-class _Target:
-    """One conv's fit target on one batch: the sampled output positions and the unpruned outputs there."""
-
-    def __init__(self, pick: torch.Tensor, out_hw: tuple[int, int], ys: torch.Tensor):
-        self.pick, self.out_hw, self.ys = pick, out_hw, ys  # ys: (rows, kept channels), float32
-
-
-def _sampled_targets(original, plan, order, batches, per_image, gen) -> dict[str, list[_Target]]:
-    """One forward of the unpruned model per batch, keeping each conv's output (kept channels) at sampled positions.
-
-    Positions are drawn per conv and batch, shared by the batch's images, in execution order (deterministic)."""
-    targets: dict[str, list[_Target]] = {n: [] for n in order}
-    hooks = []
-    for name in order:
-        conv = original.get_submodule(name)
-        keep = kept_outputs(plan, name, conv.out_channels)
-
-        def post(mod, args, out, name=name, keep=keep):
-            n_pos = out.shape[-2] * out.shape[-1]
-            pick = torch.randperm(n_pos, generator=gen)[: min(per_image, n_pos)]
-            ys = out.detach()[:, keep.to(out.device)].flatten(2)[:, :, pick.to(out.device)]
-            targets[name].append(_Target(pick, tuple(out.shape[-2:]), ys.permute(0, 2, 1).reshape(-1, len(keep))))
-
-        hooks.append(conv.register_forward_hook(post))
-    try:
-        with torch.no_grad(), raw_head(original):
-            for x in batches:
-                original(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return targets
 
 
 class _WholeModel:
@@ -145,8 +111,8 @@ class _WholeModel:
     def stages(self, order: list[str]):
         yield 0, order
 
-    def conv_input(self, stage: int, b: int, conv: nn.Conv2d) -> torch.Tensor:
-        return _capture(self.model, conv, self.batches[b])
+    def conv_io(self, stage: int, b: int, conv: nn.Conv2d, what: str) -> torch.Tensor:
+        return _capture(self.model, conv, self.batches[b], what)
 
     def advance(self, stage: int) -> None:
         pass
@@ -212,8 +178,8 @@ class _LayerRunner:
         src = [self.outputs[j][b] for j in self._sources(k, layer)]
         return src if isinstance(layer.f, (list, tuple)) else src[0]
 
-    def conv_input(self, stage: int, b: int, conv: nn.Conv2d) -> torch.Tensor:
-        return _capture(self.layers[stage], conv, self._input(stage, b), head=self.model)
+    def conv_io(self, stage: int, b: int, conv: nn.Conv2d, what: str) -> torch.Tensor:
+        return _capture(self.layers[stage], conv, self._input(stage, b), what, head=self.model)
 
     def advance(self, stage: int) -> None:
         with torch.no_grad(), raw_head(self.model):
@@ -226,11 +192,11 @@ def _numel(out) -> int:
     return sum(_numel(o) for o in out) if isinstance(out, (list, tuple)) else out.numel()
 
 
-def _refit(original, pruned, plan, name, runner, stage, targets, ridge) -> bool:
+def _refit(original, pruned, plan, name, runners, stage, per_image, gen, ridge) -> bool:
     """Fit one conv; False when its inputs turn out unchanged (nothing upstream was cut), so it is already exact."""
     conv_o, conv_p = original.get_submodule(name), pruned.get_submodule(name)
     keep = kept_outputs(plan, name, conv_o.out_channels)
-    xtx, xty, yty = _normal_equations(conv_p, runner, stage, targets)
+    xtx, xty, yty = _normal_equations(conv_o, conv_p, keep, runners, stage, per_image, gen)
     if _sq_error(_current_solution(conv_p), xtx, xty, yty) <= 1e-6 * yty.clamp_min(1e-12):
         return False
     bn_o, bn_p = _own_bn(original, plan, name, conv_o), _own_bn(pruned, plan, name, conv_p)
@@ -247,17 +213,21 @@ def _refit(original, pruned, plan, name, runner, stage, targets, ridge) -> bool:
     return True
 
 
-def _normal_equations(conv, runner, stage, targets: list[_Target]):
-    """X^T X and X^T Y over the sampled positions: X the pruned conv's input patches (plus a ones column), Y the
-    unpruned conv's output at the kept channels."""
-    d = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] + 1
-    n_out = targets[0].ys.shape[1]
+def _normal_equations(conv_o, conv_p, keep, runners, stage, per_image, gen):
+    """X^T X and X^T Y over sampled output positions (per batch, shared by its images): X the pruned conv's input
+    patches there (plus a ones column), Y the unpruned conv's output at the kept channels."""
+    run_o, run_p = runners
+    d = conv_p.in_channels * conv_p.kernel_size[0] * conv_p.kernel_size[1] + 1
     xtx = torch.zeros(d, d, dtype=torch.float64)
-    xty = torch.zeros(d, n_out, dtype=torch.float64)
+    xty = torch.zeros(d, len(keep), dtype=torch.float64)
     yty = torch.zeros((), dtype=torch.float64)
-    for b, t in enumerate(targets):
-        xs = _patches(runner.conv_input(stage, b, conv), conv, t.pick, t.out_hw).double().cpu()
-        ys = t.ys.double().cpu()
+    for b in range(len(run_p.batches)):
+        out = run_o.conv_io(stage, b, conv_o, "output")
+        out_hw = tuple(out.shape[-2:])
+        pick = torch.randperm(out_hw[0] * out_hw[1], generator=gen)[:per_image].to(out.device)
+        ys = out[:, keep.to(out.device)].flatten(2)[:, :, pick].permute(0, 2, 1).reshape(-1, len(keep))
+        xs = _patches(run_p.conv_io(stage, b, conv_p, "input"), conv_p, pick, out_hw)
+        xs, ys = xs.double().cpu(), ys.double().cpu()
         xs = torch.cat((xs, torch.ones(xs.shape[0], 1, dtype=xs.dtype)), 1)
         xtx += xs.T @ xs
         xty += xs.T @ ys
@@ -283,16 +253,20 @@ def _patches(x: torch.Tensor, conv: nn.Conv2d, pick: torch.Tensor, out_hw: tuple
     return g.permute(0, 3, 1, 2).reshape(-1, c * kh * kw)
 
 
-def _capture(model: nn.Module, conv: nn.Conv2d, x, head: nn.Module | None = None) -> torch.Tensor:
-    """The input of `conv` for input x, running `model` (a whole detector, or one of its layers) only as far as
-    that conv; `head` is the model whose Detect must return raw maps (default `model`)."""
+def _capture(model: nn.Module, conv: nn.Conv2d, x, what: str, head: nn.Module | None = None) -> torch.Tensor:
+    """The input (or output) of `conv` for input x, running `model` (a whole detector, or one of its layers) only as
+    far as that conv; `head` is the model whose Detect must return raw maps (default `model`)."""
     got = {}
 
     def pre(mod, args):
         got["t"] = args[0].detach()
         raise _Reached
 
-    h = conv.register_forward_pre_hook(pre)
+    def post(mod, args, out):
+        got["t"] = out.detach()
+        raise _Reached
+
+    h = conv.register_forward_pre_hook(pre) if what == "input" else conv.register_forward_hook(post)
     try:
         with torch.no_grad(), raw_head(model if head is None else head):
             model(x)

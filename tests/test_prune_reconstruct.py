@@ -121,7 +121,7 @@ def test_layer_cache_too_large_for_the_limit_falls_back_to_the_whole_model_path(
     monkeypatch.setattr(
         rc._LayerRunner, "advance", lambda self, k, f=rc._LayerRunner.advance: built.append(k) or f(self, k)
     )
-    rc.reconstruct_consumers(model, slice_only(model, plan), plan, x, rows=300, cache_limit=need - 1)
-    assert not built  # over the limit: the whole-model path
-    rc.reconstruct_consumers(model, slice_only(model, plan), plan, x, rows=300, cache_limit=need)
+    rc.reconstruct_consumers(model, slice_only(model, plan), plan, x, rows=300, cache_limit=2 * need - 1)
+    assert not built  # the two caches (unpruned and pruned) over the limit: the whole-model path
+    rc.reconstruct_consumers(model, slice_only(model, plan), plan, x, rows=300, cache_limit=2 * need)
     assert built  # within it: layer by layer
