@@ -22,6 +22,17 @@ the cut set's gammas too little (rate 0.5: largest gamma 0.70 -> 0.64 in 4 epoch
 0.279) or collapsed the model (rate 2.5: ~0.01 from epoch 5). At this LR and 8 optimiser steps an epoch, training
 cannot rebuild a 30% cut; the re-fit alone keeps 0.259 at 0.93x and 0.180 at 0.86x (bench/prune_quality.py).
 
+What the iterative schedule gave (the committed table: `--minutes 45`, two runs at a time with OMP_NUM_THREADS=1
+each, `--runs unpruned p70` beside `--runs p70t p50t`): every cut costs about a third of what is left and the epoch
+after it wins nothing back (p70t: 0.256, 0.183, 0.107, 0.071, 0.044 after the five cuts, 0.260, 0.174, 0.105,
+0.067 after the epochs between them; p70 the same within 0.01), so 0.7x arrives at 0.04, no better than one cut
+with the re-fit (0.050 at 0.73x), and 0.5x at 0.000. The unpruned model holds 0.320 under the recipe. Hand-run
+probes of the re-fit alone at 0.86x: 64 images / 40,000 rows 0.174, 128 / 100,000 0.192, 128 / 250,000 0.196;
+ridge 1e-4 0.191, 1e-3 0.192, 1e-2 0.162; Taylor importance on the label loss instead of |gamma| 0.084 (0.93x:
+0.195 vs 0.259). What would move it: a cut that loses less (selection by reconstruction error) or training that
+re-teaches COCO from 128 images, which lr0 5e-4 does not and higher rates do not either (they drop the unpruned
+model below 0.32).
+
 Runs: unpruned, p70, p70t, p50, p50t (t = with the teacher). Each gets --epochs (the LR schedule length) and at
 most --minutes of training: with --fit (default) the epoch count is lowered, after each epoch, to what fits the
 minutes, so every run still ends its LR schedule annealed; --no-fit stops after the epoch that crosses the minutes.
