@@ -89,8 +89,8 @@ def reconstruct_consumers(
     try:
         order = execution_order(pruned, batches[0][:1], names)
         per_image = max(1, math.ceil(rows / sum(b.shape[0] for b in batches)))
-        need = 2 * _LayerRunner.cache_bytes(pruned, batches) if _LayerRunner.fits(pruned) else math.inf
-        runner = _LayerRunner if layered and need <= cache_limit else _WholeModel
+        fast = layered and _LayerRunner.fits(pruned) and 2 * _LayerRunner.cache_bytes(pruned, batches) <= cache_limit
+        runner = _LayerRunner if fast else _WholeModel
         run_o, run_p = runner(original, batches), runner(pruned, batches)
         for stage, convs in run_p.stages(order):
             for name in convs:
@@ -126,10 +126,7 @@ class _LayerRunner:
     def __init__(self, model: nn.Module, batches: list[torch.Tensor]):
         self.model, self.layers, self.batches = model, list(model.model), batches
         self.outputs: dict[int, list] = {}
-        self.last_use = {}
-        for k, layer in enumerate(self.layers):
-            for j in self._sources(k, layer):
-                self.last_use[j] = k
+        self.last_use = _LayerRunner._last_use(self.layers)
 
     @staticmethod
     def fits(model: nn.Module) -> bool:
@@ -147,16 +144,18 @@ class _LayerRunner:
         finally:
             for h in hooks:
                 h.remove()
-        last_use = {}
-        for k, layer in enumerate(layers):
-            for j in _LayerRunner._sources(k, layer):
-                last_use[j] = k
+        last_use = _LayerRunner._last_use(layers)
         live, peak = {}, 0
         for k, size in enumerate(sizes):
             live[k] = size
             peak = max(peak, sum(live.values()))
             live = {j: v for j, v in live.items() if last_use.get(j, -1) > k}
         return peak * sum(b.shape[0] for b in batches) * batches[0].element_size()
+
+    @staticmethod
+    def _last_use(layers: list[nn.Module]) -> dict[int, int]:
+        """Layer index -> the last layer that reads its output."""
+        return {j: k for k, layer in enumerate(layers) for j in _LayerRunner._sources(k, layer)}
 
     @staticmethod
     def _sources(k: int, layer: nn.Module) -> list[int]:
