@@ -27,8 +27,8 @@ each, `--runs unpruned p70` beside `--runs p70t p50t`): every cut costs about a 
 after it wins nothing back (p70t: 0.256, 0.183, 0.107, 0.071, 0.044 after the five cuts, 0.260, 0.174, 0.105,
 0.067 after the epochs between them; p70 the same within 0.01), so 0.7x arrives at 0.04, no better than one cut
 with the re-fit (0.050 at 0.73x), and 0.5x at 0.000. The unpruned model holds 0.320 under the recipe. The teacher
-did not help at 0.7x: p70t 0.038 best against p70's 0.057, in 20 epochs against 34 (the teacher's forward pass and
-sharing the CPU with p50t's steps cost it epochs inside the same minutes). Hand-run
+did not help at 0.7x: p70t 0.038 best against p70's 0.057, in 20 epochs against 34 (the teacher's forward pass, with
+both lanes sharing the two cores cost it epochs inside the same minutes). Hand-run
 probes of the re-fit alone at 0.86x: 64 images / 40,000 rows 0.174, 128 / 100,000 0.192, 128 / 250,000 0.196;
 ridge 1e-4 0.191, 1e-3 0.192, 1e-2 0.162; Taylor importance on the label loss instead of |gamma| 0.084 (0.93x:
 0.195 vs 0.259). What would move it: a cut that loses less (selection by reconstruction error) or training that
