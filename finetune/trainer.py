@@ -134,8 +134,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 def freeze_bn_statistics(model: nn.Module) -> None:
     """Every BatchNorm to eval mode (its scale and shift still learn): training then sees the function the model
-    computes at inference. After a cut and re-fit, batch statistics differ from the fitted running ones, and with
-    them the first epochs would train (and re-estimate the statistics of) a different network."""
+    computes at inference instead of one normalised by small-batch statistics. Without batch normalisation to
+    absorb large updates it needs a low LR: on a pruned, re-fitted model at the fine-tune LR it diverged."""
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
