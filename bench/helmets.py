@@ -8,7 +8,7 @@ Issue target (#6): the pruned + fine-tuned model ends within 2 points of mAP50 o
 pipeline (everything but the comparison run) takes at most 2 hours on this 2-core CPU. For scale, the official
 YOLOv5 transfer training at 320 for 20 epochs reaches mAP50 0.756 / mAP50-95 0.399 in 18 minutes.
 
-    python bench/helmets.py [--sparse-epochs 10 --finetune-epochs 50 --sparsity 0.02 --workdir DIR -- EXTRA...]
+    python bench/helmets.py [--sparse-epochs 10 --finetune-epochs 80 --sparsity 0.02 --workdir DIR -- EXTRA...]
 
 Recipe (defaults): a short sparse stage, YOLOv5's transfer training (lr0 0.01, warm-up) with targeted sparsity at
 a constant 0.02 (the L1 penalty only on the channels the 50% FLOPs cut will remove, re-chosen every epoch); the cut
@@ -26,16 +26,20 @@ epochs, scores 0.788 at 60 epochs (0.775 at 20):
 | 30 + 30, re-fit | targeted 0.02 | finetune.yaml | 0.697 | 0.653 | 0.722 |
 | 20 + 40, re-fit, teacher | targeted, ramp to 0.02 | finetune.yaml | 0.741 | 0.195 | 0.693 |
 | 20 + 40, re-fit | targeted 0.02 | default | 0.672 | 0.578 | 0.741 |
-| **10 + 50, re-fit** | targeted 0.02 | default | 0.644 | 0.210 | **0.748** |
+| 10 + 50, re-fit | targeted 0.02 | default | 0.644 | 0.210 | 0.748 |
+| **10 + 80, re-fit** (vs 90 epochs unpruned: 0.792) | targeted 0.02 | default | 0.644 | 0.210 | **0.760** |
 
 Uniform sparsity at 5e-2 collapsed the model (mAP 0) by epoch 8. With the gentle fine-tune hyp every split plateaued
 near 0.72 whatever the cut cost (`--min-keep 0.5`, so the P3 neck keeps at least half its channels: 0.725), which
 looked like the pruned network's ceiling; it was the learning rate. YOLOv5's warm-up (bias LR 0.1, momentum 0.8)
 knocks the freshly cut model to ~0.05 in the first fine-tune epochs whatever it started from, so what the cut
 leaves hardly matters at full LR, and every epoch moved from the sparse stage to the fine-tune gained mAP50:
-30 + 30 (0.709) < 20 + 40 (0.741) < 10 + 50 (0.748). The gap to the unpruned model is still 4 points at 60 epochs.
+30 + 30 (0.709) < 20 + 40 (0.741) < 10 + 50 (0.748). More epochs narrow the gap: 4.0 points at 60 epochs, 3.2 at
+90 (10 + 80: 0.760 against 0.792; pipeline 65 min), still short of the issue's 2.
 Stage times above were measured with two runs sharing the two cores (one thread each): the 10 + 50 pipeline took
-51 min, its fine-tune epochs ~41 s against ~60 s for the unpruned model's.
+51 min, its fine-tune epochs ~41 s against ~60 s for the unpruned model's. The committed 10 + 80 result reuses
+that run's sparse and prune stages (same inputs, same stage keys) and had its 90-epoch unpruned stage trained
+in a second run folder beside the fine-tune, then merged into the run's pipeline.json before the report.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from common import REPO, need_shared, write_result
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sparse-epochs", type=int, default=10)
-    ap.add_argument("--finetune-epochs", type=int, default=50)
+    ap.add_argument("--finetune-epochs", type=int, default=80)
     ap.add_argument("--sparsity", type=float, default=0.02)
     ap.add_argument("--sparsity-mode", default="targeted", choices=("uniform", "targeted"))
     ap.add_argument("--sparsity-schedule", default="constant", choices=("constant", "linear", "ramp"))
