@@ -54,6 +54,8 @@ from pathlib import Path
 
 from common import REPO, need_shared, write_result
 
+from yolo.fileio import atomic_write_text
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,6 +70,9 @@ def main() -> None:
     ap.add_argument("--target-flops", type=float, default=0.5)
     ap.add_argument("--nbs", type=int, default=16, help="nominal batch: 16 = no accumulation, 4x the optimizer steps")
     ap.add_argument("--workdir", default=str(REPO / "runs" / "bench_helmets"))
+    ap.add_argument("--dense-from", metavar="RUN",
+                    help="a pipeline run folder (<workdir>/exp) whose finished unpruned stage, trained by the same "
+                         "command in parallel, is reused instead of training it again")
     ap.add_argument("extra", nargs="*", help="more `prune.py pipeline` flags (after --)")
     args = ap.parse_args()
     shared = need_shared()
@@ -83,6 +88,8 @@ def main() -> None:
            "--dense-epochs", str(total), "--latency-runs", "30", "--threads", "1",
            "--project", args.workdir, "--name", "exp", "--quiet",
            *(["--reconstruct", str(args.reconstruct)] if args.reconstruct else []), *args.extra]  # fmt: skip
+    if args.dense_from:
+        adopt_dense_stage(Path(args.dense_from), Path(args.workdir) / "exp", total)
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, check=True)
     wall = time.perf_counter() - t0
@@ -123,6 +130,36 @@ def main() -> None:
     )
     write_result("helmets", figures, md)
     print(md)
+
+
+def adopt_dense_stage(donor: Path, run: Path, epochs: int) -> None:
+    """Copy the finished `dense` stage (and the baseline it hangs off) from another run folder's pipeline.json.
+
+    The unpruned yardstick is a side branch of the pipeline, so it can be trained in a second folder on the other
+    core while this one runs sparse -> prune -> fine-tune. The pipeline still checks the copied stage's key against
+    its own inputs, so a stage trained with other settings is redone, not mixed in.
+    """
+    src = donor / "pipeline.json"
+    if not src.is_file():
+        sys.exit(f"--dense-from {donor}: no pipeline.json there (expected a pipeline run folder, <workdir>/exp)")
+    donor_stages = json.loads(src.read_text())["stages"]
+    dense = donor_stages.get("dense")
+    if not dense or dense.get("status") != "done":
+        sys.exit(f"--dense-from {donor}: its unpruned (dense) stage is not finished")
+    if dense["params"].get("epochs") != epochs:
+        sys.exit(f"--dense-from {donor}: its unpruned stage trained {dense['params'].get('epochs')} epochs, "
+                 f"this comparison needs {epochs}")
+    run.mkdir(parents=True, exist_ok=True)
+    dst = run / "pipeline.json"
+    state = json.loads(dst.read_text()) if dst.is_file() else {"schema": "yolov5-slim.pipeline/1", "stages": {}}
+    base = state["stages"].get("baseline")
+    if base and base["key"] != donor_stages["baseline"]["key"]:
+        sys.exit(f"--dense-from {donor}: it started from other weights, data or image size than {run}")
+    stages = {"baseline": donor_stages["baseline"], "dense": dense}
+    stages.update({k: v for k, v in state["stages"].items() if k not in stages})
+    state["stages"] = stages
+    atomic_write_text(dst, json.dumps(state, indent=2))
+    print(f"unpruned stage adopted from {donor} ({dense['seconds'] / 60:.0f} min, {epochs} epochs)")
 
 
 if __name__ == "__main__":

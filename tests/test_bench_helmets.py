@@ -1,0 +1,70 @@
+"""bench/helmets.py --dense-from: the unpruned yardstick trained in another run folder is adopted only when it is
+finished, as long as asked and hangs off the same starting point; anything else stops with one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.state import PipelineState, stage_key
+
+
+@pytest.fixture()
+def helmets(monkeypatch):
+    monkeypatch.setattr(sys, "path", [*sys.path, str(Path(__file__).parents[1] / "bench")])
+    import helmets
+
+    yield helmets
+    sys.modules.pop("helmets", None)
+
+
+def _run(folder: Path, base_params: dict, dense_epochs: int | None, dense_done: bool = True) -> Path:
+    state = PipelineState(folder)
+    base_key = stage_key(base_params)
+    state.begin("baseline", base_key, base_params)
+    state.finish("baseline", {"note": "transfer"})
+    if dense_epochs is not None:
+        params = {"epochs": dense_epochs, "batch": 16}
+        state.begin("dense", stage_key(params, base_key), params)
+        if dense_done:
+            state.finish("dense", {"best": str(folder / "dense" / "weights" / "best.pt")})
+    return folder
+
+
+def test_finished_dense_stage_is_copied_and_other_stages_kept(tmp_path, helmets):
+    donor = _run(tmp_path / "donor", {"weights": "w", "imgsz": 320}, dense_epochs=90)
+    run = _run(tmp_path / "run", {"weights": "w", "imgsz": 320}, dense_epochs=None)
+    state = PipelineState(run)
+    state.begin("sparse", "k1", {})
+    state.finish("sparse", {"last": "s.pt"})
+    helmets.adopt_dense_stage(donor, run, 90)
+    merged = json.loads((run / "pipeline.json").read_text())["stages"]
+    assert list(merged) == ["baseline", "dense", "sparse"]  # stage order as the pipeline writes it
+    assert merged["dense"] == json.loads((donor / "pipeline.json").read_text())["stages"]["dense"]
+    assert merged["sparse"]["outputs"] == {"last": "s.pt"}
+    assert PipelineState(run).status("dense", merged["dense"]["key"]) == "done"
+
+
+def test_adopting_into_an_empty_folder_creates_the_state(tmp_path, helmets):
+    donor = _run(tmp_path / "donor", {"weights": "w"}, dense_epochs=30)
+    helmets.adopt_dense_stage(donor, tmp_path / "new" / "exp", 30)
+    assert set(json.loads((tmp_path / "new" / "exp" / "pipeline.json").read_text())["stages"]) == {"baseline", "dense"}
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [("epochs", "trained 90 epochs, this comparison needs 60"), ("unfinished", "not finished"),
+     ("other_start", "other weights, data or image size"), ("missing", "no pipeline.json")],
+)
+def test_mismatched_donor_stops_with_one_line(tmp_path, helmets, case, message):
+    donor = _run(tmp_path / "donor", {"weights": "w"}, dense_epochs=90, dense_done=case != "unfinished")
+    run = _run(tmp_path / "run", {"weights": "other" if case == "other_start" else "w"}, dense_epochs=None)
+    before = (run / "pipeline.json").read_text()
+    with pytest.raises(SystemExit) as err:
+        helmets.adopt_dense_stage(tmp_path / "nowhere" if case == "missing" else donor, run,
+                                  60 if case == "epochs" else 90)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert (run / "pipeline.json").read_text() == before  # nothing half-merged
