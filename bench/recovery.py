@@ -38,6 +38,10 @@ Nor does the teacher alone: a hand-run probe with the label gains at 0 (distilla
 one-shot 0.7x cut with the re-fit (0.05), brought the distillation loss from 0.29 to 0.13 in 4 epochs while
 mAP50-95 stayed at 0.017-0.025: matching the teacher's maps on the 128 augmented images does not put back what
 the cut removed.
+Nor does a per-layer floor. The global |gamma| ranking cuts the P3 neck hardest at 0.7x (model.17's bottleneck
+32 -> 8 channels, model.14 64 -> 16) and leaves the deep layers whole, but a hand-run probe of the one-shot 0.7x
+cut with beta compensation and the 64-image re-fit scored the same whatever the floor: mAP50-95 0.029 with
+--min-keep 0, 0.029 with 0.5 (no layer loses more than half), 0.025 with 0.7 (close to uniform).
 
 Runs: unpruned, p70, p70t, p50, p50t (t = with the teacher). Each gets --epochs (the LR schedule length) and at
 most --minutes of training: with --fit (default) the epoch count is lowered, after each epoch, to what fits the
