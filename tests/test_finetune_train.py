@@ -248,14 +248,20 @@ def test_official_weights_transfer(shared_dir, setup, tmp_path, capsys):
 
 
 def test_targeted_sparsity_through_trainer(setup, tmp_path):
-    """--sparsity-target reaches the callback with the run's imgsz: the cut set's gammas fall, the median holds."""
+    """--sparsity-target reaches the callback with the run's imgsz: about the targeted 30% of the gammas fall, the
+    median holds. (Counted on the weights: the cut set's largest gamma is re-selected every epoch and on some
+    machines stays near 1 for these 12 steps while the pushed channels are already far below it.)"""
     res = train(_opts(setup, tmp_path, epochs=3, sparsity=2.0, nbs=2, noval=True, name="targeted",
                       sparsity_target={"ratio": 0.3, "round_to": 1}, hyp_overrides={**NO_AUG, "lr0": 0.05}))
     with open(res.run_dir / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     cut = [float(r["cut_gamma_max"]) for r in rows]
     assert all(int(r["cut_channels"]) > 0 for r in rows)
-    assert cut[2] < cut[1] < cut[0] and cut[-1] < 0.8 * cut[0]  # (the LR warms up over these few steps)
+    assert max(cut[1:]) < cut[0]
+    model, _ = load_model(res.last)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    gammas = torch.cat([m.weight.detach().abs().flatten() for m in bns])
+    assert 0.2 < float((gammas < 0.5).float().mean()) < 0.4  # 0 without the penalty (all start at 1)
     assert float(rows[-1]["gamma_median"]) > 0.5  # 70% of the channels are never pushed
     meta = read_checkpoint(res.last)["history"][-1]
     assert meta["sparsity_target"] == {"ratio": 0.3, "round_to": 1}
