@@ -66,7 +66,7 @@ from pathlib import Path
 
 from common import REPO, need_shared, write_result
 
-from yolo.fileio import atomic_write_text
+from pipeline.state import STATE_FILE, PipelineState
 
 
 def main() -> None:
@@ -151,27 +151,24 @@ def adopt_dense_stage(donor: Path, run: Path, epochs: int) -> None:
     core while this one runs sparse -> prune -> fine-tune. The pipeline still checks the copied stage's key against
     its own inputs, so a stage trained with other settings is redone, not mixed in.
     """
-    src = donor / "pipeline.json"
-    if not src.is_file():
-        sys.exit(f"--dense-from {donor}: no pipeline.json there (expected a pipeline run folder, <workdir>/exp)")
-    donor_stages = json.loads(src.read_text())["stages"]
-    dense = donor_stages.get("dense")
-    if not dense or dense.get("status") != "done":
+    if not (donor / STATE_FILE).is_file():
+        sys.exit(f"--dense-from {donor}: no {STATE_FILE} there (expected a pipeline run folder, <workdir>/exp)")
+    source = PipelineState(donor).stages
+    dense = source.get("dense")
+    if dense is None or dense.status != "done":
         sys.exit(f"--dense-from {donor}: its unpruned (dense) stage is not finished")
-    if dense["params"].get("epochs") != epochs:
-        sys.exit(f"--dense-from {donor}: its unpruned stage trained {dense['params'].get('epochs')} epochs, "
+    if dense.params.get("epochs") != epochs:
+        sys.exit(f"--dense-from {donor}: its unpruned stage trained {dense.params.get('epochs')} epochs, "
                  f"this comparison needs {epochs}")
-    run.mkdir(parents=True, exist_ok=True)
-    dst = run / "pipeline.json"
-    state = json.loads(dst.read_text()) if dst.is_file() else {"schema": "yolov5-slim.pipeline/1", "stages": {}}
-    base = state["stages"].get("baseline")
-    if base and base["key"] != donor_stages["baseline"]["key"]:
+    target = PipelineState(run)
+    base = target.stages.get("baseline")
+    if base and base.key != source["baseline"].key:
         sys.exit(f"--dense-from {donor}: it started from other weights, data or image size than {run}")
-    stages = {"baseline": donor_stages["baseline"], "dense": dense}
-    stages.update({k: v for k, v in state["stages"].items() if k not in stages})
-    state["stages"] = stages
-    atomic_write_text(dst, json.dumps(state, indent=2))
-    print(f"unpruned stage adopted from {donor} ({dense['seconds'] / 60:.0f} min, {epochs} epochs)")
+    adopted = {"baseline": source["baseline"], "dense": dense}
+    target.stages = {**adopted, **{k: v for k, v in target.stages.items() if k not in adopted}}
+    run.mkdir(parents=True, exist_ok=True)
+    target.save()
+    print(f"unpruned stage adopted from {donor} ({dense.seconds / 60:.0f} min, {epochs} epochs)")
 
 
 if __name__ == "__main__":
