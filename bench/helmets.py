@@ -99,7 +99,8 @@ def main() -> None:
            "--target-flops", str(args.target_flops), "--finetune-epochs", str(args.finetune_epochs),
            "--dense-epochs", str(total), "--latency-runs", "30", "--threads", "1",
            "--project", args.workdir, "--name", "exp", "--quiet",
-           *(["--reconstruct", str(args.reconstruct)] if args.reconstruct else []), *args.extra]  # fmt: skip
+           *(["--reconstruct", str(args.reconstruct)] if args.reconstruct and "--reconstruct" not in args.extra
+             else []), *args.extra]  # fmt: skip
     if args.dense_from:
         adopt_dense_stage(Path(args.dense_from), Path(args.workdir) / "exp", total)
     t0 = time.perf_counter()

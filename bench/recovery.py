@@ -85,6 +85,7 @@ RUNS: dict[str, tuple[float | None, bool]] = {  # name -> (FLOPs kept target, te
     "p50t": (0.5, True),
 }
 SMOKE_DIR = Path("/tmp/yolov5_slim_recovery_smoke")
+DETECT_CONVS = "model.24.m.*"  # yolov5n's Detect convs: ignoring them keeps every channel they read
 STEP_KEEP = 0.93  # FLOPs kept per cut in the default iterative schedule: where the re-fit alone still holds 0.26
 
 
@@ -140,6 +141,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "images at --imgsz (prune --reconstruct; default 64, 0 = beta compensation only)",
     )
     ap.add_argument("--distill-weight", type=float, default=None, help="hyp distill for the teacher runs")
+    ap.add_argument(
+        "--feature-gain",
+        type=float,
+        default=0.0,
+        help="teacher runs: hyp distill_feat, imitation of the teacher's Detect inputs (needs --keep-detect-inputs)",
+    )
+    ap.add_argument(
+        "--keep-detect-inputs",
+        action="store_true",
+        help="pruned runs: leave the Detect inputs whole (prune --ignore 'model.24.m.*'), so the trained head keeps "
+        "reading the features it was trained on",
+    )
     ap.add_argument("--val-every", type=int, default=1, help="score every N epochs (best epoch needs scores)")
     ap.add_argument("--device", default="", help="cpu, 0, ... (default: first GPU, else CPU)")
     ap.add_argument("--workers", type=int, default=4)
@@ -193,6 +206,7 @@ def prepared_model(args: argparse.Namespace, name: str, keep: float | None, weig
     from yolo.checkpoint import load_model
 
     tag = f"{'unpruned' if keep is None else f'keep{round(keep * 100)}'}_{args.imgsz}_rec{args.reconstruct}"
+    tag += "_detect_whole" if args.keep_detect_inputs and keep is not None else ""
     info_path = args.project / "start" / tag / "start.json"
     if info_path.is_file() and not args.force:
         return json.loads(info_path.read_text())
@@ -213,7 +227,8 @@ def cut(args: argparse.Namespace, model: torch.nn.Module, keep: float, data: Pat
     from prune import PruneConfig, prune_model
     from prune.cli import calib_loader
 
-    config = PruneConfig(target_flops=keep, imgsz=args.imgsz, reconstruct=args.reconstruct)
+    ignore = (DETECT_CONVS,) if args.keep_detect_inputs else ()
+    config = PruneConfig(target_flops=keep, imgsz=args.imgsz, reconstruct=args.reconstruct, ignore=ignore)
     loader = calib_loader(data, args.imgsz, args.reconstruct, batch_size=8) if args.reconstruct else None
     return prune_model(model, config, calib_loader=loader)
 
@@ -308,6 +323,8 @@ def finetune(
     overrides = {"lr0": args.lr0, "warmup_epochs": args.warmup_epochs}
     if teacher is not None and args.distill_weight is not None:
         overrides["distill"] = args.distill_weight
+    if teacher is not None and args.feature_gain:
+        overrides["distill_feat"] = args.feature_gain
     opt = TrainOptions(
         data=str(data),
         weights=start["weights"],
@@ -360,12 +377,16 @@ RECIPE_KEYS = (
     "val_every",
 )
 
+LATER_RECIPE_KEYS = {"feature_gain": 0.0, "keep_detect_inputs": False}  # in the recipe only when on: results
+# recorded before these existed keep matching
+
 
 def run_one(args: argparse.Namespace, name: str, weights: Path, data: Path) -> dict:
     """One run, skipped when its result exists for the same recipe (redone from scratch when the recipe changed)."""
     keep, with_teacher = RUNS[name]
     path = args.out / "recovery_runs" / f"{name}.json"
     recipe = {k: getattr(args, k) for k in RECIPE_KEYS}
+    recipe.update({k: getattr(args, k) for k, off in LATER_RECIPE_KEYS.items() if getattr(args, k) != off})
     old = json.loads(path.read_text()) if path.is_file() else None
     if old is not None and old.get("recipe") == recipe and not args.force:
         print(f"[{name}] already done: {path} (--force to redo)", flush=True)

@@ -16,10 +16,17 @@ but 0 when the student matches the teacher, so the logged value reads as "distan
 the class and box terms by the teacher's objectness keeps the thousands of background cells, whose boxes and
 classes mean nothing, from drowning the few that hold objects.
 
+Feature imitation (hyp `distill_feat`, default 0 = off): the student's Detect inputs (the neck's outputs, one map
+a level) are pulled towards the teacher's by their squared error, each level's divided by the teacher map's mean
+square (a relative error, so levels and widths weigh alike). This is "mimicking then replacing" (Wang et al. 2022,
+"Compressing Models with Few Samples: Mimicking then Replacing"): with little data, matching the features that the
+unpruned head reads is a denser signal than its few output maps, and the head the features feed is the trained
+one. It needs the Detect inputs unpruned (prune with `--ignore 'model.24.m.*'`, the Detect's own convs).
+
 Gains: hyp `distill` (total, `--distill-weight`) times `distill_obj`, `distill_cls`, `distill_box`, the last
 three scaled with image size, level count and class count exactly as the label gains (`scale_loss_gains`), so
-the two losses keep their proportion at any `--imgsz`. The sum is multiplied by the batch size like the label
-loss.
+the two losses keep their proportion at any `--imgsz`; `distill_feat` is not scaled (it is already relative).
+The sum is multiplied by the batch size like the label loss.
 """
 
 from __future__ import annotations
@@ -41,9 +48,12 @@ class TeacherError(ValueError):
     """A --teacher that cannot teach this student; the message is one line naming the flag."""
 
 
+def _bare(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
 def _detect(model: nn.Module) -> nn.Module:
-    inner = model.module if hasattr(model, "module") else model
-    return inner.model[-1]
+    return _bare(model).model[-1]
 
 
 def load_teacher(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> nn.Module:
@@ -73,6 +83,27 @@ def check_compatible(teacher: nn.Module, student: nn.Module, name: str = "") -> 
     for label, tv, sv in checks:
         if tv != sv:
             raise TeacherError(f"--teacher {what}: {label} differ, teacher {tv} vs student {sv}")
+
+
+def check_same_detect_inputs(teacher: nn.Module, student: nn.Module, name: str = "") -> None:
+    """Feature imitation compares the Detect inputs channel for channel: a pruned student must have kept them."""
+    t, s = ([c.in_channels for c in _detect(m).m] for m in (teacher, student))
+    if t != s:
+        where = next((n for n, m in _bare(student).named_modules() if m is _detect(student)), "the Detect layer")
+        raise TeacherError(
+            f"--teacher {name or 'the teacher'}: feature imitation (hyp distill_feat > 0) needs the student's Detect "
+            f"inputs unpruned, teacher {t} vs student {s} channels (prune with --ignore '{where}.m.*')"
+        )
+
+
+def _keep_inputs(store: dict, role: str):
+    """A Detect pre-hook keeping its input maps under store[role]; a plain closure, so copying the model (the EMA)
+    copies a hook that writes to the same store instead of copying the Distiller and its teacher."""
+
+    def hook(module, args):
+        store[role] = list(args[0])
+
+    return hook
 
 
 class Distiller:
@@ -108,6 +139,12 @@ class Distiller:
         # teacher wh in student-anchor units: (2 sigmoid)^2 * anchor_t / anchor_s (1 when the anchors agree)
         ratio = _detect(teacher).anchors.float() / d.anchors.float()
         self.anchor_ratio = [r.view(1, -1, 1, 1, 2) for r in ratio]
+        self.feat_gain = total * float(hyp.get("distill_feat", 0.0))
+        self.features: dict[str, list[torch.Tensor]] = {}
+        if self.feat_gain > 0:
+            check_same_detect_inputs(teacher, student, name)
+            for role, model in (("teacher", teacher), ("student", student)):
+                _detect(model).register_forward_pre_hook(_keep_inputs(self.features, role))
         self.last_item = torch.zeros(1)
 
     @classmethod
@@ -156,6 +193,12 @@ class Distiller:
         total = g["obj"] * lobj + g["cls"] * lcls + g["box"] * lbox
         return total, torch.stack((lobj, lcls, lbox)).detach()
 
+    def feature_loss(self, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Mean over levels of |s - t|^2 / mean(t^2), each a mean over the batch, channels and cells."""
+        terms = [F.mse_loss(s.float(), t.float()) / t.float().pow(2).mean().clamp_min(1e-12)
+                 for s, t in zip(student, teacher)]
+        return torch.stack(terms).mean()
+
     def __call__(
         self, trainer: Any, imgs: torch.Tensor, targets: torch.Tensor, preds: Sequence[torch.Tensor]
     ) -> Optional[torch.Tensor]:
@@ -163,6 +206,8 @@ class Distiller:
             self.last_item = torch.zeros(1)
             return None
         total, _items = self.loss(preds, self.teacher_outputs(imgs))
+        if self.feat_gain > 0:
+            total = total + self.feat_gain * self.feature_loss(self.features["student"], self.features["teacher"])
         self.last_item = total.detach().reshape(1).cpu()
         return total * imgs.shape[0]
 

@@ -54,6 +54,7 @@ HYP_BOUNDS: dict[str, tuple[float, float]] = {
     "distill_obj": (0.0, 1000.0),
     "distill_cls": (0.0, 1000.0),
     "distill_box": (0.0, 1000.0),
+    "distill_feat": (0.0, 1000.0),
 }
 
 

@@ -239,3 +239,70 @@ def test_pipeline_teacher_is_part_of_the_finetune_key(tmp_path, monkeypatch):
         PipelineOptions(data=str(data), weights=str(weights), teacher="nope.pt").validate()
     with pytest.raises(PipelineError, match="--distill-weight needs --teacher"):
         PipelineOptions(data=str(data), weights=str(weights), distill_weight=1.0).validate()
+
+
+# ---------------------------------------------------------------- feature imitation
+
+
+FEAT_ONLY = {"distill_feat": 1.0, "distill_obj": 0.0, "distill_cls": 0.0, "distill_box": 0.0}
+
+
+def calibrated_teacher():
+    """The tiny teacher with BatchNorm statistics from its own activations: at random init (variance 1) the
+    features shrink ~10x a layer and the Detect inputs are ~1e-8."""
+    model = tiny_model(seed=1).train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average: one batch sets the statistics
+    with torch.no_grad():
+        model(torch.rand(4, 3, 64, 64))
+    return model.eval().requires_grad_(False)
+
+
+def test_feature_imitation_is_zero_at_the_teacher_and_pulls_a_changed_student():
+    teacher = calibrated_teacher()
+    student = copy.deepcopy(teacher).requires_grad_(True)
+    dist = Distiller(teacher, student, load_hyp(None, FEAT_ONLY), imgsz=64)
+    imgs = torch.rand(2, 3, 64, 64)
+    student.eval()
+    student.model[-1].training = True
+    loss = dist(None, imgs, torch.zeros(0, 6), student(imgs))
+    assert [f.shape[1] for f in dist.features["student"]] == [c.in_channels for c in student.model[-1].m]
+    assert float(loss.detach()) < 1e-6
+
+    with torch.no_grad():
+        student.model[0].conv.weight.mul_(1.5)  # the first layer changed: every level's features move
+    loss = dist(None, imgs, torch.zeros(0, 6), student(imgs))
+    loss.backward()
+    assert float(dist.last_item) > 1e-3
+    assert float(student.model[0].conv.weight.grad.abs().max()) > 0  # the pull reaches the backbone
+    assert student.model[-1].m[0].weight.grad is None or float(student.model[-1].m[0].weight.grad.abs().max()) == 0
+
+
+def test_feature_imitation_needs_the_detect_inputs_unpruned():
+    from prune.api import PruneConfig, prune_model
+
+    teacher = calibrated_teacher()
+    teacher.model[17].cv3.bn.weight.data[:8] = 1e-3  # the weakest channels feed Detect: a global cut takes them
+    cut, _ = prune_model(teacher, PruneConfig(ratio=0.3, imgsz=64))
+    with pytest.raises(TeacherError) as e:
+        Distiller(teacher, cut, load_hyp(None, FEAT_ONLY), imgsz=64, name="t.pt")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("--teacher t.pt: feature imitation") and "--ignore 'model.24.m.*'" in msg
+    Distiller(teacher, cut, load_hyp(), imgsz=64)  # output distillation alone does not need them
+
+    kept, _ = prune_model(teacher, PruneConfig(ratio=0.3, imgsz=64, ignore=("model.24.m.*",)))
+    assert sum(p.numel() for p in kept.parameters()) < sum(p.numel() for p in teacher.parameters())
+    dist = Distiller(teacher, kept, load_hyp(None, FEAT_ONLY), imgsz=64)
+    kept.train()
+    loss = dist(None, torch.rand(2, 3, 64, 64), torch.zeros(0, 6), kept(torch.rand(2, 3, 64, 64)))
+    assert math.isfinite(float(loss.detach())) and float(loss.detach()) > 0
+
+
+def test_training_with_feature_imitation(setup, tmp_path):
+    grab = GrabTrainer()
+    res = train(_opts(setup, tmp_path, hyp_overrides={**NO_AUG, **FEAT_ONLY}), callbacks=[grab])
+    rows = _rows(res.run_dir)
+    assert math.isfinite(float(rows[0]["train/distill_loss"])) and float(rows[0]["train/distill_loss"]) > 0
+    feats = grab.trainer.distiller.features
+    assert [f.shape[1] for f in feats["student"]] == [f.shape[1] for f in feats["teacher"]]
