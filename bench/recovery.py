@@ -148,6 +148,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="teacher runs: hyp distill_feat, imitation of the teacher's Detect inputs (needs --keep-detect-inputs)",
     )
     ap.add_argument(
+        "--hyp",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more hyperparameter overrides for every run's fine-tune (e.g. box=0 obj=0 cls=0: no label loss)",
+    )
+    ap.add_argument(
         "--keep-detect-inputs",
         action="store_true",
         help="pruned runs: leave the Detect inputs whole (prune --ignore 'model.24.m.*'), so the trained head keeps "
@@ -162,10 +169,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--smoke", action="store_true", help=f"write everything under {SMOKE_DIR} (plumbing check)")
     ap.add_argument("--force", action="store_true", help="redo runs that already have a result")
     args = ap.parse_args(argv)
+    args.hyp = hyp_overrides(ap, args.hyp)
     base = SMOKE_DIR if args.smoke else None
     args.out = Path(args.out) if args.out else (base / "results" if base else RESULTS)
     args.project = Path(args.project) if args.project else (base / "runs" if base else Path("runs/bench_recovery"))
     return args
+
+
+def hyp_overrides(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, float]:
+    """--hyp KEY=VALUE ... as a dict, checked against the hyperparameter bounds now rather than an hour in."""
+    from finetune.hyp import HypError, load_hyp
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            ap.error(f"--hyp {item!r}: expected KEY=NUMBER, e.g. box=0")
+    try:
+        load_hyp(None, out)
+    except HypError as e:
+        ap.error(f"--hyp: {e}")
+    return out
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -325,6 +353,7 @@ def finetune(
         overrides["distill"] = args.distill_weight
     if teacher is not None and args.feature_gain:
         overrides["distill_feat"] = args.feature_gain
+    overrides.update(args.hyp)
     opt = TrainOptions(
         data=str(data),
         weights=start["weights"],
@@ -377,16 +406,22 @@ RECIPE_KEYS = (
     "val_every",
 )
 
-LATER_RECIPE_KEYS = {"feature_gain": 0.0, "keep_detect_inputs": False}  # in the recipe only when on: results
+LATER_RECIPE_KEYS = {"feature_gain": 0.0, "keep_detect_inputs": False, "hyp": {}}  # in the recipe only when on: results
 # recorded before these existed keep matching
+
+
+def recipe_of(args: argparse.Namespace) -> dict:
+    """What makes two runs the same run: a recorded result is reused only when this matches."""
+    recipe = {k: getattr(args, k) for k in RECIPE_KEYS}
+    recipe.update({k: getattr(args, k) for k, off in LATER_RECIPE_KEYS.items() if getattr(args, k) != off})
+    return recipe
 
 
 def run_one(args: argparse.Namespace, name: str, weights: Path, data: Path) -> dict:
     """One run, skipped when its result exists for the same recipe (redone from scratch when the recipe changed)."""
     keep, with_teacher = RUNS[name]
     path = args.out / "recovery_runs" / f"{name}.json"
-    recipe = {k: getattr(args, k) for k in RECIPE_KEYS}
-    recipe.update({k: getattr(args, k) for k, off in LATER_RECIPE_KEYS.items() if getattr(args, k) != off})
+    recipe = recipe_of(args)
     old = json.loads(path.read_text()) if path.is_file() else None
     if old is not None and old.get("recipe") == recipe and not args.force:
         print(f"[{name}] already done: {path} (--force to redo)", flush=True)
