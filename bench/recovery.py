@@ -155,6 +155,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="more hyperparameter overrides for every run's fine-tune (e.g. box=0 obj=0 cls=0: no label loss)",
     )
     ap.add_argument(
+        "--freeze-bn-stats",
+        action="store_true",
+        help="fine-tune with BatchNorm in eval mode (running statistics): batch statistics undo the re-fit, whose "
+        "fitted outputs are meant to be normalised by the unpruned model's statistics",
+    )
+    ap.add_argument(
         "--keep-detect-inputs",
         action="store_true",
         help="pruned runs: leave the Detect inputs whole (prune --ignore 'model.24.m.*'), so the trained head keeps "
@@ -346,7 +352,9 @@ def finetune(
 
     run_dir = args.project / name
     last = run_dir / "weights" / "last.pt"
-    if fresh and run_dir.exists():
+    stamp = run_dir / "recipe.json"  # an interrupted run resumes only under the recipe (and start) it began with
+    began = json.dumps({**recipe_of(args), "start": start["weights"]}, sort_keys=True, default=str)
+    if run_dir.exists() and (fresh or not stamp.is_file() or stamp.read_text() != began):
         shutil.rmtree(run_dir)
     overrides = {"lr0": args.lr0, "warmup_epochs": args.warmup_epochs}
     if teacher is not None and args.distill_weight is not None:
@@ -370,9 +378,12 @@ def finetune(
         exist_ok=True,
         val_every=args.val_every,
         teacher=str(teacher) if teacher else "",
+        freeze_bn_stats=args.freeze_bn_stats,
         time_limit=minutes,
         time_limit_fit=args.fit,
     )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(began)
     if last.is_file():
         print(f"[{name}] resuming {last}", flush=True)
         opt = TrainOptions(resume=str(last), time_limit=minutes, device=args.device, workers=args.workers)
@@ -406,8 +417,8 @@ RECIPE_KEYS = (
     "val_every",
 )
 
-LATER_RECIPE_KEYS = {"feature_gain": 0.0, "keep_detect_inputs": False, "hyp": {}}  # in the recipe only when on: results
-# recorded before these existed keep matching
+# in the recipe only when on: results recorded before these existed keep matching
+LATER_RECIPE_KEYS = {"feature_gain": 0.0, "keep_detect_inputs": False, "hyp": {}, "freeze_bn_stats": False}
 
 
 def recipe_of(args: argparse.Namespace) -> dict:

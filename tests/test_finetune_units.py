@@ -31,7 +31,7 @@ SCRATCH_LOW = {
     "degrees": 0.0, "translate": 0.1, "scale": 0.5, "shear": 0.0, "perspective": 0.0, "flipud": 0.0,
     "fliplr": 0.5, "mosaic": 1.0, "mixup": 0.0, "copy_paste": 0.0, "label_smoothing": 0.0,
 }
-DISTILL_DEFAULTS = {"distill": 1.0, "distill_obj": 1.0, "distill_cls": 0.5, "distill_box": 0.05}
+DISTILL_DEFAULTS = {"distill": 1.0, "distill_obj": 1.0, "distill_cls": 0.5, "distill_box": 0.05, "distill_feat": 0.0}
 
 
 # ---------------------------------------------------------------- hyperparameters
