@@ -10,7 +10,9 @@ the pruned model's own input patches. Convs are fitted in execution order, each 
 already fitted layers before it, so the errors upstream are corrected rather than compounded; that includes convs
 that lost no input but read changed ones (Detect's convs: on yolov5n at 0.7x FLOPs, re-fitting them took the P3
 output error from 130% to 17% of its variance). Convs whose inputs are unchanged are left alone. A fitted intercept
-goes to the conv's bias, or to the running mean of the BatchNorm right after it.
+goes to the conv's bias, or to the running mean of the BatchNorm right after it; that BatchNorm then gets the
+fitted outputs' own mean and variance (gamma and beta compensate, eval outputs unchanged), so that training, which
+normalises by batch statistics, starts from the fitted model rather than a rescaled one.
 
 Cost: both models run one layer at a time over the calibration images, from cached layer outputs (each layer once
 per conv it holds, stopped at that conv), and a (k*k*c_in + 1)^2 normal-equation solve per conv on patches gathered
@@ -209,7 +211,34 @@ def _refit(original, pruned, plan, name, runners, stage, per_image, gen, ridge) 
         # the shift compensation folded there before, which the fit already accounts for
         m = bn_o.running_mean[keep.to(bn_o.running_mean.device)]
         bn_p.running_mean.data.copy_(m - sol[-1].to(m))
+        _own_statistics(bn_p, xtx, sol)
     return True
+
+
+@torch.no_grad()
+def _own_statistics(bn: nn.BatchNorm2d, xtx: torch.Tensor, sol: torch.Tensor) -> None:
+    """Give the BatchNorm the fitted conv's own output statistics, with gamma and beta changed so that its eval-mode
+    output is exactly what it was.
+
+    A least-squares fit predicts with less variance than its target, and the fit's outputs are meant to be
+    normalised by the unpruned model's statistics. Training normalises by the batch's instead, which rescales
+    every fitted channel back up: on yolov5n cut to 0.7x FLOPs and re-fitted, the Detect inputs' relative error was
+    0.39-0.53 in eval mode but 0.73-1.0 in train mode, so the first fine-tuning steps undid most of the fit. With
+    the statistics the fitted outputs really have (from the normal equations: the ones column sums the patches),
+    the batch statistics agree with the running ones and train mode sees the fitted model too (same cut: train-mode
+    error 0.46-0.74, eval mode unchanged, mAP50-95 0.029 either way).
+    """
+    n = xtx[-1, -1]
+    mean = (xtx[-1] @ sol) / n  # the fitted output's mean, intercept included
+    var = ((sol * (xtx @ sol)).sum(0) / n - mean**2).clamp_min(0)
+    dev = bn.running_mean.device
+    mean, var = mean.to(dev, bn.running_mean.dtype), var.to(dev, bn.running_var.dtype)
+    old_mean = bn.running_mean + sol[-1].to(mean)  # eval mode subtracts running_mean - b from conv(x)
+    old_std = (bn.running_var + bn.eps).sqrt()
+    bn.bias.add_(bn.weight * (mean - old_mean) / old_std)
+    bn.weight.mul_((var + bn.eps).sqrt() / old_std)
+    bn.running_mean.copy_(mean - sol[-1].to(mean))
+    bn.running_var.copy_(var)
 
 
 def _normal_equations(conv_o, conv_p, keep, runners, stage, per_image, gen):

@@ -125,3 +125,49 @@ def test_layer_cache_too_large_for_the_limit_falls_back_to_the_whole_model_path(
     assert not built  # the two caches (unpruned and pruned) over the limit: the whole-model path
     rc.reconstruct_consumers(model, slice_only(model, plan), plan, x, rows=300, cache_limit=2 * need)
     assert built  # within it: layer by layer
+
+
+def bn_input_stats(model: torch.nn.Module, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per BatchNorm: the per-channel mean and variance of what it receives on x (eval mode)."""
+    got, hooks = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            hooks.append(m.register_forward_pre_hook(
+                lambda mod, a, name=name: got.__setitem__(name, (a[0].mean((0, 2, 3)), a[0].var((0, 2, 3))))))
+    with torch.no_grad():
+        model.eval()(x)
+    for h in hooks:
+        h.remove()
+    return got
+
+
+def test_refitted_batchnorms_hold_the_statistics_of_what_they_receive(case, monkeypatch):
+    """Train mode normalises by batch statistics: a re-fitted BatchNorm must hold the fitted conv's own (with gamma
+    and beta compensating), or the first fine-tuning step rescales the fit away. Eval outputs are unchanged."""
+    import prune.reconstruct as rec
+
+    model, plan = case
+    calib = images(6, seed=0)
+    fixed = apply_plan(model, plan, reconstruct=24, calib_loader=calib)
+    monkeypatch.setattr(rec, "_own_statistics", lambda *a: None)
+    borrowed = apply_plan(model, plan, reconstruct=24, calib_loader=calib)
+    x = images(2, seed=1)[0][0].float() / 255
+    with torch.no_grad():
+        for u, v in zip(fixed.eval()(x)[1], borrowed.eval()(x)[1]):
+            assert torch.allclose(u, v, rtol=1e-3, atol=1e-4)
+    seen = bn_input_stats(fixed, torch.cat([b[0] for b in calib]).float() / 255)
+    moved = 0
+    for name, (mean, var) in seen.items():
+        a, b = fixed.get_submodule(name), borrowed.get_submodule(name)
+        if torch.equal(a.running_var, b.running_var):
+            continue  # not re-fitted
+        moved += 1
+        assert stats_error(a, mean, var) < 0.1 < stats_error(b, mean, var), name
+    assert moved >= 3
+
+
+def stats_error(bn: torch.nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor) -> float:
+    """How far a BatchNorm's running statistics are from the measured ones: squared mean offset in standard
+    deviations plus squared log variance ratio, averaged over channels."""
+    v = var.clamp_min(1e-6)
+    return float(((bn.running_mean - mean) ** 2 / v).mean() + ((bn.running_var / v).log() ** 2).mean())
