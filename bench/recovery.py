@@ -43,6 +43,19 @@ Nor does a per-layer floor. The global |gamma| ranking cuts the P3 neck hardest 
 cut with beta compensation and the 64-image re-fit scored the same whatever the floor: mAP50-95 0.029 with
 --min-keep 0, 0.029 with 0.5 (no layer loses more than half), 0.025 with 0.7 (close to uniform).
 
+Nor does imitating the teacher's features (hand-run probes on 2026-11-23, the one-shot 0.7x cut with the 64-image
+re-fit, mAP50-95 0.029; at 0.7x the global cut leaves the Detect inputs whole anyway, so --keep-detect-inputs
+changes nothing there). Imitation only (`--feature-gain 1 --hyp box=0 obj=0 cls=0 distill_obj=0 distill_cls=0
+distill_box=0`, lr0 2e-3): the Detect inputs' relative error fell from 0.78 to 0.45 in 10 epochs while mAP50-95
+fell to 0.003-0.008. The same with `--freeze-bn-stats`: error 0.58 -> 0.46 in 7 epochs, mAP50-95 0.008 -> 0.029,
+back to where the cut started and no higher. Those probes found why training at first makes a re-fitted cut
+worse: the re-fit's outputs were normalised with the unpruned model's BatchNorm statistics, and batch statistics
+rescale them (Detect-input error 0.39-0.53 in eval mode, 0.73-1.0 in train mode). The re-fit now gives those
+BatchNorms the fitted outputs' own statistics (train mode 0.46-0.74, eval unchanged), but that alone did not
+make training win the cut back: the p70t recipe (lr0 5e-4, teacher, labels) from the same cut scored 0.034,
+0.032, 0.028, 0.026, 0.030 in its first 5 epochs, the same hovering as before. At 8 optimiser steps an epoch,
+an hour is ~250 steps: too few for any of these losses to rebuild what a 30% cut of yolov5n removes.
+
 Runs: unpruned, p70, p70t, p50, p50t (t = with the teacher). Each gets --epochs (the LR schedule length) and at
 most --minutes of training: with --fit (default) the epoch count is lowered, after each epoch, to what fits the
 minutes, so every run still ends its LR schedule annealed; --no-fit stops after the epoch that crosses the minutes.
