@@ -98,7 +98,6 @@ RUNS: dict[str, tuple[float | None, bool]] = {  # name -> (FLOPs kept target, te
     "p50t": (0.5, True),
 }
 SMOKE_DIR = Path("/tmp/yolov5_slim_recovery_smoke")
-DETECT_CONVS = "model.24.m.*"  # yolov5n's Detect convs: ignoring them keeps every channel they read
 STEP_KEEP = 0.93  # FLOPs kept per cut in the default iterative schedule: where the re-fit alone still holds 0.26
 
 
@@ -273,8 +272,9 @@ def cut(args: argparse.Namespace, model: torch.nn.Module, keep: float, data: Pat
     """Prune to keep this share of the FLOPs (slim importance, beta compensation, then the least-squares re-fit)."""
     from prune import PruneConfig, prune_model
     from prune.cli import calib_loader
+    from yolo.model import detect_convs_pattern
 
-    ignore = (DETECT_CONVS,) if args.keep_detect_inputs else ()
+    ignore = (detect_convs_pattern(model),) if args.keep_detect_inputs else ()
     config = PruneConfig(target_flops=keep, imgsz=args.imgsz, reconstruct=args.reconstruct, ignore=ignore)
     loader = calib_loader(data, args.imgsz, args.reconstruct, batch_size=8) if args.reconstruct else None
     return prune_model(model, config, calib_loader=loader)

@@ -89,10 +89,12 @@ def check_same_detect_inputs(teacher: nn.Module, student: nn.Module, name: str =
     """Feature imitation compares the Detect inputs channel for channel: a pruned student must have kept them."""
     t, s = ([c.in_channels for c in _detect(m).m] for m in (teacher, student))
     if t != s:
-        where = next((n for n, m in _bare(student).named_modules() if m is _detect(student)), "the Detect layer")
+        from yolo.model import detect_convs_pattern
+
+        keep = detect_convs_pattern(student)
         raise TeacherError(
             f"--teacher {name or 'the teacher'}: feature imitation (hyp distill_feat > 0) needs the student's Detect "
-            f"inputs unpruned, teacher {t} vs student {s} channels (prune with --ignore '{where}.m.*')"
+            f"inputs unpruned, teacher {t} vs student {s} channels (prune with --ignore '{keep}')"
         )
 
 

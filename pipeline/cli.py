@@ -98,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def demo_defaults() -> PipelineOptions:
     """The demo's knobs: sized to finish in about ten minutes on two CPU cores."""
-    return PipelineOptions(imgsz=128, batch_size=16, nbs=16, sparse_epochs=50, dense_epochs=0, finetune_epochs=10,
+    return PipelineOptions(imgsz=128, batch_size=16, nbs=16, sparse_epochs=35, dense_epochs=0, finetune_epochs=10,
                            sparsity=2e-3, sparsity_schedule="constant", target_flops=0.5, optimizer="AdamW",
                            hyp=str(DEMO_HYP), val_every=5, latency_runs=100, threads=[1], project="runs/demo",
                            workers=2)

@@ -384,6 +384,13 @@ def build_model(cfg: str | Path | dict, nc: int | None = None, shapes: dict | No
     return DetectionModel(cfg, nc=nc, shapes=shapes)
 
 
+def detect_convs_pattern(model: nn.Module) -> str:
+    """The prune --ignore pattern of the Detect output convs: ignoring them keeps every channel they read."""
+    bare = model.module if hasattr(model, "module") else model
+    name = next(n for n, m in bare.named_modules() if m is bare.model[-1])
+    return f"{name}.m.*"
+
+
 def reset_detect_head(model: DetectionModel, nc: int, names: list[str] | None = None) -> DetectionModel:
     """New output convolutions for a different class count (transfer learning); keeps anchors and strides."""
     old = model.detect
