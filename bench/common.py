@@ -56,6 +56,12 @@ def write_result(name: str, figures: dict[str, Any], markdown: str, out_dir: Pat
     return results / f"{name}.json"
 
 
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table; cells are written as given (format numbers before)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
 def need_shared() -> Path:
     if not (SHARED / "weights" / "yolov5n.pt").is_file():
         sys.exit(f"this benchmark needs {SHARED} (the shared weights and datasets)")

@@ -7,6 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from pipeline.run import SPARSITY_MODES, PipelineOptions, run_pipeline
+from prune.config import IMPORTANCES
 from sparsity.bn_l1 import SCHEDULES
 
 DEMO_MODEL = {
@@ -47,7 +48,7 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     amount.add_argument("--ratio", type=float, default=None, help="fraction of prunable channels REMOVED")
     amount.add_argument("--target-flops", type=float, default=None, help="fraction of FLOPs KEPT (default 0.5)")
     amount.add_argument("--target-params", type=float, default=None, help="fraction of parameters KEPT")
-    p.add_argument("--importance", default=d.importance, choices=("slim", "l1", "l2"))
+    p.add_argument("--importance", default=d.importance, choices=IMPORTANCES)
     p.add_argument("--min-keep", type=float, default=d.min_keep, help="per-layer floor (fraction, or count >= 1)")
     p.add_argument("--round-to", type=int, default=d.round_to, help="kept channels rounded to a multiple of N")
     p.add_argument("--ignore", action="append", default=[], help="glob of module names to leave alone (repeatable)")

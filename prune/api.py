@@ -22,7 +22,7 @@ def prune_model(
     config.validate()
     if config.needs_images and calib_loader is None:
         raise PruneError(CALIB_NEEDED)
-    plan = plan_pruning(graph if graph is not None else model, config)
+    plan = plan_pruning(graph if graph is not None else model, config, calib_loader=calib_loader)
     for w in plan.warnings:
         warnings.warn(w, PruneWarning, stacklevel=2)
     pruned = apply_plan(model, plan, calib_loader=calib_loader)

@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prune.config import DEFAULT_MIN_KEEP, DEFAULT_ROUND_TO, DEFAULT_WARN_GAMMA, PruneConfig, PruneError
+from prune.config import (
+    DEFAULT_MIN_KEEP,
+    DEFAULT_ROUND_TO,
+    DEFAULT_WARN_GAMMA,
+    IMPORTANCES,
+    PruneConfig,
+    PruneError,
+)
 from prune.runs import increment_path, save_pruned
 from prune.sweep import DEFAULT_RATIOS
 
@@ -46,8 +53,9 @@ def _common(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--weights", required=True, help="official YOLOv5 .pt or a yolov5-slim checkpoint")
     p.add_argument("--data", default=None, help="data.yaml: calibration images (mean/recalibrate), mAP in sweep")
     p.add_argument("--imgsz", "--img", type=int, default=None, help="image size for GFLOPs (default: checkpoint's)")
-    p.add_argument("--importance", choices=("slim", "l1", "l2"), default="slim",
-                   help="slim: BatchNorm |gamma| (default); l1/l2: filter magnitude")
+    p.add_argument("--importance", choices=IMPORTANCES, default="slim",
+                   help="slim: BatchNorm |gamma| (default); l1/l2: filter magnitude; taylor: the loss's first-order "
+                        "change on --data's training images (for checkpoints that were not sparse-trained)")
     p.add_argument("--min-keep", type=float, default=DEFAULT_MIN_KEEP,
                    help="per-layer floor: fraction (<1) or count (>=1) of channels kept (default 0.1, >= 1 always)")
     p.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO,
@@ -56,7 +64,8 @@ def _common(p: argparse.ArgumentParser, name: str) -> None:
                    help="leave layers matching this module-name pattern alone, e.g. 'model.0.*' (repeatable)")
     p.add_argument("--compensate", choices=("beta", "mean", "none"), default="beta",
                    help="fold removed channels' constant act(beta) (default) or mean input into their consumers")
-    p.add_argument("--calib-images", type=int, default=64, help="images for --compensate mean (default 64)")
+    p.add_argument("--calib-images", type=int, default=64,
+                   help="images for --compensate mean and --importance taylor (default 64)")
     p.add_argument("--warn-gamma", type=float, default=DEFAULT_WARN_GAMMA,
                    help=f"warn when a removed channel has |gamma| above this (default {DEFAULT_WARN_GAMMA})")
     p.add_argument("--batch-size", type=int, default=16, help="batch size for calibration / scoring")
@@ -107,7 +116,8 @@ def _calib(args, config: PruneConfig, model):
     if not config.needs_images:
         return None
     if not args.data:
-        raise PruneError("--compensate mean, --recalibrate and --reconstruct need training images: give --data")
+        raise PruneError("--importance taylor, --compensate mean, --recalibrate and --reconstruct need training "
+                         "images: give --data")
     n = config.images_needed
     stride = int(max(model.stride.tolist())) if hasattr(model, "stride") else 32
     return calib_loader(args.data, config.imgsz, n, args.batch_size, stride, args.workers)
@@ -129,7 +139,7 @@ def run_prune(args: argparse.Namespace) -> dict:
     config = config_from_args(args, imgsz).validate()
     calib = _calib(args, config, model)
     graph = build_graph(model, config.imgsz, config.ignore)
-    plan = plan_pruning(graph, config)
+    plan = plan_pruning(graph, config, calib_loader=calib)
     pruned = apply_plan(model, plan, calib_loader=calib)
     save_dir = increment_path(args.project, args.name, args.exist_ok)
     path = save_pruned(save_dir, pruned, meta, plan.table, config, weights=args.weights)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-IMPORTANCES = ("slim", "l1", "l2")
+IMPORTANCES = ("slim", "l1", "l2", "taylor")
 COMPENSATIONS = ("beta", "mean", "none")
 
 # Why these defaults:
@@ -20,7 +20,8 @@ COMPENSATIONS = ("beta", "mean", "none")
 DEFAULT_MIN_KEEP = 0.1
 DEFAULT_ROUND_TO = 8
 DEFAULT_WARN_GAMMA = 0.05
-CALIB_NEEDED = "compensate='mean', recalibrate and reconstruct need calibration images (--data / calib_loader)"
+CALIB_NEEDED = ("importance 'taylor', compensate='mean', recalibrate and reconstruct need calibration images "
+                "(--data / calib_loader)")
 
 
 class PruneError(ValueError):
@@ -35,7 +36,8 @@ class PruneConfig:
       ratio          fraction of the prunable channels REMOVED (0 <= ratio < 1)
       target_flops   fraction of the model's FLOPs KEPT (0 < x <= 1), reached by bisection on the threshold
       target_params  fraction of the model's parameters KEPT (0 < x <= 1)
-    importance     'slim' (BatchNorm |gamma|, one global threshold), 'l1' / 'l2' (mean |w| / RMS of the filters)
+    importance     'slim' (BatchNorm |gamma|, one global threshold), 'l1' / 'l2' (mean |w| / RMS of the filters),
+                   'taylor' (the detection loss's first-order change on calibration images; prune/importance.py)
     min_keep       per-layer floor: a fraction (< 1) of the layer's channels, or (>= 1) a channel count; >= 1 always
     round_to       kept channels of a group are rounded UP to a multiple of this (never above the original)
     ignore         glob patterns on module names ('model.0.*', 'model.24.*'): those layers keep every channel
@@ -44,7 +46,7 @@ class PruneConfig:
     recalibrate    re-estimate BatchNorm statistics over this many training images after slicing (0 = off)
     reconstruct    re-fit the convs that lost inputs by least squares to the unpruned outputs on this many training
                    images (0 = off; prune/reconstruct.py): for checkpoints that were not sparse-trained
-    calib_images   images used to measure channel means for compensate='mean'
+    calib_images   images used to measure channel means for compensate='mean' and the taylor importance
     warn_gamma     warn when a removed channel's |gamma| exceeds this
     imgsz          image size for the FLOPs accounting
     """
@@ -99,7 +101,7 @@ class PruneConfig:
     @property
     def needs_images(self) -> bool:
         """Whether applying this config reads calibration images (mean compensation, reconstruction, BN stats)."""
-        return self.compensate == "mean" or self.recalibrate > 0 or self.reconstruct > 0
+        return self.compensate == "mean" or self.recalibrate > 0 or self.reconstruct > 0 or self.importance == "taylor"
 
     @property
     def images_needed(self) -> int:

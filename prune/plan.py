@@ -109,15 +109,16 @@ class Selector:
 
 
 def plan_pruning(
-    model: nn.Module | PruneGraph, config: PruneConfig, scores: list[np.ndarray] | None = None
+    model: nn.Module | PruneGraph, config: PruneConfig, scores: list[np.ndarray] | None = None, calib_loader=None
 ) -> PrunePlan:
-    """Decide which channels to remove. `model` may be a PruneGraph already built (see build_graph)."""
+    """Decide which channels to remove. `model` may be a PruneGraph already built (see build_graph); the taylor
+    importance reads labelled images from `calib_loader`."""
     config.validate()
     graph = model if isinstance(model, PruneGraph) else build_graph(model, config.imgsz, config.ignore)
     if tuple(config.ignore) != graph.ignore:
         raise PruneError(f"the graph was built with ignore={list(graph.ignore)}, the config says {list(config.ignore)}")
     if scores is None:
-        scores = group_scores(graph, config.importance)
+        scores = group_scores(graph, config.importance, calib_loader)
     sel = Selector(graph, scores, config)
     if config.ratio is not None:
         k = sel.k_for_ratio(config.ratio)

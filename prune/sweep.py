@@ -141,7 +141,7 @@ def sweep(
     base_cfg = replace(config or PruneConfig(), ratio=0.0, target_flops=None, target_params=None).validate()
     scorer = evaluate_fn or (_default_evaluator(data, base_cfg.imgsz, **eval_kwargs) if data is not None else None)
     graph = build_graph(model, base_cfg.imgsz, base_cfg.ignore)
-    scores = group_scores(graph, base_cfg.importance)
+    scores = group_scores(graph, base_cfg.importance, calib_loader)
     baseline = {"params": graph.params, "gflops": graph.flops / 1e9}
     if scorer is not None:
         baseline.update(_metrics(scorer(model)))

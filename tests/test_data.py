@@ -409,6 +409,35 @@ def test_no_augmentation_when_hyp_keys_missing(red_boxes: list[Path]) -> None:
         assert torch.equal(a[0], b[0]) and torch.allclose(a[1], b[1])
 
 
+def test_memory_cache_gives_the_same_samples_and_stays_untouched(red_boxes: list[Path]) -> None:
+    hyp = {**HYP, "hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "mixup": 0.5, "mosaic": 0.5}
+    disk = DetectionDataset(red_boxes, img_size=64, names=["r"], augment=True, hyp=hyp, cache="no")
+    ram = DetectionDataset(red_boxes, img_size=64, names=["r"], augment=True, hyp=hyp, cache="ram")
+    assert disk._cached is None and ram._cached is not None
+    assert ram.cache_bytes() == sum(img.nbytes for img, _, _ in ram._cached)
+    for seed in range(12):
+        a, b = disk.get(seed % 4, np.random.default_rng(seed)), ram.get(seed % 4, np.random.default_rng(seed))
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[3] == b[3]
+    for i, f in enumerate(ram.im_files):
+        img, hw0, hw = ram.image(i)
+        fresh = load_image(f, 64)
+        assert np.array_equal(img, fresh[0]) and (hw0, hw) == fresh[1:]
+        with pytest.raises(ValueError):
+            img[0, 0, 0] = 1  # read-only: augmentation can never edit the cached copy
+
+
+def test_auto_cache_only_within_the_memory_limit(red_boxes: list[Path], monkeypatch) -> None:
+    import yolo.data as data
+
+    monkeypatch.setattr(data, "_auto_cache_limit", lambda: 0)
+    assert DetectionDataset(red_boxes, img_size=64, names=["r"])._cached is None
+    need = DetectionDataset(red_boxes, img_size=64, names=["r"], cache="no").cache_bytes()
+    monkeypatch.setattr(data, "_auto_cache_limit", lambda: need)
+    assert DetectionDataset(red_boxes, img_size=64, names=["r"])._cached is not None
+    with pytest.raises(ValueError, match="cache: expected one of auto, ram, no"):
+        DetectionDataset(red_boxes, img_size=64, names=["r"], cache="disk")
+
+
 # ----------------------------------------------------------------------------------------------- loaders
 def test_collate_writes_batch_index_and_pads_mixed_sizes() -> None:
     def item(h: int, w: int, n: int) -> tuple:

@@ -90,7 +90,7 @@ def test_impossible_target_is_an_error(tiny):
     "kwargs, match",
     [({"ratio": 1.0}, "outside"), ({"ratio": -0.1}, "outside"), ({}, "exactly one"),
      ({"ratio": 0.2, "target_flops": 0.5}, "exactly one"), ({"target_params": 1.5}, "KEPT"),
-     ({"ratio": 0.2, "importance": "taylor"}, "importance"), ({"ratio": 0.2, "compensate": "x"}, "compensate"),
+     ({"ratio": 0.2, "importance": "hessian"}, "importance"), ({"ratio": 0.2, "compensate": "x"}, "compensate"),
      ({"ratio": 0.2, "round_to": 0}, "round_to")],
 )  # fmt: skip
 def test_bad_settings_are_one_line_errors(kwargs, match):

@@ -38,6 +38,8 @@ EDGE_TOLERANCE = 0.05  # how far (normalised) a box may overshoot the image edge
 ROUNDING_TOLERANCE = 1e-5  # overshoot from rounding labels to 6 decimals: clipped without being reported
 MIN_IMAGE_SIDE = 10  # YOLOv5 rejects images of 9 px or less
 RECT_BATCHES = ("exact", "yolov5")  # scoring batches: one shape each, or YOLOv5's consecutive groups
+CACHE_MODES = ("auto", "ram", "no")  # decoded, resized images kept in memory (never written to disk)
+AUTO_CACHE_BYTES = 1 << 30  # 'auto' caches at most 1 GiB, and at most a quarter of the memory available
 _EXIF_ORIENTATION = 0x0112
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
 
@@ -598,9 +600,12 @@ class DetectionDataset(Dataset):
         pad: float = 0.0,
         prefix: str = "",
         rect_batches: str = "yolov5",
+        cache: str = "auto",
     ) -> None:
         if rect_batches not in RECT_BATCHES:
             raise ValueError(f"rect_batches: expected one of {', '.join(RECT_BATCHES)}, got {rect_batches!r}")
+        if cache not in CACHE_MODES:
+            raise ValueError(f"cache: expected one of {', '.join(CACHE_MODES)}, got {cache!r}")
         self.img_size = img_size
         self.names = list(names) if names is not None else None
         self.augment = augment
@@ -619,6 +624,30 @@ class DetectionDataset(Dataset):
             self._make_exact_rect_shapes(batch_size, stride, pad)
         elif rect:
             self._make_rect_shapes(batch_size, stride, pad)
+        self._cached: list | None = None
+        if cache == "ram" or (cache == "auto" and self.cache_bytes() <= _auto_cache_limit()):
+            self._fill_cache()
+
+    def cache_bytes(self) -> int:
+        """Memory the decoded images take at img_size (long side), as load_image returns them."""
+        r = self.img_size / self.shapes.max(1)
+        return int(sum(_scaled(int(w), k) * _scaled(int(h), k) * 3 for (w, h), k in zip(self.shapes, r)))
+
+    def _fill_cache(self) -> None:
+        """Decode every image once, before the loader's workers fork (they share the arrays): on a 2-core CPU
+        decoding and resizing was half of a training batch's data time. Read-only, so no augmentation can edit
+        the cached copy."""
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            cached = list(pool.map(lambda f: load_image(f, self.img_size), self.im_files))
+        for img, _, _ in cached:
+            img.setflags(write=False)
+        self._cached = cached
+
+    def image(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        """load_image of image `index` at img_size, from memory when cached."""
+        if self._cached is not None:
+            return self._cached[index]
+        return load_image(self.im_files[index], self.img_size)
 
     def _scan(self, files: list[Path]) -> None:
         """Check every image and parse every label once, keeping only readable images."""
@@ -730,7 +759,7 @@ class DetectionDataset(Dataset):
 
     def _load_letterboxed(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, tuple]:
         """Single image: resize, letterbox to the (batch) shape, optionally warp; labels as pixel xyxy."""
-        img, (h0, w0), (h, w) = load_image(self.im_files[index], self.img_size)
+        img, (h0, w0), (h, w) = self.image(index)
         shape = self.batch_shapes[self.batch[index]] if self.rect else self.img_size
         img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
         shapes = ((h0, w0), ((h / h0, w / w0), pad))
@@ -780,7 +809,7 @@ class DetectionDataset(Dataset):
         canvas = np.full((s * 2, s * 2, 3), PAD_COLOR[0], np.uint8)
         all_labels = []
         for i, idx in enumerate(indices):
-            img, _, (h, w) = load_image(self.im_files[idx], s)
+            img, _, (h, w) = self.image(idx)
             (x1a, y1a, x2a, y2a), (x1b, y1b, x2b, y2b) = _mosaic_tile(i, xc, yc, w, h, s)
             canvas[y1a:y2a, x1a:x2a] = img[y1b:y2b, x1b:x2b]
             labels = self.labels[idx].astype(np.float64)
@@ -834,6 +863,16 @@ def _mosaic_tile(i: int, xc: int, yc: int, w: int, h: int, s: int) -> tuple[tupl
 
 
 # --------------------------------------------------------------------------------------------- dataloader
+def _auto_cache_limit() -> int:
+    """AUTO_CACHE_BYTES, or a quarter of MemAvailable when that is less (0 where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0
+    return min(AUTO_CACHE_BYTES, avail // 4)
+
+
 def create_dataloader(
     image_files: Sequence[PathLike],
     img_size: int,
@@ -851,12 +890,14 @@ def create_dataloader(
     seed: int = 0,
     prefix: str = "",
     rect_batches: str = "yolov5",
+    cache: str = "auto",
 ) -> tuple[DataLoader, DetectionDataset]:
     """Dataset + loader; DDP ranks get a DistributedSampler, rect batches are never shuffled.
 
     With DDP and rect, batch shapes are computed over groups of `batch_size * world_size` sorted images,
     so the interleaved sampler hands every rank images of the same group. `rect_batches="exact"` (one shape
-    per batch, see `DetectionDataset._make_exact_rect_shapes`) is for a single process.
+    per batch, see `DetectionDataset._make_exact_rect_shapes`) is for a single process. `cache`: keep the decoded
+    images in memory ('auto': when they fit AUTO_CACHE_BYTES and a quarter of the available memory).
     """
     if rank != -1:
         rect_batches = "yolov5"
@@ -875,6 +916,7 @@ def create_dataloader(
         pad=pad,
         prefix=prefix,
         rect_batches=rect_batches,
+        cache=cache,
     )
     batch_size = max(1, min(batch_size, len(dataset)))
     workers = max(0, min(workers, os.cpu_count() or 1))
