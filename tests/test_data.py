@@ -434,6 +434,10 @@ def test_auto_cache_only_within_the_memory_limit(red_boxes: list[Path], monkeypa
     need = DetectionDataset(red_boxes, img_size=64, names=["r"], cache="no").cache_bytes()
     monkeypatch.setattr(data, "_auto_cache_limit", lambda: need)
     assert DetectionDataset(red_boxes, img_size=64, names=["r"])._cached is not None
+    loader, ds = create_dataloader(red_boxes, 64, 2, names=["r"], workers=0)
+    assert ds._cached is not None  # no workers to hide the decoding: cached
+    loader, ds = create_dataloader(red_boxes, 64, 2, names=["r"], workers=1)
+    assert ds._cached is None  # workers decode in the background: 'auto' reads from disk
     with pytest.raises(ValueError, match="cache: expected one of auto, ram, no"):
         DetectionDataset(red_boxes, img_size=64, names=["r"], cache="disk")
 
