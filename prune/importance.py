@@ -74,8 +74,11 @@ def _detection_loss(model: torch.nn.Module, loader: Iterable, imgsz: int):
     """YOLOv5's loss with the default gains; the data's classes must be the model's (the loss reads class ids)."""
     from finetune.hyp import load_hyp
     from yolo.loss import YoloLoss, scale_loss_gains
+    from yolo.modules import Detect
 
-    detect = model.model[-1]
+    detect = model.model[-1] if isinstance(getattr(model, "model", None), torch.nn.Sequential) else None
+    if not isinstance(detect, Detect):
+        raise PruneError("importance 'taylor' needs a YOLOv5 detection model (its loss scores the channels)")
     names = getattr(getattr(loader, "dataset", None), "names", None)
     if names is not None and len(names) != detect.nc:
         raise PruneError(

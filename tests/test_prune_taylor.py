@@ -89,6 +89,11 @@ def test_taylor_needs_labelled_images_of_the_models_classes(setup):
         plan_pruning(model, PruneConfig(ratio=0.2, importance="taylor", imgsz=IMGSZ))
     with pytest.raises(PruneError, match="calibration images"):
         prune_model(model, PruneConfig(ratio=0.2, importance="taylor", imgsz=IMGSZ))
+    from tests.zoo import ZOO
+
+    with pytest.raises(PruneError, match="taylor' needs a YOLOv5 detection model"):
+        plan_pruning(ZOO["unknown_module"].build(), PruneConfig(ratio=0.2, importance="taylor", imgsz=64),
+                     calib_loader=setup[2])  # fmt: skip
     other = setup[1].parent / "one_class_more.yaml"
     cfg = yaml.safe_load(setup[1].read_text())
     cfg["names"] = list(cfg["names"].values()) + ["extra"]
