@@ -8,6 +8,7 @@ import sys
 
 from finetune.optim import OPTIMIZERS
 from sparsity.bn_l1 import LAYER_CHOICES, SCHEDULES
+from yolo.data import CACHE_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", "--img", "--img-size", dest="imgsz", type=int, default=640, help="train/val size")
     p.add_argument("--device", default="", help="cpu, 0 or 0,1 (default: first GPU, else CPU)")
     p.add_argument("--workers", type=int, default=8, help="dataloader workers per process")
+    p.add_argument("--cache", choices=CACHE_MODES, default="auto",
+                   help="keep the decoded training images in memory: ram, no, or auto (only without --workers, "
+                        "when they fit in 1 GiB and a quarter of the free memory)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="SGD")
     p.add_argument("--cos-lr", action="store_true", help="cosine LR schedule (default linear)")
     p.add_argument("--nbs", type=int, default=64, help="nominal batch size (= --batch-size: no accumulation)")

@@ -52,7 +52,7 @@ METRIC_KEYS = (
     ("metrics/mAP_0.5", "map50"),
     ("metrics/mAP_0.5:0.95", "map"),
 )
-RESUME_OVERRIDABLE = ("device", "workers", "quiet", "time_limit")
+RESUME_OVERRIDABLE = ("device", "workers", "cache", "quiet", "time_limit")
 
 
 @dataclass
@@ -69,6 +69,7 @@ class TrainOptions:
     imgsz: int = 640
     device: str = ""
     workers: int = 8
+    cache: str = "auto"  # training images kept decoded in memory: auto, ram or no (yolo.data.CACHE_MODES)
     optimizer: str = "SGD"
     cos_lr: bool = False
     nbs: int = 64
@@ -361,7 +362,7 @@ class Trainer:
         self.train_loader, self.dataset = create_dataloader(
             self.data_cfg.train, o.imgsz, o.batch_size // self.dist.world_size, stride=gs,
             names=self.data_cfg.names, augment=True, hyp=self.hyp, workers=o.workers, shuffle=True,
-            rank=self.dist.rank, world_size=self.dist.world_size, seed=o.seed, prefix="train: ",
+            rank=self.dist.rank, world_size=self.dist.world_size, seed=o.seed, prefix="train: ", cache=o.cache,
         )
         self.nb = len(self.train_loader)
         self.val_loader = None

@@ -9,6 +9,7 @@ from pathlib import Path
 from pipeline.run import SPARSITY_MODES, PipelineOptions, run_pipeline
 from prune.config import IMPORTANCES
 from sparsity.bn_l1 import SCHEDULES
+from yolo.data import CACHE_MODES
 
 DEMO_MODEL = {
     # YOLOv5n itself (from scratch, 3 classes): it learns the demo shapes in a few minutes on two cores at 128 px
@@ -26,6 +27,8 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--device", default=d.device, help="cpu, 0, 0,1 ...")
     p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--cache", choices=CACHE_MODES, default=d.cache,
+                   help="training stages: keep decoded images in memory (ram, no, auto: only without workers)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--hyp", default=d.hyp, help="hyperparameter yaml for the training stages")
     p.add_argument("--finetune-hyp", default=d.finetune_hyp,

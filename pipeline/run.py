@@ -44,6 +44,7 @@ class PipelineOptions:
     batch_size: int = 16
     device: str = "cpu"
     workers: int = 2
+    cache: str = "auto"  # training stages: decoded images in memory (auto, ram, no); results do not depend on it
     seed: int = 0
     hyp: str | None = None
     finetune_hyp: str | None = None  # hyperparameters of the fine-tune stage(s) only (default: hyp)
@@ -120,9 +121,9 @@ def _train_args(opt: PipelineOptions, run_dir: Path, name: str, epochs: int, **k
     """The finetune.py arguments of a training stage (its run folder is <run>/<stage>)."""
     args = {
         "data": opt.data, "imgsz": opt.imgsz, "batch_size": opt.batch_size, "device": opt.device,
-        "workers": opt.workers, "seed": opt.seed, "hyp": opt.hyp, "nbs": opt.nbs, "optimizer": opt.optimizer,
-        "cos_lr": opt.cos_lr, "epochs": epochs, "project": str(run_dir), "name": name, "exist_ok": True,
-        "quiet": opt.quiet, "val_every": opt.val_every,
+        "workers": opt.workers, "cache": opt.cache, "seed": opt.seed, "hyp": opt.hyp, "nbs": opt.nbs,
+        "optimizer": opt.optimizer, "cos_lr": opt.cos_lr, "epochs": epochs, "project": str(run_dir), "name": name,
+        "exist_ok": True, "quiet": opt.quiet, "val_every": opt.val_every,
     }
     args.update(kw)
     return args

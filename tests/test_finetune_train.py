@@ -286,3 +286,30 @@ def test_freeze_bn_stats_keeps_running_statistics_while_scales_learn(setup, tmp_
     stats_kept = all(torch.equal(a[0], b[0]) for a, b in zip(seen["start"], seen["end"]))
     assert stats_kept == frozen
     assert any(not torch.equal(a[1], b[1]) for a, b in zip(seen["start"], seen["end"]))  # the scales still learn
+
+
+class _GrabDataset:
+    def on_train_start(self, trainer):
+        self.cached = trainer.dataset._cached is not None
+
+
+@pytest.mark.parametrize("cache, cached", [("no", False), ("ram", True), ("auto", True)])
+def test_cache_option_reaches_the_training_loader(setup, tmp_path, cache, cached):
+    grab = _GrabDataset()
+    train(_opts(setup, tmp_path, epochs=1, noval=True, cache=cache), callbacks=[grab])
+    assert grab.cached is cached  # 'auto' caches here: no workers, and 8 tiny images fit any memory limit
+
+
+def test_cache_flag_is_parsed_and_checked():
+    import argparse
+
+    from finetune.cli import parse_args
+    from pipeline.cli import register
+
+    assert parse_args(["--cache", "ram"]).cache == "ram" and parse_args([]).cache == "auto"
+    with pytest.raises(SystemExit):
+        parse_args(["--cache", "disk"])
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["pipeline", "--weights", "w.pt", "--data", "d.yaml", "--cache", "no"])
+    assert args.cache == "no"
