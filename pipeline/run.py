@@ -155,9 +155,15 @@ class Pipeline:
             self.log(f"[{name}] running")
         self.state.begin(name, key, params)
         t0 = time.time()
-        outputs = body(status == "resume")
+        try:
+            outputs = body(status == "resume")
+        except BaseException:
+            self.state.stop(name)
+            raise
         self.state.finish(name, outputs)
-        self.log(f"[{name}] done in {time.time() - t0:.0f} s")
+        rec = self.state.stages[name]
+        total = f" ({rec.seconds:.0f} s over {rec.attempts} attempts)" if rec.attempts > 1 else ""
+        self.log(f"[{name}] done in {time.time() - t0:.0f} s{total}")
         return outputs
 
     def _train(self, stage: str, resume: bool, **kw: Any) -> dict:

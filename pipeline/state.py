@@ -30,8 +30,9 @@ class StageRecord:
     status: str = "running"  # running | done
     outputs: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
-    started: float = 0.0
-    seconds: float = 0.0
+    started: float = 0.0  # when the current (or last) attempt started
+    seconds: float = 0.0  # wall time summed over attempts: finished, failed or Ctrl-C'd ones (not a SIGKILLed one)
+    attempts: int = 0
 
 
 class PipelineState:
@@ -61,15 +62,21 @@ class PipelineState:
     def begin(self, name: str, key: str, params: dict[str, Any]) -> None:
         rec = self.stages.get(name)
         if rec is None or rec.key != key:
-            self.stages[name] = StageRecord(name=name, key=key, params=params, started=time.time())
-        else:
-            rec.status, rec.started = "running", time.time()
+            rec = self.stages[name] = StageRecord(name=name, key=key, params=params)
+        rec.status, rec.started = "running", time.time()
+        rec.attempts += 1
+        self.save()
+
+    def stop(self, name: str) -> None:
+        """Bank the time of an attempt that ended in an error or Ctrl-C, so a resumed stage reports its whole cost."""
+        rec = self.stages[name]
+        rec.seconds = round(rec.seconds + time.time() - rec.started, 1)
         self.save()
 
     def finish(self, name: str, outputs: dict[str, Any]) -> None:
         rec = self.stages[name]
         rec.status, rec.outputs = "done", outputs
-        rec.seconds = round(time.time() - rec.started, 1)
+        rec.seconds = round(rec.seconds + time.time() - rec.started, 1)
         self.save()
 
     def outputs(self, name: str) -> dict[str, Any]:

@@ -35,6 +35,23 @@ def test_state_status_transitions(tmp_path):
     assert reloaded.status("sparse", "k2") == "changed"
 
 
+def test_stage_seconds_add_up_over_interrupted_attempts(tmp_path, monkeypatch):
+    import pipeline.state as state
+
+    clock = iter([100.0, 130.0, 500.0, 520.0, 900.0, 905.0])
+    monkeypatch.setattr(state.time, "time", lambda: next(clock))
+    s = PipelineState(tmp_path)
+    s.begin("finetune", "k1", {})
+    s.stop("finetune")  # Ctrl-C after 30 s
+    s.begin("finetune", "k1", {})  # resumed: the banked 30 s stay
+    s.finish("finetune", {})  # 20 s more
+    rec = PipelineState(tmp_path).stages["finetune"]
+    assert (rec.seconds, rec.attempts) == (50.0, 2)
+    s.begin("finetune", "k2", {})  # other inputs: a new stage, its own clock
+    s.finish("finetune", {})
+    assert (s.stages["finetune"].seconds, s.stages["finetune"].attempts) == (5.0, 1)
+
+
 @pytest.mark.parametrize(
     "kw, flag",
     [
