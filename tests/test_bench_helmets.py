@@ -68,3 +68,12 @@ def test_mismatched_donor_stops_with_one_line(tmp_path, helmets, case, message):
                                   60 if case == "epochs" else 90)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert (run / "pipeline.json").read_text() == before  # nothing half-merged
+
+
+def test_epoch_seconds_sum_the_stage_results_even_after_a_resume(tmp_path, helmets):
+    weights = tmp_path / "dense" / "weights"
+    weights.mkdir(parents=True)
+    (tmp_path / "dense" / "results.csv").write_text("epoch,metrics/mAP_0.5,time\n0,0.1,60.5\n1,0.2,59.5\n2,0.3,30\n")
+    assert helmets.epoch_seconds({"outputs": {"last": str(weights / "last.pt")}}) == 150.0
+    assert helmets.epoch_seconds({"outputs": {}}) == 0.0  # a stage that did not train
+    assert helmets.epoch_seconds({"outputs": {"last": str(tmp_path / "gone" / "weights" / "last.pt")}}) == 0.0
