@@ -141,7 +141,7 @@ def main() -> None:
     fin, dense = models["finetuned"], models.get("dense")
     base = models["baseline"]
     pipeline_s = sum(s for k, s in seconds.items() if not k.startswith("dense"))
-    train_s = {k: epoch_seconds(v) for k, v in stages.items() if epoch_seconds(v)}
+    train_s = {k: s for k, v in stages.items() if (s := epoch_seconds(v))}
     dense_s = max(seconds.get("dense", 0.0), train_s.get("dense", 0.0))
     figures = {
         "command": " ".join(shlex.quote(c) for c in cmd),
