@@ -84,8 +84,8 @@ the cores), close to the 2 h limit.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -94,6 +94,7 @@ from pathlib import Path
 
 from common import REPO, need_shared, write_result
 
+from finetune.runs import ResultsLog
 from pipeline.state import STATE_FILE, PipelineState
 
 
@@ -179,11 +180,11 @@ def epoch_seconds(stage: dict) -> float:
     """A training stage's summed epoch times from its results.csv (0 if none): unlike the stage's wall time in
     pipeline.json, it survives a run that was killed and resumed (a kill leaves no time to record the attempt)."""
     last = stage.get("outputs", {}).get("last")
-    csv_path = Path(last).parents[1] / "results.csv" if last else None
-    if csv_path is None or not csv_path.is_file():
+    if not last:
         return 0.0
-    with csv_path.open() as f:
-        return round(sum(float(row["time"]) for row in csv.DictReader(f) if row.get("time")), 1)
+    log = ResultsLog(Path(last).parents[1] / "results.csv")
+    log.load(before_epoch=sys.maxsize)  # every row; none when the file is missing
+    return round(sum(t for row in log.rows if not math.isnan(t := float(row.get("time", math.nan)))), 1)
 
 
 def adopt_dense_stage(donor: Path, run: Path, epochs: int) -> None:

@@ -69,15 +69,18 @@ class PipelineState:
 
     def stop(self, name: str) -> None:
         """Bank the time of an attempt that ended in an error or Ctrl-C, so a resumed stage reports its whole cost."""
-        rec = self.stages[name]
-        rec.seconds = round(rec.seconds + time.time() - rec.started, 1)
+        self._add_attempt_time(self.stages[name])
         self.save()
 
     def finish(self, name: str, outputs: dict[str, Any]) -> None:
         rec = self.stages[name]
         rec.status, rec.outputs = "done", outputs
-        rec.seconds = round(rec.seconds + time.time() - rec.started, 1)
+        self._add_attempt_time(rec)
         self.save()
+
+    @staticmethod
+    def _add_attempt_time(rec: StageRecord) -> None:
+        rec.seconds = round(rec.seconds + time.time() - rec.started, 1)
 
     def outputs(self, name: str) -> dict[str, Any]:
         return self.stages[name].outputs
