@@ -271,8 +271,9 @@ class Pipeline:
         data = load_data_yaml(o.data)
         info = model_info(model, o.imgsz)
         if model.nc != data.nc:
+            trains = "sparse" if o.sparse_epochs > 0 else "fine-tune"
             self.log(f"[baseline] {o.weights} predicts {model.nc} classes, {o.data} has {data.nc}: "
-                     "transfer learning, the sparse stage trains a new Detect head")
+                     f"transfer learning, the {trains} stage trains a new Detect head")
             return {"info": info, "note": "class count differs from the data: transfer learning"}
         res = evaluate(model, data, imgsz=o.imgsz, batch_size=o.batch_size, device=o.device, workers=o.workers)
         _save_json(self.run_dir / "baseline" / "metrics.json", res)
@@ -299,10 +300,14 @@ class Pipeline:
         pruned, table = prune_model(model, cfg, calib_loader=calib)
         out_dir = self.run_dir / ("prune" if r == o.rounds else f"prune_r{r}")
         path = save_pruned(out_dir, pruned, meta, table, cfg)
+        summary = table.summary_line() if hasattr(table, "summary_line") else ""
+        if pruned.nc != data.nc:  # --sparse-epochs 0 from a checkpoint of other classes: transfer in the fine-tune
+            self.log(f"[prune] {summary}; not scored: the model predicts {pruned.nc} classes, {o.data} has "
+                     f"{data.nc} (the fine-tune stage trains a new Detect head)")
+            return {"weights": str(path), "metrics": {}}
         res = evaluate(pruned, data, imgsz=o.imgsz, batch_size=o.batch_size, device=o.device, workers=o.workers)
         _save_json(out_dir / "metrics.json", res)
-        self.log(f"[prune] {table.summary_line() if hasattr(table, 'summary_line') else ''} "
-                 f"before fine-tuning: mAP50 {res['map50']:.3f} mAP50-95 {res['map']:.3f}")
+        self.log(f"[prune] {summary} before fine-tuning: mAP50 {res['map50']:.3f} mAP50-95 {res['map']:.3f}")
         return {"weights": str(path), "metrics": _brief(res)}
 
     def _report(self, models: dict[str, str]) -> dict:
@@ -312,7 +317,8 @@ class Pipeline:
         out = self.run_dir / "report"
         threads = [t or None for t in o.threads]
         entries = build_entries(models, out, data=o.data, imgsz=o.imgsz, threads=threads, runs=o.latency_runs,
-                                eval_kwargs={"batch_size": o.batch_size, "workers": o.workers}, log=self.log)
+                                eval_kwargs={"batch_size": o.batch_size, "workers": o.workers}, log=self.log,
+                                skip_other_classes=True)
         if o.int8:
             entries.append(self._int8_entry(models["finetuned"], out))
         paths = write_report(out, entries, args=asdict(o), extras={})

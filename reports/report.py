@@ -399,6 +399,7 @@ def build_entries(
     eval_kwargs: Mapping[str, Any] | None = None,
     evaluator: str = "auto",
     log=print,
+    skip_other_classes: bool = False,
 ) -> list[ModelEntry]:
     """Measure models given as role -> .pt (exported to run_dir at a fixed imgsz) or .onnx (used as is).
 
@@ -406,6 +407,8 @@ def build_entries(
     cores); mAP with yolo.val.evaluate on `data` (a data.yaml path or DataConfig) when given, every model
     through the same evaluator: 'torch' (modules, rectangular batches: the official protocol) or 'onnx'
     (ONNX Runtime, fixed square input); 'auto' is 'onnx' as soon as one model exists only as ONNX.
+    A model whose class count differs from the data's is an error (yolo.val.ScoringError), unless
+    skip_other_classes: then it is measured but not scored (a pipeline's transfer-learning start point).
     """
     import numpy as np
 
@@ -450,6 +453,7 @@ def build_entries(
         if t is None and n == 1:
             break
     if data is not None:
+        from yolo.data import load_data_yaml
         from yolo.val import evaluate
 
         kw = {"batch_size": 8, "progress": False, **dict(eval_kwargs or {})}
@@ -457,9 +461,15 @@ def build_entries(
             evaluator = "torch" if all(e.model is not None for e in entries) else "onnx"
         if evaluator not in ("torch", "onnx"):
             raise ValueError(f"evaluator {evaluator!r}: expected auto, torch or onnx")
+        data_cfg = data if hasattr(data, "names") else load_data_yaml(data)
         for e in entries:
             src = e.model if evaluator == "torch" else OnnxDetector(e.onnx_path)
-            e.metrics = evaluate(src, data, imgsz=imgsz, **kw)
+            nc = len(src.names)
+            if skip_other_classes and nc != data_cfg.nc:
+                e.notes["not_scored"] = f"predicts {nc} classes, the data has {data_cfg.nc}"
+                log(f"{e.role}: not scored ({e.notes['not_scored']})")
+                continue
+            e.metrics = evaluate(src, data_cfg, imgsz=imgsz, **kw)
             e.notes["evaluated_with"] = (
                 "PyTorch module, rectangular batches" if evaluator == "torch" else "ONNX Runtime, fixed square input"
             )

@@ -222,3 +222,38 @@ def test_a_touched_input_keeps_its_stages_and_an_edited_one_does_not(tmp_path):
     assert _file_id(str(f)) == before
     f.write_text("nc: 3\n")  # same size, other bytes
     assert _file_id(str(f)) != before
+
+
+def test_no_sparse_stage_from_a_model_of_other_classes_transfers_in_the_finetune(tmp_path):
+    """--sparse-epochs 0 from a 5-class checkpoint on 3-class data: the cut is not scored, the fine-tune
+    trains a new Detect head on the cut model, and the report measures the start model without scoring it."""
+    import torch
+
+    from pipeline.run import Pipeline
+    from yolo.checkpoint import load_model, save_checkpoint
+    from yolo.model import build_model, load_model_yaml
+    from yolo.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", n_train=8, n_val=4, img_size=64, seed=2)
+    cfg = load_model_yaml("yolov5n")
+    cfg.update(width_multiple=0.125, nc=5)
+    torch.manual_seed(0)
+    start = save_checkpoint(tmp_path / "coco_like.pt", build_model(cfg), {"imgsz": 64})
+    logs: list[str] = []
+    opt = PipelineOptions(data=str(data), weights=str(start), imgsz=64, batch_size=4, nbs=4, workers=0,
+                          sparse_epochs=0, finetune_epochs=1, dense_epochs=0, target_flops=0.5,
+                          latency_runs=3, threads=[1])
+    summary = Pipeline(opt, tmp_path / "run", logs.append).run()
+    text = "\n".join(logs)
+    assert "the fine-tune stage trains a new Detect head" in text
+    assert "not scored: the model predicts 5 classes" in text
+    stages = json.loads((tmp_path / "run" / "pipeline.json").read_text())["stages"]
+    assert "sparse" not in stages and stages["prune"]["outputs"]["metrics"] == {}
+    finetuned, _ = load_model(summary["models"]["finetuned"])
+    assert finetuned.nc == 3
+    report = json.loads(Path(summary["report"]["json"]).read_text())
+    models = {m["role"]: m for m in report["models"]}
+    assert models["baseline"]["notes"]["not_scored"] == "predicts 5 classes, the data has 3"
+    assert not models["baseline"]["metrics"]
+    assert models["finetuned"]["metrics"]["map50"] >= 0.0 and "map" in models["finetuned"]["metrics"]
+    assert models["pruned"]["gflops"] <= 0.55 * models["baseline"]["gflops"]

@@ -123,3 +123,24 @@ def test_build_entries_from_checkpoint_and_onnx(tmp_path):
         assert e.latency["onnxruntime 1 thread"]["runs"] == 3
     paths = write_report(tmp_path / "run", entries, print_summary=False)
     assert "latency.png" in load_report(paths["json"])["plots"]
+
+
+def test_a_model_of_other_classes_is_refused_unless_the_caller_skips_its_score(tmp_path):
+    from yolo.checkpoint import save_checkpoint
+    from yolo.model import reset_detect_head
+    from yolo.synthetic import make_synthetic_dataset
+    from yolo.val import ScoringError
+
+    data = make_synthetic_dataset(tmp_path / "data", n_train=2, n_val=2, img_size=64)
+    m = tiny_model()  # 3 classes, like the synthetic data: scored
+    other = reset_detect_head(tiny_model(), 4)
+    pts = {"baseline": save_checkpoint(tmp_path / "b.pt", other, {"imgsz": 64}),
+           "finetuned": save_checkpoint(tmp_path / "f.pt", m, {"imgsz": 64})}
+    kw = {"imgsz": 64, "threads": (1,), "runs": 2, "warmup": 1, "log": lambda s: None,
+          "eval_kwargs": {"workers": 0}}
+    with pytest.raises(ScoringError, match=r"model predicts 4 classes but .*data.yaml has 3") as err:
+        build_entries(pts, tmp_path / "run", data=data, **kw)
+    assert "\n" not in str(err.value)
+    base, fine = build_entries(pts, tmp_path / "run2", data=data, skip_other_classes=True, **kw)
+    assert base.notes["not_scored"] == "predicts 4 classes, the data has 3" and not base.metrics
+    assert "map50" in fine.metrics and "not_scored" not in fine.notes
