@@ -11,23 +11,15 @@ on coco128 val (square 640 letterbox, pycocotools), and writes bench/results/int
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shlex
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-SHARED = Path(os.environ.get("YOLO_SLIM_SHARED", REPO.parent / "shared"))
+from common import REPO, SHARED, write_result
 
-from reports.export import check_parity, export_onnx  # noqa: E402
-from reports.latency import environment  # noqa: E402
-from reports.quantize import Int8Config, select_int8  # noqa: E402
-from yolo.checkpoint import load_model  # noqa: E402
-from yolo.data import load_data_yaml  # noqa: E402
-from yolo.fileio import atomic_write_text  # noqa: E402
+from reports.export import check_parity, export_onnx
+from reports.quantize import Int8Config, select_int8
+from yolo.checkpoint import load_model
+from yolo.data import load_data_yaml
 
 DEFAULT_VARIANTS = [
     "u8-minmax-n32",
@@ -75,10 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         eval_kwargs={"batch_size": 8, "imgsz": args.imgsz},
     )
     print(sel.reason)
-    result = {
+    figures = {
         "question": "static int8 (ORT QDQ, per-channel) vs fp32 for yolov5n: latency at 1 thread and mAP50-95",
-        "command": " ".join(["python", "bench/int8.py", *map(shlex.quote, argv if argv is not None else sys.argv[1:])]),
-        "environment": environment(),
         "settings": {
             "weights": args.weights,
             "data": args.data,
@@ -93,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         "selection": sel.to_dict(),
         "seconds": round(time.time() - t0, 1),
     }
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    atomic_write_text(Path(args.out).with_suffix(".md"), markdown(result))
+    out = Path(args.out)
+    write_result(out.stem, figures, markdown(figures), out_dir=out.parent)
     print(f"wrote {args.out}")
     return 0
 
@@ -105,14 +95,20 @@ def markdown(result: dict) -> str:
     fp = sel["fp32"]
     lines = ["### int8 (ONNX Runtime static QDQ, per-channel) vs fp32: yolov5n, coco128 val, square 640, 1 thread", "",
              "| model | MB | median ms | time vs fp32 | mAP50-95 | mAP50 | kept |", "|---|---|---|---|---|---|---|",
-             f"| fp32 | {fp['size_mb']:.1f} | {fp['latency_ms']:.1f} | 1.00x | {fp['map']:.4f} | {fp['map50']:.4f} | |"]
+             f"| fp32 | {fp['size_mb']:.1f} | {fp['latency_ms']:.1f} | 1.00x | {_score(fp, 'map')} | "
+             f"{_score(fp, 'map50')} | |"]
     for v in sel["variants"]:
         c = v["config"]
         name = f"int8 {c['activations']} {c['method']} ({c['images']} images)"
         kept = "**chosen**" if v["path"] == sel.get("chosen") else ""
         lines.append(f"| {name} | {v['size_mb']:.1f} | {v['latency_ms']:.1f} | {v['ratio_to_fp32']:.2f}x | "
-                     f"{v['map']:.4f} | {v['map50']:.4f} | {kept} |")
-    return "\n".join(lines) + f"\n\n{sel.get('reason', '')}\n\n`{result['command']}`\n"
+                     f"{_score(v, 'map')} | {_score(v, 'map50')} | {kept} |")
+    return "\n".join(lines) + f"\n\n{sel.get('reason', '')}"
+
+
+def _score(row: dict, key: str) -> str:
+    """'-' when the run was latency only (--no-eval)."""
+    return f"{row[key]:.4f}" if row.get(key) is not None else "-"
 
 
 if __name__ == "__main__":

@@ -12,22 +12,16 @@ files can be added with --onnx. Writes bench/results/latency.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-SHARED = Path(os.environ.get("YOLO_SLIM_SHARED", REPO.parent / "shared"))
+from common import REPO, SHARED, write_result
 
-from reports.export import check_parity, export_onnx  # noqa: E402
-from reports.latency import add_ratios, benchmark_files  # noqa: E402
-from yolo.checkpoint import load_model  # noqa: E402
-from yolo.fileio import atomic_write_text  # noqa: E402
-from yolo.flops import count_gflops, count_params  # noqa: E402
+from reports.export import check_parity, export_onnx
+from reports.latency import add_ratios, benchmark_files
+from yolo.checkpoint import load_model
+from yolo.flops import count_gflops, count_params
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,24 +91,21 @@ def main(argv: list[str] | None = None) -> int:
                 f"speed-up {r['speedup']:.2f}x"
                 + (f"  (GFLOPs {r['gflops_ratio']:.2f}x)" if "gflops_ratio" in r else "")
             )
-    result = {
+    figures = {
         "question": "ONNX Runtime CPU latency of pruned vs baseline yolov5n (interleaved, fixed 640x640 input)",
-        "command": " ".join(
-            ["python", "bench/latency.py", *map(shlex.quote, argv if argv is not None else sys.argv[1:])]
-        ),
         "models": info,
         "round_to": args.round_to,
         **res,
         "seconds": round(time.time() - t0, 1),
     }
-    atomic_write_text(args.out, json.dumps(result, indent=2, default=str) + "\n")
-    atomic_write_text(Path(args.out).with_suffix(".md"), markdown(result))
+    out = Path(args.out)
+    write_result(out.stem, figures, markdown(figures), out_dir=out.parent)
     print(f"wrote {args.out}")
     return 0
 
 
 def markdown(result: dict) -> str:
-    """The README table: median/p90 per model and thread count, latency ratio against the FLOPs ratio."""
+    """The README table (from the figures): median/p90 per model and thread count, latency vs FLOPs ratio."""
     title = f"pruned yolov5n (--round-to {result.get('round_to', 8)}, no fine-tuning) vs baseline"
     lines = [f"### Deployment latency: {title}, ONNX Runtime CPU, 640x640, interleaved", "",
              "ORT call `run`: `session.run` (allocates and copies out the output every call); `io-binding`: input and "
@@ -131,7 +122,7 @@ def markdown(result: dict) -> str:
                 f"{info.get('params', 0) / 1e6:.2f} M | {info.get('onnx_mb', 0):.1f} | {r['median_ms']:.1f} | "
                 f"{r['p90_ms']:.1f} | {lat:.3f} | {fl:.3f} | {lat / fl:.2f} |"
             )
-    return "\n".join(lines) + f"\n\n`{result['command']}`\n"
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
