@@ -77,3 +77,22 @@ def test_epoch_seconds_sum_the_stage_results_even_after_a_resume(tmp_path, helme
     assert helmets.epoch_seconds({"outputs": {"last": str(weights / "last.pt")}}) == 150.0
     assert helmets.epoch_seconds({"outputs": {}}) == 0.0  # a stage that did not train
     assert helmets.epoch_seconds({"outputs": {"last": str(tmp_path / "gone" / "weights" / "last.pt")}}) == 0.0
+
+
+def test_gap_bootstrap_scores_both_checkpoints_on_the_same_images(tmp_path, helmets):
+    import torch
+
+    from tests.zoo import tiny_official
+    from yolo.checkpoint import save_checkpoint
+    from yolo.model import build_model
+    from yolo.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", n_train=1, n_val=5, img_size=96, seed=5)
+    torch.manual_seed(0)
+    a = save_checkpoint(tmp_path / "a.pt", build_model(tiny_official("yolov5n", width=0.125)), {"imgsz": 96})
+    torch.manual_seed(1)
+    b = save_checkpoint(tmp_path / "b.pt", build_model(tiny_official("yolov5n", width=0.125)), {"imgsz": 96})
+    same = helmets.gap_bootstrap(str(a), str(a), data, imgsz=96)
+    assert same["images"] == 5 and same["difference"] == 0.0 and same["sd"] == 0.0
+    other = helmets.gap_bootstrap(str(a), str(b), data, imgsz=96)
+    assert other["a"] != other["b"] and other["difference"] == pytest.approx(other["a"] - other["b"])

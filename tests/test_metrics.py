@@ -202,3 +202,36 @@ def test_coco_gt_from_labels_layout() -> None:
 def test_image_id_from_path() -> None:
     assert image_id_from_path("data/images/000000000139.jpg") == 139
     assert image_id_from_path("/x/y/img_7.png") == "img_7"
+
+
+def _stats(dets: dict[int, torch.Tensor]) -> DetectionStats:
+    stats = DetectionStats()
+    for image_id, labels in LABELS.items():
+        stats.add(dets[image_id], torch.tensor(labels, dtype=torch.float32))
+    return stats
+
+
+def test_resampled_stats_repeat_and_drop_images() -> None:
+    perfect = _stats({i: detections_from_labels(lab) for i, lab in LABELS.items()})
+    assert perfect.resampled(range(perfect.images)).compute(NAMES) == perfect.compute(NAMES)
+    twice_first = perfect.resampled([0, 0])
+    assert twice_first.images == 2
+    assert twice_first.compute(NAMES)["instances"] == 2 * len(LABELS[1])
+
+
+def test_paired_bootstrap_of_a_gap_and_of_no_gap() -> None:
+    from yolo.metrics import paired_bootstrap
+
+    good = _stats({i: detections_from_labels(lab) for i, lab in LABELS.items()})
+    blind = {i: detections_from_labels(lab) for i, lab in LABELS.items()}
+    blind[3] = torch.zeros((0, 6))  # misses every object of image 3
+    worse = _stats(blind)
+    same = paired_bootstrap(good, good, NAMES, rounds=50)
+    assert same["difference"] == 0.0 and same["sd"] == 0.0 and same["ci95"] == [0.0, 0.0]
+    gap = paired_bootstrap(good, worse, NAMES, rounds=200, seed=1)
+    assert gap["difference"] > 0.1 and gap["sd"] > 0
+    assert gap["ci95"][0] <= gap["difference"] <= gap["ci95"][1]
+    assert gap["ci95"][0] == pytest.approx(0.0, abs=1e-9)  # draws without image 3 show no gap at all
+    assert paired_bootstrap(good, worse, NAMES, rounds=200, seed=1) == gap  # seeded
+    with pytest.raises(ValueError, match="same images"):
+        paired_bootstrap(good, good.resampled([0, 1]), NAMES)

@@ -35,3 +35,16 @@ def test_exact_rect_batches_score_every_batch_size_as_batch_one(tmp_path: Path) 
     assert sum(len(v) for v in one.values()) > 50  # an untrained head still predicts plenty at conf 0.001
     assert _same(one, _predictions(model, data, tmp_path, 4, "exact"))
     assert not _same(one, _predictions(model, data, tmp_path, 12, "yolov5"))  # official grouping pads more
+
+
+def test_evaluate_hands_its_per_image_matches_to_the_caller(tmp_path: Path) -> None:
+    from yolo.metrics import DetectionStats
+
+    torch.manual_seed(0)
+    data = make_synthetic_dataset(tmp_path / "data", n_train=1, n_val=6, img_size=96, seed=4)
+    model = build_model(tiny_official("yolov5n", width=0.125)).eval()
+    stats = DetectionStats()
+    res = evaluate(model, data, imgsz=96, batch_size=2, workers=0, progress=False, stats=stats)
+    assert stats.images == 6
+    again = stats.compute(model.names)
+    assert again["map50"] == res["yolo_map50"] and again["instances"] == res["instances"]

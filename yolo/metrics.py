@@ -187,6 +187,54 @@ class DetectionStats:
         }
 
 
+    def resampled(self, indices: Sequence[int]) -> DetectionStats:
+        """The same records for the images at `indices` (repeats allowed: a bootstrap sample)."""
+        out = DetectionStats(self.iouv)
+        for i in indices:
+            out._tp.append(self._tp[i])
+            out._conf.append(self._conf[i])
+            out._pred_cls.append(self._pred_cls[i])
+            out._target_cls.append(self._target_cls[i])
+        out.images = len(indices)
+        return out
+
+
+def paired_bootstrap(
+    a: DetectionStats,
+    b: DetectionStats,
+    names: Sequence[str] | Mapping[int, str],
+    key: str = "map50",
+    rounds: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """How much of the metric difference a - b is the luck of the val images: resample the images (the same
+    draw for both models, recorded in the same order) and recompute. YOLOv5's AP, not pycocotools'."""
+    if a.images != b.images or any(
+        not np.array_equal(x, y) for x, y in zip(a._target_cls, b._target_cls, strict=True)
+    ):
+        raise ValueError("paired bootstrap: the two models were not scored on the same images in the same order")
+    if a.images == 0:
+        raise ValueError("paired bootstrap: no images")
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(rounds)
+    for k in range(rounds):
+        idx = rng.integers(0, a.images, a.images)
+        diffs[k] = a.resampled(idx).compute(names)[key] - b.resampled(idx).compute(names)[key]
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    va, vb = a.compute(names)[key], b.compute(names)[key]
+    return {
+        "metric": f"YOLOv5 {key}",
+        "a": va,
+        "b": vb,
+        "difference": va - vb,
+        "sd": float(diffs.std()),
+        "ci95": [float(lo), float(hi)],
+        "images": a.images,
+        "rounds": rounds,
+        "seed": seed,
+    }
+
+
 def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else 0.0
 

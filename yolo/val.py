@@ -134,8 +134,11 @@ def evaluate(
     workers: int = 2,
     progress: bool = True,
     rect_batches: str = "exact",
+    stats: DetectionStats | None = None,
 ) -> dict[str, Any]:
-    """Score `model` on a split; returns COCO mAP (pycocotools), YOLOv5-style P/R and per-stage speed."""
+    """Score `model` on a split; returns COCO mAP (pycocotools), YOLOv5-style P/R and per-stage speed.
+
+    `stats`, when given (empty), receives the per-image matches (for a paired bootstrap of two models' scores)."""
     from yolo.data import load_data_yaml
 
     if not hasattr(data_cfg, "names"):
@@ -148,7 +151,7 @@ def evaluate(
         dataloader = build_val_loader(
             data_cfg, split, size, batch_size, stride, rect and not fixed, workers, rect_batches
         )
-    acc = _Accumulator(data_cfg.names)
+    acc = _Accumulator(data_cfg.names, stats)
     timer = Timer()
     with torch.inference_mode(), _progress(progress, len(dataloader), f"scoring {split}") as advance:
         for imgs, targets, paths, shapes in dataloader:
@@ -182,9 +185,9 @@ def evaluate(
 class _Accumulator:
     """Per-image ground truth and detections in original pixels, for both metrics."""
 
-    def __init__(self, names: list[str]):
+    def __init__(self, names: list[str], stats: DetectionStats | None = None):
         self.names = names
-        self.stats = DetectionStats()
+        self.stats = DetectionStats() if stats is None else stats
         self.images: list[dict] = []
         self.labels: dict[Any, np.ndarray] = {}
         self.coco_predictions: list[dict] = []
