@@ -16,6 +16,8 @@ from typing import Any, Union
 
 import yaml
 
+from yolo.fileio import yaml_error_text
+
 DEFAULT_HYP_PATH = Path(__file__).with_name("hyps") / "default.yaml"
 
 # key -> (low, high) inclusive bounds; every value is a real number.
@@ -85,7 +87,7 @@ def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise HypError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise HypError(yaml_error_text(path, e)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

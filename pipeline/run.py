@@ -405,8 +405,23 @@ def resolve_run_dir(project: str, name: str, new: bool = False) -> Path:
     return increment_run_dir(project, name, exist_ok=False)
 
 
+def check_inputs(opt: PipelineOptions) -> None:
+    """Read the data.yaml, the checkpoint and the model yaml once before a run folder exists, so a bad one
+    stops the run with its own one-line error instead of leaving a folder with a stage marked running."""
+    from yolo.checkpoint import load_model
+    from yolo.data import load_data_yaml
+    from yolo.model import load_model_yaml
+
+    load_data_yaml(opt.data)
+    if opt.weights:
+        load_model(opt.weights)
+    elif opt.cfg:
+        load_model_yaml(opt.cfg)
+
+
 def run_pipeline(opt: PipelineOptions, new: bool = False, log: Callable[[str], None] = print) -> dict:
     opt.validate()
+    check_inputs(opt)
     run_dir = resolve_run_dir(opt.project, opt.name, new)
     log(f"pipeline run folder: {run_dir}")
     return Pipeline(opt, run_dir, log).run()

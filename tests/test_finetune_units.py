@@ -89,6 +89,9 @@ def test_hyp_bad_override_and_missing_file(tmp_path):
         load_hyp(None, {"warmup": 1})
     with pytest.raises(HypError, match="not found"):
         load_hyp(tmp_path / "nope.yaml")
+    (tmp_path / "broken.yaml").write_text("lr0: 0.01\nmomentum: [0.9\n")
+    with pytest.raises(HypError, match=r"broken\.yaml:3: malformed yaml \(expected"):
+        load_hyp(tmp_path / "broken.yaml")
 
 
 # ---------------------------------------------------------------- optimiser, schedule, warm-up

@@ -257,3 +257,25 @@ def test_no_sparse_stage_from_a_model_of_other_classes_transfers_in_the_finetune
     assert not models["baseline"]["metrics"]
     assert models["finetuned"]["metrics"]["map50"] >= 0.0 and "map" in models["finetuned"]["metrics"]
     assert models["pruned"]["gflops"] <= 0.55 * models["baseline"]["gflops"]
+
+
+@pytest.mark.parametrize("bad", ["data", "weights", "cfg"])
+def test_a_bad_input_stops_the_pipeline_before_it_makes_a_run_folder(tmp_path, bad):
+    import torch
+
+    from pipeline.run import run_pipeline
+    from yolo.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", n_train=1, n_val=1, img_size=64)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: images/train\nval: [\n")
+    not_a_detector = tmp_path / "state.pt"
+    torch.save({"weights": torch.zeros(2)}, not_a_detector)
+    data_yaml, cfg, weights = {"data": (broken, "yolov5n", ""), "weights": (data, "", not_a_detector),
+                               "cfg": (data, broken, "")}[bad]
+    opt = PipelineOptions(data=str(data_yaml), cfg=str(cfg), weights=str(weights), project=str(tmp_path / "runs"))
+    expected = "malformed yaml" if bad in ("data", "cfg") else "not a YOLOv5 detector checkpoint"
+    with pytest.raises(ValueError, match=expected) as err:
+        run_pipeline(opt)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "runs").exists()

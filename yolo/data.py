@@ -30,6 +30,8 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from yolo.fileio import yaml_error_text
+
 PathLike = Union[str, Path]
 
 IMG_FORMATS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -88,10 +90,7 @@ def _read_yaml_mapping(yaml_path: Path) -> dict:
     try:
         d = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or type(e).__name__
-        raise DataError(f"{yaml_path}{where}: malformed yaml ({problem})") from None
+        raise DataError(yaml_error_text(yaml_path, e)) from None
     except UnicodeDecodeError:
         raise DataError(f"{yaml_path}: not a UTF-8 text file") from None
     if not isinstance(d, dict):

@@ -54,3 +54,11 @@ def increment_run_dir(project: str | Path, name: str = "exp", exist_ok: bool = F
     while (Path(project) / f"{name}{n}").exists():
         n += 1
     return Path(project) / f"{name}{n}"
+
+
+def yaml_error_text(path: str | Path, err: Exception) -> str:
+    """'<path>:<line>: malformed yaml (<problem>)': one line naming the file and where the parser gave up."""
+    mark = getattr(err, "problem_mark", None)
+    where = f":{mark.line + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0] or type(err).__name__
+    return f"{path}{where}: malformed yaml ({problem})"

@@ -13,6 +13,7 @@ import torch
 import yaml
 from torch import nn
 
+from yolo.fileio import yaml_error_text
 from yolo.modules import (
     C3,
     SPP,
@@ -125,7 +126,7 @@ def load_model_yaml(cfg: str | Path | dict) -> dict:
         try:
             d = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
-            raise ModelConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+            raise ModelConfigError(yaml_error_text(path, e)) from None
         if not isinstance(d, dict):
             raise ModelConfigError(f"{path}: expected a mapping with backbone/head, got {type(d).__name__}")
         d.setdefault("yaml_file", path.name)
