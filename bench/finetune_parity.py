@@ -11,7 +11,6 @@ pycocotools, which reads ~0.002 above the official metric on this data).
 from __future__ import annotations
 
 import argparse
-import csv
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ import time
 from pathlib import Path
 
 from common import REPO, need_shared, write_result
+
+from finetune.runs import read_results
 
 OFFICIAL = [0.335, 0.332, 0.307, 0.301, 0.283, 0.291, 0.277, 0.291, 0.303, 0.305]
 
@@ -36,7 +37,7 @@ def main() -> None:
         t0 = time.perf_counter()
         subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True)
         wall = time.perf_counter() - t0
-        rows = list(csv.DictReader((Path(tmp) / "parity" / "results.csv").read_text().splitlines()))
+        rows = read_results(Path(tmp) / "parity" / "results.csv")
     ours = [float(r["metrics/mAP_0.5:0.95"]) for r in rows]
     last3, off3 = sum(ours[-3:]) / 3, sum(OFFICIAL[len(ours) - 3 : len(ours)]) / 3
     figures = {"ours": ours, "official": OFFICIAL[: len(ours)], "last3_mean": last3, "official_last3_mean": off3,

@@ -94,7 +94,7 @@ from pathlib import Path
 
 from common import REPO, need_shared, write_result
 
-from finetune.runs import ResultsLog
+from finetune.runs import read_results
 from pipeline.state import STATE_FILE, PipelineState
 
 
@@ -204,9 +204,8 @@ def epoch_seconds(stage: dict) -> float:
     last = stage.get("outputs", {}).get("last")
     if not last:
         return 0.0
-    log = ResultsLog(Path(last).parents[1] / "results.csv")
-    log.load(before_epoch=sys.maxsize)  # every row; none when the file is missing
-    return round(sum(t for row in log.rows if not math.isnan(t := float(row.get("time", math.nan)))), 1)
+    rows = read_results(Path(last).parents[1] / "results.csv")
+    return round(sum(t for row in rows if not math.isnan(t := float(row.get("time", math.nan)))), 1)
 
 
 def adopt_dense_stage(donor: Path, run: Path, epochs: int) -> None:

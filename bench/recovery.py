@@ -79,7 +79,6 @@ at 640 takes ~70 s on these 2 cores without a teacher.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import shutil
@@ -89,6 +88,8 @@ from pathlib import Path
 
 import torch
 from common import RESULTS, SHARED, need_shared, write_result
+
+from finetune.runs import read_results
 
 RUNS: dict[str, tuple[float | None, bool]] = {  # name -> (FLOPs kept target, teacher)
     "unpruned": (None, False),
@@ -339,8 +340,7 @@ def iterative_model(
 
 def best_row(run_dir: Path) -> dict:
     """The scored results.csv row with the highest fitness (0.1 mAP50 + 0.9 mAP50-95)."""
-    with open(run_dir / "results.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("fitness")]
+    rows = [r for r in read_results(run_dir / "results.csv") if not math.isnan(r.get("fitness", math.nan))]
     if not rows:
         return {"map": math.nan, "map50": math.nan, "epoch": None}
     r = max(rows, key=lambda r: float(r["fitness"]))

@@ -10,7 +10,6 @@ points of the run without it; with --sparsity 0 that fraction stays near 0.
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from common import REPO, RESULTS, write_result
 
+from finetune.runs import read_results
 from pipeline.cli import DEMO_HYP, demo_model_cfg
 
 HIST_PNG = "sparsity_gamma_hist.png"
@@ -38,7 +38,7 @@ def finish(proc: subprocess.Popen, tmp: Path, sr: float, epochs: int) -> dict:
     if proc.returncode:
         sys.exit(f"training with --sparsity {sr:g} failed:\n{err[-2000:]}")
     name = f"sr{sr:g}"
-    rows = list(csv.DictReader((tmp / name / "results.csv").read_text().splitlines()))
+    rows = read_results(tmp / name / "results.csv")
     last = rows[-1]
     return {"sparsity": sr, "epochs": epochs, "optimizer_steps": int(float(last["optimizer_steps"])),
             "map50": float(last["metrics/mAP_0.5"]), "map": float(last["metrics/mAP_0.5:0.95"]),

@@ -9,13 +9,14 @@ from results.csv; the first epoch includes kernel warm-up, so two epochs run and
 from __future__ import annotations
 
 import argparse
-import csv
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from common import REPO, need_shared, write_result
+
+from finetune.runs import read_results
 
 
 def main() -> None:
@@ -31,7 +32,7 @@ def main() -> None:
                "--batch-size", str(args.batch_size), "--epochs", "2", "--noval", "--workers", str(args.workers),
                "--device", "cpu", "--project", tmp, "--name", "tp", "--quiet"]
         subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True)
-        rows = list(csv.DictReader((Path(tmp) / "tp" / "results.csv").read_text().splitlines()))
+        rows = read_results(Path(tmp) / "tp" / "results.csv")
     n_images = 128
     secs = [float(r["time"]) for r in rows]
     ips = n_images / secs[-1]

@@ -26,11 +26,7 @@ class ResultsLog:
 
     def load(self, before_epoch: int) -> None:
         """Keep the rows of an earlier run of this folder whose epoch < before_epoch (resume)."""
-        if not self.path.is_file():
-            return
-        with open(self.path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        self.rows = [{k: _parse(v) for k, v in r.items()} for r in rows if int(r["epoch"]) < before_epoch]
+        self.rows = [r for r in read_results(self.path) if int(r["epoch"]) < before_epoch]
 
     def append(self, row: Mapping) -> None:
         self.rows.append(dict(row))
@@ -46,6 +42,16 @@ class ResultsLog:
         for r in self.rows:
             w.writerow({k: _fmt(v) for k, v in r.items()})
         atomic_write_text(self.path, buf.getvalue())
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """A results.csv as rows of numbers (NaN where a column was left empty, e.g. an epoch not scored); [] if
+    there is no file."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def _fmt(v):

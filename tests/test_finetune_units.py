@@ -21,7 +21,7 @@ from finetune.optim import (
     param_groups,
     warmup_iters,
 )
-from finetune.runs import ResultsLog, increment_run_dir
+from finetune.runs import ResultsLog, increment_run_dir, read_results
 from finetune.trainer import TrainOptions, find_resume_checkpoint, fitness, freeze_layers
 
 SCRATCH_LOW = {
@@ -186,6 +186,9 @@ def test_results_log_roundtrip_and_truncate(tmp_path):
     again.load(before_epoch=2)
     assert [r["epoch"] for r in again.rows] == [0, 1]
     assert math.isnan(again.rows[1]["metrics/mAP_0.5"]) and again.rows[1]["optimizer_steps"] == 2
+    rows = read_results(tmp_path / "results.csv")
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and rows[2]["train/box_loss"] == pytest.approx(0.2)
+    assert read_results(tmp_path / "missing.csv") == []
 
 
 def test_fitness_and_freeze():
