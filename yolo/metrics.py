@@ -186,7 +186,6 @@ class DetectionStats:
             "per_class": per_class,
         }
 
-
     def resampled(self, indices: Sequence[int]) -> DetectionStats:
         """The same records for the images at `indices` (repeats allowed: a bootstrap sample)."""
         out = DetectionStats(self.iouv)
