@@ -37,6 +37,9 @@ DynamicSpec = Union[bool, str, None]
 # box by well under a hundredth of a pixel and a probability by ~1e-6 on real models; these bounds are 5-100x that.
 BOX_TOL_PX = 0.05
 SCORE_TOL = 1e-4
+# Some models are sensitive to fp32 rounding itself (a freshly cut and re-fitted one moved a box by 0.1 px between
+# PyTorch fp32 and fp64): the bounds widen to this many times PyTorch's own fp32 error, measured against fp64.
+FP32_NOISE_FACTOR = 8.0
 
 
 class ExportError(ValueError):
@@ -287,9 +290,11 @@ class ParityReport:
     nms_borderline: int  # unmatched but within score_tol of conf_thres: tolerated
     max_nms_box_diff_px: float
     max_nms_score_diff: float
-    box_tol_px: float
+    box_tol_px: float  # the bounds applied: the given ones, or FP32_NOISE_FACTOR x the fp32 noise when larger
     score_tol: float
     conf_thres: float
+    fp32_box_noise_px: float = 0.0  # PyTorch fp32 vs fp64 on the same inputs: the model's own rounding error
+    fp32_score_noise: float = 0.0
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -302,13 +307,18 @@ class ParityReport:
             f"parity on {self.images} image(s): max |d box| {self.max_box_diff_px:.2e} px, "
             f"max |d score| {self.max_score_diff:.2e}; after NMS {self.nms_matched} matched, "
             f"max |d box| {self.max_nms_box_diff_px:.2e} px, |d score| {self.max_nms_score_diff:.2e} "
-            f"(tolerances {self.box_tol_px} px / {self.score_tol}) {status}"
+            f"(tolerances {self.box_tol_px:.3g} px / {self.score_tol:.3g}; PyTorch's own fp32 error "
+            f"{self.fp32_box_noise_px:.1e} px / {self.fp32_score_noise:.1e}) {status}"
         )
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["passed"] = self.passed
         return d
+
+
+def _first(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def _match_detections(a: np.ndarray, b: np.ndarray, conf_thres: float, score_tol: float):
@@ -355,7 +365,10 @@ def check_parity(
 
     A static ONNX is fed its own input size; a dynamic-h/w one gets each image letterboxed to the smallest
     stride multiple (so several shapes are exercised) around `imgsz` (default: the export size in metadata).
-    Raises ExportError when a difference is beyond the tolerances (unless raise_on_fail=False).
+    The tolerances widen to FP32_NOISE_FACTOR x the difference between PyTorch fp32 and fp64 on the same inputs
+    when that is larger: ONNX Runtime is held to the model's own rounding error, not to an absolute bound a
+    numerically sensitive model cannot meet in any fp32 runtime. Raises ExportError when a difference is beyond
+    the tolerances (unless raise_on_fail=False).
     """
     from reports.onnx_backend import OnnxDetector
     from yolo.nms import non_max_suppression
@@ -366,28 +379,35 @@ def check_parity(
     ref = copy.deepcopy(model).float().cpu().eval()
     if getattr(ref, "detect", None) is not None:
         ref.detect.export = True
+    ref64 = copy.deepcopy(ref).double()
     stride = det.stride
     if det.input_shape is not None:
         shape, auto = det.input_shape, False
     else:
         shape, auto = to_shape(imgsz if imgsz is not None else det.imgsz), True
 
-    box_max = score_max = 0.0
-    nms_box, nms_score, shapes = [], [], []
-    unmatched = borderline = 0
+    box_max = score_max = box_noise = score_noise = 0.0
+    outputs, shapes = [], []
     for img in images:
         x, _, _, _ = prepare(img, shape, auto=auto, stride=stride)
         shapes.append(list(x.shape[2:]))
         xt = torch.from_numpy(x)
         with torch.no_grad():
-            pt = ref(xt)
-        pt = pt[0] if isinstance(pt, (tuple, list)) else pt
+            pt, p64 = _first(ref(xt)), _first(ref64(xt.double()))
         ox = det(xt)
         if ox.shape != pt.shape:
             raise ExportError(f"ONNX output shape {tuple(ox.shape)} differs from PyTorch {tuple(pt.shape)}")
-        d = (ox - pt).abs()
+        d, noise = (ox - pt).abs(), (pt.double() - p64).abs()
         box_max = max(box_max, float(d[..., :4].max()))
         score_max = max(score_max, float(d[..., 4:].max()))
+        box_noise = max(box_noise, float(noise[..., :4].max()))
+        score_noise = max(score_noise, float(noise[..., 4:].max()))
+        outputs.append((pt, ox))
+    box_tol = max(box_tol, FP32_NOISE_FACTOR * box_noise)
+    score_tol = max(score_tol, FP32_NOISE_FACTOR * score_noise)
+    nms_box, nms_score = [], []
+    unmatched = borderline = 0
+    for pt, ox in outputs:
         a = non_max_suppression(pt, conf_thres, iou_thres)[0].numpy()
         b = non_max_suppression(ox, conf_thres, iou_thres)[0].numpy()
         bd, sd, un, bl = _match_detections(a, b, conf_thres, score_tol)
@@ -409,6 +429,8 @@ def check_parity(
         box_tol_px=box_tol,
         score_tol=score_tol,
         conf_thres=conf_thres,
+        fp32_box_noise_px=box_noise,
+        fp32_score_noise=score_noise,
     )
     if rep.max_box_diff_px > box_tol:
         rep.failures.append(f"box diff {rep.max_box_diff_px:.3g} px > {box_tol}")

@@ -92,6 +92,18 @@ def test_parity_failure_raises(static_onnx, model):
         check_parity(other, static_onnx, synthetic_images(1))
 
 
+def test_parity_bounds_widen_only_to_the_models_own_fp32_error(static_onnx, model, monkeypatch):
+    import reports.export as export
+
+    rep = check_parity(model, static_onnx, synthetic_images(1))
+    assert 0 < rep.fp32_box_noise_px < BOX_TOL_PX / export.FP32_NOISE_FACTOR  # healthy model: the fixed bounds
+    assert rep.box_tol_px == BOX_TOL_PX and rep.score_tol == SCORE_TOL
+    monkeypatch.setattr(export, "FP32_NOISE_FACTOR", 1e9)
+    wide = check_parity(model, static_onnx, synthetic_images(1))
+    assert wide.box_tol_px == pytest.approx(1e9 * wide.fp32_box_noise_px)
+    assert wide.score_tol == pytest.approx(1e9 * wide.fp32_score_noise)
+
+
 def test_dynamic_hw_runs_at_two_shapes(dynamic_onnx, model):
     det = OnnxDetector(dynamic_onnx)
     assert det.input_shape is None and det.batch_fixed is None

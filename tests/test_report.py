@@ -144,3 +144,27 @@ def test_a_model_of_other_classes_is_refused_unless_the_caller_skips_its_score(t
     base, fine = build_entries(pts, tmp_path / "run2", data=data, skip_other_classes=True, **kw)
     assert base.notes["not_scored"] == "predicts 4 classes, the data has 3" and not base.metrics
     assert "map50" in fine.metrics and "not_scored" not in fine.notes
+
+
+def test_a_failed_parity_check_is_reported_not_fatal(tmp_path, monkeypatch):
+    import reports.export as export
+    from yolo.checkpoint import save_checkpoint
+
+    real = export.check_parity
+
+    def failing(*args, **kwargs):
+        rep = real(*args, **{**kwargs, "raise_on_fail": False})
+        rep.failures.append("box diff 0.3 px > 0.05")
+        if kwargs.get("raise_on_fail", True):
+            raise export.ExportError("parity check failed")
+        return rep
+
+    monkeypatch.setattr(export, "check_parity", failing)
+    pt = save_checkpoint(tmp_path / "b.pt", tiny_model(), {"imgsz": 64})
+    logs: list[str] = []
+    (entry,) = build_entries({"baseline": pt}, tmp_path / "run", imgsz=64, threads=(1,), runs=2, warmup=1,
+                             log=logs.append)
+    assert entry.notes["parity"]["passed"] is False and entry.latency and entry.onnx_mb
+    assert any(line.startswith("WARNING baseline: the ONNX file does not match PyTorch") for line in logs)
+    paths = write_report(tmp_path / "run", [entry], print_summary=False)
+    assert "**ONNX parity check failed** (box diff 0.3 px > 0.05)" in paths["md"].read_text()
