@@ -34,6 +34,9 @@ epochs, scored 0.788 at 60 epochs (0.775 at 20) and 0.792 at 90 on the code of t
 | 10 + 80, re-fit (rerun after the BN-statistics fix) | targeted 0.02 | default | 0.670 | 0.214 | 0.768 |
 | 10 + 80, re-fit (that run's cut) | targeted 0.02 | default, warmup_bias_lr 0 | 0.670 | 0.214 | 0.745 |
 | 10 + 80, re-fit (that run's cut) | targeted 0.02 | default, lr0 0.02 | 0.670 | 0.214 | 0.755 |
+| 3 + 87, re-fit | targeted 0.02 | default | 0.251 | 0.021 | 0.744 |
+| 10 + 80, re-fit (stopped at fine-tune epoch 28) | targeted 0.1 | default | 0.422 | 0.392 | (0.620 by then) |
+| 0 + 90, re-fit (stopped at fine-tune epoch 4) | none: COCO gammas | default | - | - | (0.017 by then) |
 
 The floor row: the global |gamma| ranking cuts the high-resolution neck hardest (model.13/14/20 64 -> 8 channels,
 model.17's bottleneck 32 -> 8) and leaves the 10x10 layers almost whole; `--min-keep 0.5` (no layer loses more
@@ -65,6 +68,14 @@ the pipeline's own record of the stage has only the resumed attempt, since a kil
 Two fine-tune variants from that same cut (hand-run, 2026-11-24, two runs sharing the cores) did not help, their
 mAP50 trailing the control's from epoch ~50 on: the warm-up without its bias-LR kick (`warmup_bias_lr: 0`, to spare
 the inherited head) 0.745 / 0.411, and a doubled LR (`lr0: 0.02`) 0.755 / 0.407, against 0.768 / 0.406.
+Three more splits of the same 90 epochs (hand-run 2026-11-24, two at a time): moving the cut earlier stopped
+paying. 3 + 87 trailed the control by ~1 point all the way (5-epoch means 0.659 vs 0.665 at total epoch 49) and
+ended 0.744 / 0.400. Pruning yolov5n.pt's COCO gammas with no sparse stage (0 + 90, the new head trained in the
+fine-tune; `--sparse-epochs 0` from a checkpoint of other classes needed a pipeline fix first) left a network that
+scored 0.000-0.017 over its first 5 epochs, where fresh transfer of the unpruned model reaches 0.57: stopped. A 5x
+targeted rate (0.1) does make the cut free (32% of the gammas under 1e-3 by epoch 6; 0.422 -> 0.392 at the cut, and
+the warm-up no longer knocks the model down), but the sparse stage learns much less (0.422 at epoch 9 against
+0.670) and the fine-tune trailed the control by ~4 points (0.577 vs 0.617 at total epoch 34): stopped.
 Uniform sparsity at 5e-2 collapsed the model (mAP 0) by epoch 8. With the gentle fine-tune hyp every split plateaued
 near 0.72 whatever the cut cost (`--min-keep 0.5`, so the P3 neck keeps at least half its channels: 0.725), which
 looked like the pruned network's ceiling; it was the learning rate. YOLOv5's warm-up (bias LR 0.1, momentum 0.8)
