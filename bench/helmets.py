@@ -37,6 +37,7 @@ epochs, scored 0.788 at 60 epochs (0.775 at 20) and 0.792 at 90 on the code of t
 | 3 + 87, re-fit | targeted 0.02 | default | 0.251 | 0.021 | 0.744 |
 | 10 + 80, re-fit (stopped at fine-tune epoch 28) | targeted 0.1 | default | 0.422 | 0.392 | (0.620 by then) |
 | 0 + 90, re-fit (stopped at fine-tune epoch 4) | none: COCO gammas | default | - | - | (0.017 by then) |
+| 10 + 140, re-fit (the control's cut; no 150-epoch yardstick yet) | targeted 0.02 | default | 0.670 | 0.214 | 0.769 |
 
 The floor row: the global |gamma| ranking cuts the high-resolution neck hardest (model.13/14/20 64 -> 8 channels,
 model.17's bottleneck 32 -> 8) and leaves the 10x10 layers almost whole; `--min-keep 0.5` (no layer loses more
@@ -76,6 +77,10 @@ scored 0.000-0.017 over its first 5 epochs, where fresh transfer of the unpruned
 targeted rate (0.1) does make the cut free (32% of the gammas under 1e-3 by epoch 6; 0.422 -> 0.392 at the cut, and
 the warm-up no longer knocks the model down), but the sparse stage learns much less (0.422 at epoch 9 against
 0.670) and the fine-tune trailed the control by ~4 points (0.577 vs 0.617 at total epoch 34): stopped.
+A longer fine-tune from the control's cut (10 + 140, 2026-11-24, pipeline 119 min, half of it beside another
+run) gained mAP50-95 (0.431 against 0.406) but not mAP50 (0.769 against 0.768), still 3.6 points under the
+90-epoch unpruned model, so more epochs alone do not close the gap; its 150-epoch yardstick was not finished
+(39 epochs in /tmp/hd150, resumable).
 Uniform sparsity at 5e-2 collapsed the model (mAP 0) by epoch 8. With the gentle fine-tune hyp every split plateaued
 near 0.72 whatever the cut cost (`--min-keep 0.5`, so the P3 neck keeps at least half its channels: 0.725), which
 looked like the pruned network's ceiling; it was the learning rate. YOLOv5's warm-up (bias LR 0.1, momentum 0.8)
