@@ -182,7 +182,8 @@ def main() -> None:
         spread = (f" How much of the gap is the luck of the {boot['images']} val images (paired bootstrap, "
                   f"{boot['rounds']} draws, YOLOv5's AP): unpruned minus pruned {100 * boot['difference']:.1f} "
                   f"points, sd {100 * boot['sd']:.1f}, 95% interval {100 * boot['ci95'][0]:.1f} to "
-                  f"{100 * boot['ci95'][1]:.1f}.")
+                  f"{100 * boot['ci95'][1]:.1f}; each model's own mAP50 sd {100 * boot['sd_a']:.1f} (unpruned) "
+                  f"and {100 * boot['sd_b']:.1f} (pruned).")
     figures["checks"] = checks
     rows = "\n".join(
         f"| {r} | {m['params'] / 1e6:.3f} M | {m['gflops']:.3f} | {m['metrics']['map50']:.3f} | "

@@ -433,9 +433,9 @@ def check_parity(
         fp32_score_noise=score_noise,
     )
     if rep.max_box_diff_px > box_tol:
-        rep.failures.append(f"box diff {rep.max_box_diff_px:.3g} px > {box_tol}")
+        rep.failures.append(f"box diff {rep.max_box_diff_px:.3g} px > {box_tol:.3g}")
     if rep.max_score_diff > score_tol:
-        rep.failures.append(f"score diff {rep.max_score_diff:.3g} > {score_tol}")
+        rep.failures.append(f"score diff {rep.max_score_diff:.3g} > {score_tol:.3g}")
     if rep.nms_unmatched:
         rep.failures.append(f"{rep.nms_unmatched} detection(s) present in only one backend")
     if raise_on_fail and not rep.passed:

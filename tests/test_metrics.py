@@ -228,6 +228,7 @@ def test_paired_bootstrap_of_a_gap_and_of_no_gap() -> None:
     worse = _stats(blind)
     same = paired_bootstrap(good, good, NAMES, rounds=50)
     assert same["difference"] == 0.0 and same["sd"] == 0.0 and same["ci95"] == [0.0, 0.0]
+    assert same["sd_a"] == same["sd_b"] > 0  # one model's own score still moves between draws
     gap = paired_bootstrap(good, worse, NAMES, rounds=200, seed=1)
     assert gap["difference"] > 0.1 and gap["sd"] > 0
     assert gap["ci95"][0] <= gap["difference"] <= gap["ci95"][1]

@@ -215,10 +215,11 @@ def paired_bootstrap(
     if a.images == 0:
         raise ValueError("paired bootstrap: no images")
     rng = np.random.default_rng(seed)
-    diffs = np.empty(rounds)
+    draws = np.empty((rounds, 2))
     for k in range(rounds):
         idx = rng.integers(0, a.images, a.images)
-        diffs[k] = a.resampled(idx).compute(names)[key] - b.resampled(idx).compute(names)[key]
+        draws[k] = a.resampled(idx).compute(names)[key], b.resampled(idx).compute(names)[key]
+    diffs = draws[:, 0] - draws[:, 1]
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     va, vb = a.compute(names)[key], b.compute(names)[key]
     return {
@@ -227,6 +228,8 @@ def paired_bootstrap(
         "b": vb,
         "difference": va - vb,
         "sd": float(diffs.std()),
+        "sd_a": float(draws[:, 0].std()),  # each model's own spread over the same draws
+        "sd_b": float(draws[:, 1].std()),
         "ci95": [float(lo), float(hi)],
         "images": a.images,
         "rounds": rounds,
