@@ -6,7 +6,7 @@
 2. round_to (optional, --round-to-latency): yolov5n (the real weights when ../shared has them) pruned to
    target_flops 0.5 at several round_to values, exported to ONNX and timed interleaved in ONNX Runtime.
 
-Writes bench/results/prune_speed.json (command, machine, versions, timings).
+Writes bench/results/prune_speed.json (command, machine, figures: speed, round_to_latency).
 
     python bench/prune_speed.py                       # speed only (a few seconds)
     python bench/prune_speed.py --round-to-latency    # + ONNX Runtime latency per round_to (a few minutes)
@@ -16,52 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import torch
+from common import REPO, SHARED, command_line, write_result
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch_pruning as tp  # noqa: E402
-
-from prune import PruneConfig, apply_plan, build_graph, plan_pruning  # noqa: E402
-from yolo.fileio import atomic_write_text  # noqa: E402
-from yolo.flops import count_gflops  # noqa: E402
-from yolo.model import build_model  # noqa: E402
+from prune import PruneConfig, apply_plan, build_graph, plan_pruning
+from yolo.flops import count_gflops
+from yolo.model import build_model
 
 LIMIT_S = 5.0
-
-
-def machine() -> dict:
-    cpu = "?"
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "torch_pruning": tp.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-    }
 
 
 def speed(cfg: str, imgsz: int, ratio: float, repeats: int, seed: int = 0) -> dict:
@@ -103,7 +71,7 @@ def round_to_latency(values: list[int], imgsz: int, runs: int, threads: list[int
     from reports.latency import benchmark_files
     from yolo.checkpoint import load_model
 
-    weights = REPO.parent / "shared" / "weights" / "yolov5n.pt"
+    weights = SHARED / "weights" / "yolov5n.pt"
     model = load_model(weights)[0] if weights.is_file() else build_model("yolov5n")
     source = str(weights) if weights.is_file() else "build_model('yolov5n') random init"
     graph = build_graph(model, imgsz)
@@ -125,6 +93,15 @@ def round_to_latency(values: list[int], imgsz: int, runs: int, threads: list[int
             "note": "ONNX Runtime CPU, models timed interleaved (reports.latency.benchmark_files)"}  # fmt: skip
 
 
+def previous_figures(path: Path) -> dict:
+    """The figures of an earlier run, so a speed-only run keeps the (slow) round_to part it did not redo."""
+    if not path.is_file():
+        return {}
+    doc = json.loads(path.read_text())
+    figures = doc.get("figures", doc)
+    return {k: figures[k] for k in ("round_to_latency",) if k in figures}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cfg", default="yolov5s")
@@ -138,29 +115,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "prune_speed.json"))
     args = p.parse_args(argv)
     out = Path(args.out)
-    result = json.loads(out.read_text()) if out.is_file() else {}
-    result.update({"command": " ".join(["python", "bench/prune_speed.py", *map(shlex.quote, argv or sys.argv[1:])]),
-                   "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine()})  # fmt: skip
-    result["speed"] = speed(args.cfg, args.imgsz, args.ratio, args.repeats)
-    s = result["speed"]["timings_s"]
+    figures = previous_figures(out)
+    figures["speed"] = speed(args.cfg, args.imgsz, args.ratio, args.repeats)
+    s = figures["speed"]["timings_s"]
     print(f"{args.cfg}@{args.imgsz}: graph {s['graph_s']['median']:.2f}s + plan {s['plan_ratio_s']['median']:.3f}s "
           f"+ compensate/slice {s['compensate_and_slice_s']['median']:.2f}s = {s['total_s']['median']:.2f}s "
-          f"(limit {LIMIT_S}s: {'pass' if result['speed']['pass'] else 'FAIL'})")  # fmt: skip
+          f"(limit {LIMIT_S}s: {'pass' if figures['speed']['pass'] else 'FAIL'})")  # fmt: skip
     if args.round_to_latency:
-        result["round_to_latency"] = round_to_latency(args.round_to, args.imgsz, args.latency_runs, args.threads)
-        for name, v in result["round_to_latency"]["models"].items():
+        part = round_to_latency(args.round_to, args.imgsz, args.latency_runs, args.threads)
+        figures["round_to_latency"] = {"command": command_line(), "date": time.strftime("%Y-%m-%dT%H:%M:%S"), **part}
+        for name, v in part["models"].items():
             lat = "  ".join(f"{k}: {x['median_ms']:.1f} ms" for k, x in v.items() if k.startswith("threads"))
             print(f"{name:12s} {v['gflops']:.3f} GFLOPs  {lat}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
-    atomic_write_text(out.with_suffix(".md"), markdown(result))
-    print(f"wrote {out}")
-    return 0 if result["speed"]["pass"] else 1
+    path = write_result(out.stem, figures, markdown(figures), out_dir=out.parent)
+    print(f"wrote {path}")
+    return 0 if figures["speed"]["pass"] else 1
 
 
-def markdown(result: dict) -> str:
+def markdown(figures: dict) -> str:
     """The README table: seconds per pruning step for yolov5s at 640 (median of the repeats)."""
-    sp = result["speed"]
+    sp = figures["speed"]
     t = sp["timings_s"]
     return (
         f"### Pruning cost: {sp['model']}, {sp['imgsz']} px, ratio {sp['ratio']}\n\n"
@@ -168,7 +142,7 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|\n"
         f"| {t['graph_s']['median']:.2f} s | {t['plan_ratio_s']['median']:.3f} s | "
         f"{t['plan_target_flops_s']['median']:.3f} s | {t['compensate_and_slice_s']['median']:.2f} s | "
-        f"**{t['total_s']['median']:.2f} s** | {LIMIT_S:.0f} s |\n\n`{result['command']}`\n"
+        f"**{t['total_s']['median']:.2f} s** | {LIMIT_S:.0f} s |"
     )
 
 
