@@ -38,6 +38,7 @@ epochs, scored 0.788 at 60 epochs (0.775 at 20) and 0.792 at 90 on the code of t
 | 10 + 80, re-fit (stopped at fine-tune epoch 28) | targeted 0.1 | default | 0.422 | 0.392 | (0.620 by then) |
 | 0 + 90, re-fit (stopped at fine-tune epoch 4) | none: COCO gammas | default | - | - | (0.017 by then) |
 | 10 + 140, re-fit (the control's cut; no 150-epoch yardstick yet) | targeted 0.02 | default | 0.670 | 0.214 | 0.769 |
+| 10 + 40 + 40, re-fit, `--rounds 2` (0.71x, 0.50x FLOPs) | targeted 0.02 | default | 0.670 | 0.528, 0.334 | 0.734 |
 
 The floor row: the global |gamma| ranking cuts the high-resolution neck hardest (model.13/14/20 64 -> 8 channels,
 model.17's bottleneck 32 -> 8) and leaves the 10x10 layers almost whole; `--min-keep 0.5` (no layer loses more
