@@ -91,7 +91,7 @@ the 90-epoch unpruned model itself (0.805; `--teacher PATH`, default gains, a te
 behind as the LR annealed: 0.747 / 0.413. Neither a gentler path to the cut nor the unpruned model's own outputs
 close the gap, and the pruned network underfits its training set: after 80 fine-tune epochs its train box loss is
 0.037 (0.035 after 140) against 0.027 for the unpruned model at 90, and its class loss 0.0054 against 0.0026 (the
-unpruned model was at those values by epoch ~45). At half of yolov5n's FLOPs the network is short of capacity for
+unpruned model was at those values by epochs 30-40). At half of yolov5n's FLOPs the network is short of capacity for
 this data, which is what the 3.7 points measure.
 Uniform sparsity at 5e-2 collapsed the model (mAP 0) by epoch 8. With the gentle fine-tune hyp every split plateaued
 near 0.72 whatever the cut cost (`--min-keep 0.5`, so the P3 neck keeps at least half its channels: 0.725), which
