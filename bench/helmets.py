@@ -85,14 +85,14 @@ run) gained mAP50-95 (0.431 against 0.406) but not mAP50 (0.769 against 0.768), 
 (39 epochs in /tmp/hd150, resumable).
 Two more from the control's sparse stage (hand-run 2026-11-24, two at a time): iterative pruning (`--rounds 2`:
 0.71x FLOPs, 40 epochs, then 0.50x, 40 epochs; the first cut cost 0.670 -> 0.528, the round-1 model reached 0.735,
-the second cut took it to 0.334) ended at 0.734 / 0.401. Knowledge distillation from the best teacher there is,
-the 90-epoch unpruned model itself (0.805; `--teacher PATH`, default gains, a teacher forward per batch, fine-tune
-87 min beside another run), led the control by 2-4 points at total epochs 29-44 (5-epoch means; 0.660 vs 0.634 at 39) and fell
-behind as the LR annealed: 0.747 / 0.413. Neither a gentler path to the cut nor the unpruned model's own outputs
-close the gap, and the pruned network underfits its training set: after 80 fine-tune epochs its train box loss is
-0.037 (0.035 after 140) against 0.027 for the unpruned model at 90, and its class loss 0.0054 against 0.0026 (the
-unpruned model was at those values by epochs 30-40). At half of yolov5n's FLOPs the network is short of capacity for
-this data, which is what the 3.7 points measure.
+the second cut took it to 0.334) ended at 0.734 / 0.401. Knowledge distillation from the best teacher there is, the
+90-epoch unpruned model itself (0.805; `--teacher PATH`, default gains, a teacher forward per batch, fine-tune 87
+min beside another run), led the control by 2-4 points at total epochs 29-44 (5-epoch means; 0.660 vs 0.634 at 39)
+and fell behind as the LR annealed: 0.747 / 0.413. Neither a gentler path to the cut nor the unpruned model's own
+outputs close the gap, and the pruned network underfits its training set: after 80 fine-tune epochs its train box
+loss is 0.037 (0.035 after 140) against 0.027 for the unpruned model at 90, and its class loss 0.0054 against 0.0026
+(the unpruned model was at those values by epochs 30-40). At half of yolov5n's FLOPs the network is short of
+capacity for this data, which is what the 3.7 points measure.
 Uniform sparsity at 5e-2 collapsed the model (mAP 0) by epoch 8. With the gentle fine-tune hyp every split plateaued
 near 0.72 whatever the cut cost (`--min-keep 0.5`, so the P3 neck keeps at least half its channels: 0.725), which
 looked like the pruned network's ceiling; it was the learning rate. YOLOv5's warm-up (bias LR 0.1, momentum 0.8)
