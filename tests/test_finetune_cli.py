@@ -48,7 +48,9 @@ def tiny(tmp_path):
 
 
 def _start_and_wait_for_epoch0(args: list[str], last: Path) -> subprocess.Popen:
-    p = subprocess.Popen(_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    # a shell starting pytest in the background leaves SIGINT ignored, and children inherit that: restore it
+    p = subprocess.Popen(_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while not last.is_file():
         assert p.poll() is None, p.communicate()
