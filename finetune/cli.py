@@ -93,15 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from finetune.trainer import NonFiniteLossError, TrainingInterrupted
+    from finetune.trainer import NonFiniteLossError
     from yolo.errors import run_cli
 
     args = parse_args(argv)
     debug = bool(os.environ.get("YOLO_SLIM_DEBUG"))
     try:
-        return run_cli(_run, args, debug=debug)
-    except TrainingInterrupted:
-        return 130  # the trainer printed where last.pt is and how to resume
+        return run_cli(_run, args, debug=debug)  # Ctrl-C / SIGTERM: 130 / 143, the trainer printed how to resume
     except NonFiniteLossError:
         return 1  # the trainer printed the one-line reason
 

@@ -41,6 +41,7 @@ from finetune.state import init_seeds, rng_state, set_rng_state
 from sparsity.callback import SparsityCallback
 from yolo.checkpoint import load_model, read_checkpoint, save_checkpoint
 from yolo.data import create_dataloader, load_data_yaml
+from yolo.errors import Terminated
 from yolo.loss import YoloLoss, scale_loss_gains
 from yolo.model import build_model, reset_detect_head
 from yolo.val import build_val_loader, evaluate
@@ -126,11 +127,12 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C: last.pt was saved with the exact position; `resume_hint` says how to continue."""
+    """Ctrl-C or SIGTERM (`terminated`): last.pt was saved with the exact position; the message says how to
+    continue."""
 
-    def __init__(self, message: str, last: Path | None):
+    def __init__(self, message: str, last: Path | None, terminated: bool = False):
         super().__init__(message)
-        self.message, self.last = message, last
+        self.message, self.last, self.terminated = message, last, terminated
 
 
 def freeze_bn_statistics(model: nn.Module) -> None:
@@ -229,7 +231,7 @@ class Trainer:
         except KeyboardInterrupt as e:
             if not self.ready or isinstance(e, TrainingInterrupted):
                 raise
-            raise self.save_interrupted() from None
+            raise self.save_interrupted(terminated=isinstance(e, Terminated)) from None
         except NonFiniteLossError as e:
             log(f"error: {e}", self.is_main)
             raise
@@ -665,15 +667,15 @@ class Trainer:
             "train_seconds": self.elapsed_seconds(),
         }
 
-    def save_interrupted(self) -> TrainingInterrupted:
+    def save_interrupted(self, terminated: bool = False) -> TrainingInterrupted:
         epoch, it = self.position
         if not self.is_main:
-            return TrainingInterrupted("interrupted", None)
+            return TrainingInterrupted("interrupted", None, terminated)
         self.save_last()
-        msg = (f"interrupted at epoch {epoch}, batch {it}: saved {self.last_path}; "
-               f"resume with: python finetune.py --resume {self.run_dir}")
+        msg = (f"{'terminated' if terminated else 'interrupted'} at epoch {epoch}, batch {it}: saved "
+               f"{self.last_path}; resume with: python finetune.py --resume {self.run_dir}")
         log(msg)
-        return TrainingInterrupted(msg, self.last_path)
+        return TrainingInterrupted(msg, self.last_path, terminated)
 
     def result(self) -> TrainResult:
         best = self.best_path if self.best_path and self.best_path.is_file() else None

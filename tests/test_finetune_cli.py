@@ -47,10 +47,10 @@ def tiny(tmp_path):
             "64", "--device", "cpu", "--workers", "0", "--project", str(tmp_path / "runs"), "--noval"]
 
 
-def _start_and_wait_for_epoch0(args: list[str], last: Path) -> subprocess.Popen:
+def _start_and_wait_for_epoch0(args: list[str], last: Path, own_group: bool = False) -> subprocess.Popen:
     # a shell starting pytest in the background leaves SIGINT ignored, and children inherit that: restore it
     p = subprocess.Popen(_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), start_new_session=own_group)
     deadline = time.time() + 240
     while not last.is_file():
         assert p.poll() is None, p.communicate()
@@ -75,16 +75,32 @@ def test_sigkill_then_resume_same_epochs_and_steps(tiny, tmp_path):
     assert [int(x["optimizer_steps"]) for x in rows] == [4, 8, 12, 16, 20]
 
 
-def test_ctrl_c_exits_130_with_resume_hint(tiny, tmp_path):
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_or_sigterm_saves_and_exits_with_resume_hint(tiny, tmp_path, sig, code, word):
+    """Ctrl-C, and SIGTERM as job schedulers and `timeout` send it, both save the exact position and resume."""
     run = tmp_path / "runs" / "exp"
     p = _start_and_wait_for_epoch0(tiny, run / "weights" / "last.pt")
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     out, err = p.communicate(timeout=120)
     if p.returncode == 0:
         pytest.skip("the run finished before the signal arrived")
-    assert p.returncode == 130, err[-2000:]
-    assert f"resume with: python finetune.py --resume {run}" in out
+    assert p.returncode == code, err[-2000:]
+    assert f"{word} at epoch" in out and f"resume with: python finetune.py --resume {run}" in out
     r = subprocess.run(_cmd("--resume", str(run / "weights" / "last.pt")), capture_output=True, text=True,
                        env=_env(), timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "done: 5 epochs, 20 optimizer steps" in r.stdout
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_still_saves(tiny, tmp_path):
+    """A scheduler signals the whole process group: the loader workers must not die first and fail the batch the
+    main process is waiting for before it has saved its position."""
+    run = tmp_path / "runs" / "exp"
+    args = [*tiny[: tiny.index("--workers")], "--workers", "2", *tiny[tiny.index("--workers") + 2 :]]
+    args[args.index("--epochs") + 1] = "50"
+    p = _start_and_wait_for_epoch0(args, run / "weights" / "last.pt", own_group=True)
+    time.sleep(1.0)  # into a later epoch, with the workers running
+    os.killpg(p.pid, signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err[-2000:]
+    assert "terminated at epoch" in out and "DataLoader worker" not in err

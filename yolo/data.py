@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import signal
 import struct
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -930,6 +931,7 @@ def create_dataloader(
             collate_fn=DetectionDataset.collate_fn,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
+            worker_init_fn=leave_stop_signals_to_main,
         )
         return loader, dataset
     sampler = None
@@ -947,5 +949,12 @@ def create_dataloader(
         generator=generator,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
+        worker_init_fn=leave_stop_signals_to_main,
     )
     return loader, dataset
+
+
+def leave_stop_signals_to_main(worker_id: int) -> None:
+    """Loader workers ignore SIGTERM: a scheduler stops the whole process group, and a worker that died first
+    would fail the main process's next batch before it could save its position; the main process stops them."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any, Callable
 
 # Bad input raises a ValueError subclass (DataError, CheckpointError, ModelConfigError, ...) or an OSError
@@ -10,17 +14,47 @@ from typing import Any, Callable
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
-def run_cli(func: Callable[[Any], Any], args: Any, debug: bool = False) -> int:
-    """Run a command; expected errors print `error: ...` on one line and exit 2 (set YOLO_SLIM_DEBUG=1 to trace)."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's stop, `timeout`, `kill`), raised like Ctrl-C so the same clean-up runs."""
+
+
+def interrupt_exit_code(e: BaseException) -> int:
+    """The shell's code for a run stopped by a signal: 128 + the signal's number."""
+    return 128 + (signal.SIGTERM if isinstance(e, Terminated) or getattr(e, "terminated", False) else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises `Terminated` instead of killing the process outright: SLURM, Kubernetes and
+    `timeout` stop a job with SIGTERM, and a training run should then save its position as on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        func(args)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_cli(func: Callable[[Any], Any], args: Any, debug: bool = False) -> int:
+    """Run a command; expected errors print `error: ...` on one line and exit 2 (set YOLO_SLIM_DEBUG=1 to trace).
+    Ctrl-C and SIGTERM both stop it as an interruption (exit 130 / 143)."""
+    try:
+        with sigterm_as_interrupt():
+            func(args)
     except USER_ERRORS as e:
         if debug:
             raise
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        code = interrupt_exit_code(e)
+        print("terminated" if code == 128 + signal.SIGTERM else "interrupted", file=sys.stderr)
+        return code
     return 0
