@@ -174,3 +174,30 @@ def stats_error(bn: torch.nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor)
     standard deviations plus squared log ratio of the variances, averaged over channels."""
     v = var + bn.eps
     return float(((bn.running_mean - mean) ** 2 / v).mean() + (((bn.running_var + bn.eps) / v).log() ** 2).mean())
+
+
+def test_refitted_filters_keep_their_length_and_the_function(case):
+    """The fit changes filters' lengths, and after a BatchNorm a filter's length sets how fast it trains; scaling
+    each back to its pre-fit length, the BatchNorm absorbing the scale, changes no output."""
+    from prune.apply import apply_plan as slice_only
+    from prune.reconstruct import _own_bn, reconstruct_consumers
+
+    model, plan = case
+    x = [b[0].float() / 255 for b in images(3, seed=0)]
+    kept, stretched, sliced = slice_only(model, plan), slice_only(model, plan), slice_only(model, plan)
+    names = reconstruct_consumers(model, kept, plan, x, rows=600)
+    assert names == reconstruct_consumers(model, stretched, plan, x, rows=600, keep_norms=False)
+    moved = 0
+    for name in names:
+        if _own_bn(kept, plan, name, kept.get_submodule(name)) is None:
+            continue  # a conv without its own BatchNorm (Detect) keeps the fitted length
+        lengths = [m.get_submodule(name).weight.flatten(1).norm(dim=1) for m in (kept, stretched, sliced)]
+        assert torch.allclose(lengths[0], lengths[2], rtol=1e-5), name
+        moved += bool(((lengths[1] - lengths[2]).abs() > 0.2 * lengths[2]).any())
+    assert moved  # the fit did change some filters' lengths
+    probe = images(2, seed=1)[0][0].float() / 255
+    with torch.no_grad():
+        for u, v in zip(kept.eval()(probe)[1], stretched.eval()(probe)[1]):
+            assert torch.allclose(u, v, rtol=1e-4, atol=1e-4)
+        for u, v in zip(kept.train()(probe), stretched.train()(probe)):  # batch statistics: equal up to eps
+            assert ((u - v) ** 2).mean() < 1e-3 * u.var()
