@@ -117,22 +117,25 @@ def test_demo_end_to_end_then_rerun_skips(tmp_path):
 
 
 @pytest.mark.e2e
-def test_killed_during_finetune_resumes_without_redoing_earlier_stages(tmp_path):
+def test_stopped_during_finetune_resumes_without_redoing_earlier_stages(tmp_path):
     import os
     import signal
     import time
 
     cmd = _demo_cmd(tmp_path, "--sparse-epochs", "1", "--finetune-epochs", "12", "--latency-runs", "3")
     run = tmp_path / "runs" / "exp"
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     deadline = time.time() + 300
-    while not (run / "finetune" / "weights" / "last.pt").is_file():  # killed after a fine-tuning epoch
+    while not (run / "finetune" / "weights" / "last.pt").is_file():  # stopped after a fine-tuning epoch
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
         time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.killpg(proc.pid, signal.SIGTERM)  # as a job scheduler stops it: the whole process group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
     state = json.loads((run / "pipeline.json").read_text())["stages"]
     assert state["sparse"]["status"] == "done" and state["finetune"]["status"] == "running"
+    assert state["finetune"]["seconds"] > 0  # the stopped attempt's time was banked
     sparse_mtime = (run / "sparse" / "weights" / "last.pt").stat().st_mtime
 
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
