@@ -115,6 +115,12 @@ fine-tune epoch 15 on (by 0.4-4.1 points, ~2 on average; -0.5 in one, +0.6 in th
 unpruned model, inside the issue's 2 (pipeline 79 min counting the reused sparse stage, fine-tune epochs ~48 s
 beside another run). A narrow pass from one run and one seed: the paired bootstrap's 95% interval for the gap is
 -2.5 to 5.6 points.
+What is left of the gap is the cut, not the restart. A cut of nothing (`prune --ratio 0 --reconstruct 128` on the
+control's sparse model, then the same 80-epoch fine-tune, hand-run 2026-11-24) prices the restart alone: the
+warm-up knocked the annealed model from 0.656 to 0.351 by fine-tune epoch 2 and it trailed the unpruned run by
+5-8 points (5-epoch means) until fine-tune epoch 20 and 1-4 until 55, but it caught up by the end (+0.5 to +2.4 in
+the last four means; best epoch 0.818, best.pt 0.793 / 0.451 by the trainer's scoring). The 0.5x run with the
+fixed re-fit trailed that uncut run by 2-6 points all the way, 2.9 in the last five epochs.
 Uniform sparsity at 5e-2 collapsed the model (mAP 0) by epoch 8. With the gentle fine-tune hyp every split plateaued
 near 0.72 whatever the cut cost (`--min-keep 0.5`, so the P3 neck keeps at least half its channels: 0.725), which
 looked like the pruned network's ceiling; it was the learning rate. YOLOv5's warm-up (bias LR 0.1, momentum 0.8)
