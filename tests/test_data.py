@@ -426,6 +426,65 @@ def test_memory_cache_gives_the_same_samples_and_stays_untouched(red_boxes: list
             img[0, 0, 0] = 1  # read-only: augmentation can never edit the cached copy
 
 
+def test_cache_is_one_buffer_that_loader_processes_share(red_boxes: list[Path]) -> None:
+    from multiprocessing.reduction import ForkingPickler
+
+    ram = DetectionDataset(red_boxes, img_size=64, names=["r"], cache="ram")
+    assert ram._cached.pixels.numel() == ram.cache_bytes()  # every image in the one buffer, nothing more
+    assert not ram._cached.pixels.is_shared()
+    # what a spawned loader worker (macOS, Windows) receives: the buffer moves to shared memory, not a copy
+    blob = ForkingPickler.dumps(ram)
+    assert ram._cached.pixels.is_shared() and len(blob) < ram.cache_bytes() // 4
+    copy = ForkingPickler.loads(blob)
+    for i in range(len(ram)):
+        a, b = ram.image(i), copy.image(i)
+        assert np.array_equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def test_spawned_loader_workers_read_the_cache_right(red_boxes: list[Path]) -> None:
+    ram = DetectionDataset(red_boxes, img_size=64, names=["r"], cache="ram")
+    disk = DetectionDataset(red_boxes, img_size=64, names=["r"], cache="no")
+    loader = torch.utils.data.DataLoader(ram, batch_size=2, num_workers=1, multiprocessing_context="spawn",
+                                         collate_fn=DetectionDataset.collate_fn)  # fmt: skip
+    seen = [b[0] for b in loader]
+    assert ram._cached.pixels.is_shared()
+    expected = [DetectionDataset.collate_fn([disk[i] for i in (k, k + 1)])[0] for k in (0, 2)]
+    assert all(torch.equal(a, b) for a, b in zip(seen, expected, strict=True))
+
+
+@pytest.mark.parametrize("method, shared", [("fork", False), ("spawn", True), ("forkserver", True)])
+def test_loader_shares_the_cache_before_non_forked_workers_start(red_boxes, monkeypatch, method, shared) -> None:
+    import yolo.data as data
+
+    monkeypatch.setattr(data, "worker_start_method", lambda: method)
+    _, ds = create_dataloader(red_boxes, 64, 2, names=["r"], workers=1, cache="ram")
+    assert ds._cached.pixels.is_shared() is shared  # forked workers share its pages anyway
+
+
+def test_a_cache_too_big_for_shared_memory_is_one_clear_line(red_boxes, monkeypatch) -> None:
+    import yolo.data as data
+
+    def full(self):
+        raise RuntimeError("unable to write to file </torch_1_2>: No space left on device (28)\nmore detail")
+
+    monkeypatch.setattr(data, "worker_start_method", lambda: "spawn")
+    monkeypatch.setattr(torch.Tensor, "share_memory_", full)
+    with pytest.raises(DataError, match=r"^--cache ram: the 0 MB image cache does not fit in shared memory .*"
+                                        r"No space left on device \(28\)\); use --workers 0") as e:  # fmt: skip
+        create_dataloader(red_boxes, 64, 2, names=["r"], workers=1, cache="ram")
+    assert "\n" not in str(e.value)
+
+
+def test_packed_images_refuse_a_wrong_size() -> None:
+    from yolo.data import PackedImages
+
+    img = np.zeros((4, 5, 3), np.uint8)
+    with pytest.raises(ValueError, match="60 bytes, 61 were reserved"):
+        PackedImages([(img, (8, 10), (4, 5))], 61)
+    with pytest.raises(ValueError, match="more than the 59 bytes"):
+        PackedImages([(img, (8, 10), (4, 5))], 59)
+
+
 def test_auto_cache_only_within_the_memory_limit(red_boxes: list[Path], monkeypatch) -> None:
     import yolo.data as data
 

@@ -18,7 +18,7 @@ import math
 import os
 import signal
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -578,6 +578,59 @@ def _scan_one(img: Path, nc: int | None) -> _Scan:
     return _Scan(size, "", labels, issues, counters, "ok" if len(labels) else "empty")
 
 
+class PackedImages:
+    """Decoded images in one contiguous uint8 tensor, handed out as read-only numpy views.
+
+    One buffer, not one array per image, so loader workers share it however they start: a forked worker shares
+    its pages (no per-image object for reference counts to touch), and a spawned one (macOS, Windows) receives
+    the tensor through torch's shared memory instead of a pickled copy per worker. Read-only, so no
+    augmentation can edit the cached copy.
+    """
+
+    def __init__(self, images: Iterable[tuple[np.ndarray, tuple[int, int], tuple[int, int]]], nbytes: int) -> None:
+        """Copy `images` (consumed one at a time, so decoded arrays are freed as they are packed) into a buffer
+        of `nbytes`, their total size."""
+        self.pixels = torch.empty(nbytes, dtype=torch.uint8)
+        flat = self.pixels.numpy()
+        self.shapes: list[tuple[int, ...]] = []
+        self.sizes: list[tuple[tuple[int, int], tuple[int, int]]] = []
+        offsets = [0]
+        for img, hw0, hw in images:
+            start, end = offsets[-1], offsets[-1] + img.size
+            if end > nbytes:
+                raise ValueError(f"images take more than the {nbytes} bytes reserved for them")
+            flat[start:end] = img.reshape(-1)
+            self.shapes.append(img.shape)
+            self.sizes.append((hw0, hw))
+            offsets.append(end)
+        if offsets[-1] != nbytes:
+            raise ValueError(f"images take {offsets[-1]} bytes, {nbytes} were reserved for them")
+        self.offsets = np.asarray(offsets)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        img = self.pixels[int(self.offsets[i]) : int(self.offsets[i + 1])].numpy().reshape(self.shapes[i])
+        img.setflags(write=False)
+        return img, *self.sizes[i]
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, tuple[int, int], tuple[int, int]]]:
+        return (self[i] for i in range(len(self)))
+
+    def share(self) -> None:
+        """Move the buffer to shared memory before loader workers start, where a failure can still be explained
+        (a spawned worker would move it while unpickling, and die with a bare error when /dev/shm is full)."""
+        try:
+            self.pixels.share_memory_()
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(
+                f"--cache ram: the {self.pixels.numel() / 2**20:.0f} MB image cache does not fit in shared memory "
+                f"for the loader workers ({first}); use --workers 0, --cache no, or a larger /dev/shm"
+            ) from None
+
+
 class DetectionDataset(Dataset):
     """YOLO-format detection dataset with YOLOv5's letterbox, rectangular batches and training augmentation.
 
@@ -624,7 +677,7 @@ class DetectionDataset(Dataset):
             self._make_exact_rect_shapes(batch_size, stride, pad)
         elif rect:
             self._make_rect_shapes(batch_size, stride, pad)
-        self._cached: list | None = None
+        self._cached: PackedImages | None = None
         if cache == "ram" or (cache == "auto" and self.cache_bytes() <= _auto_cache_limit()):
             self._fill_cache()
 
@@ -635,13 +688,10 @@ class DetectionDataset(Dataset):
 
     def _fill_cache(self) -> None:
         """Decode every image once (a loader without workers otherwise decodes and resizes every image every
-        epoch: 2.4x the batch time on helmets). Filled before any worker forks, so forked workers share it.
-        Read-only, so no augmentation can edit the cached copy."""
+        epoch: 2.4x the batch time on helmets)."""
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-            cached = list(pool.map(lambda f: load_image(f, self.img_size), self.im_files))
-        for img, _, _ in cached:
-            img.setflags(write=False)
-        self._cached = cached
+            images = pool.map(lambda f: load_image(f, self.img_size), self.im_files)
+            self._cached = PackedImages(images, self.cache_bytes())
 
     def image(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         """load_image of image `index` at img_size, from memory when cached."""
@@ -923,6 +973,8 @@ def create_dataloader(
     )
     batch_size = max(1, min(batch_size, len(dataset)))
     workers = max(0, min(workers, os.cpu_count() or 1))
+    if workers and dataset._cached is not None and worker_start_method() != "fork":
+        dataset._cached.share()
     if rect and rect_batches == "exact":
         loader = DataLoader(
             dataset,
@@ -952,6 +1004,13 @@ def create_dataloader(
         worker_init_fn=leave_stop_signals_to_main,
     )
     return loader, dataset
+
+
+def worker_start_method() -> str:
+    """How loader workers will start (fork, spawn or forkserver), without fixing the default as a side effect."""
+    import multiprocessing
+
+    return multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
 
 
 def leave_stop_signals_to_main(worker_id: int) -> None:
