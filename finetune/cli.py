@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity-schedule", choices=SCHEDULES, default="constant",
                    help="constant; linear decay of the rate to 0 over the run; ramp: a rise from 0 to the rate")
     p.add_argument("--sparsity-layers", choices=LAYER_CHOICES, default="all",
-                   help="all BatchNorms, or prunable: skip those feeding residual adds")
+                   help="all BatchNorms, or prunable: only those of channels the pruner can remove one by one "
+                        "(not residual adds, RepVGG branch sums, shuffled channels)")
     p.add_argument("--sparsity-target", default="", metavar="flops=F|params=F|ratio=R",
                    help="targeted sparse training: penalise only the channels a prune to this target would remove "
                         "(re-chosen every epoch; default --min-keep/--round-to of prune.py)")

@@ -17,52 +17,34 @@ LAYER_CHOICES = ("all", "prunable")
 
 
 def select_bns(model: nn.Module, layers: str = "all") -> list[nn.BatchNorm2d]:
-    """The BatchNorm layers the penalty acts on.
-
-    "all": every BatchNorm2d (the Detect head has none).
-    "prunable": leaves out BatchNorms whose output channels feed a residual add (the second conv of a
-    shortcut Bottleneck and the conv producing that Bottleneck's input), whose channels a pruner must keep
-    coupled; the penalty then only pushes channels that can be removed one by one. Also left out: the last
-    BatchNorm of each ShuffleNetV2 branch, whose channels cross the channel shuffle and are never pruned.
-    """
+    """The BatchNorm layers the penalty acts on: "all" (every BatchNorm2d; the Detect head has none), or
+    "prunable" (see prunable_bn_names)."""
     if layers not in LAYER_CHOICES:
         raise ValueError(f"sparsity layers {layers!r} not understood; use one of {', '.join(LAYER_CHOICES)}")
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    bns = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
     if layers == "all":
-        return bns
-    coupled = {id(bn) for bn in residual_bns(model) + shuffle_bns(model)}
-    return [bn for bn in bns if id(bn) not in coupled]
+        return [m for _, m in bns]
+    keep = prunable_bn_names(model)
+    return [m for n, m in bns if n in keep]
 
 
-def residual_bns(model: nn.Module) -> list[nn.BatchNorm2d]:
-    """BatchNorms whose channels reach a residual add: in every C3 / BottleneckCSP with shortcut
-    Bottlenecks, the block's cv1 (the input of the first add) and each Bottleneck's cv2."""
-    out: list[nn.BatchNorm2d] = []
-    for block in model.modules():
-        bottlenecks = [b for b in getattr(block, "m", []) if getattr(b, "add", False)] if _is_csp(block) else []
-        if not bottlenecks:
-            continue
-        out.append(block.cv1.bn)
-        out.extend(b.cv2.bn for b in bottlenecks)
-    return out
+def prunable_bn_names(model: nn.Module) -> set[str]:
+    """BatchNorms whose channels the pruner can remove and whose gamma alone decides them: members of the
+    dependency graph's prunable groups that one conv produces (a depthwise conv on the way passes them on).
 
+    Left out, so the penalty only pushes channels that can go one by one: groups the pruner protects (channels
+    crossing a ShuffleNetV2 channel shuffle, model outputs), and channels summed from several convs (residual
+    adds of shortcut Bottlenecks, RepVGG's 3x3 + 1x1 branches), which a zero gamma in one BatchNorm does not empty.
+    The prune stage's dependency graph decides (without --ignore), so this holds for any family it can trace.
+    """
+    from prune.graph import build_graph
 
-def shuffle_bns(model: nn.Module) -> list[nn.BatchNorm2d]:
-    """The output BatchNorms of every ShuffleBlock branch (branch1.3, branch2.6): their channels go through the
-    channel shuffle, which the pruner protects, so pushing their gammas to zero would only cost accuracy."""
-    from yolo.shufflenet import ShuffleBlock
-
-    out: list[nn.BatchNorm2d] = []
-    for block in model.modules():
-        if isinstance(block, ShuffleBlock):
-            for seq in (getattr(block, "branch1", None), block.branch2):
-                bns = [m for m in seq or () if isinstance(m, nn.BatchNorm2d)]
-                out.extend(bns[-1:])
-    return out
-
-
-def _is_csp(block: nn.Module) -> bool:
-    return isinstance(getattr(block, "m", None), nn.Sequential) and hasattr(block, "cv1")
+    graph = build_graph(model)
+    keep: set[str] = set()
+    for group in graph.groups:
+        if sum(m.kind == "out" for m in group.members) == 1:
+            keep.update(m.name for m in group.members if m.kind == "bn")
+    return keep
 
 
 def sr_at(sr: float, schedule: str, epoch: float, epochs: int) -> float:

@@ -227,17 +227,19 @@ def test_head_convs_next_to_shuffle_outputs_map_through_concats(pruned_setup):
                 assert len(m.idxs) == g.channels and np.all(np.diff(m.idxs) == 1), (conv, m.name, m.idxs)
 
 
-def test_sparsity_on_prunable_layers_skips_shuffle_outputs(pruned_setup):
-    """--sparsity-layers prunable leaves out the branch-output BatchNorms (never pruned) and keeps the internal ones."""
-    from sparsity.bn_l1 import select_bns, shuffle_bns
+def test_sparsity_on_prunable_layers_skips_shuffled_channels(pruned_setup):
+    """--sparsity-layers prunable leaves out the BatchNorms of channels that cross the shuffle (never pruned: each
+    branch's last one, and branch1's first where it normalises the shuffled block input) and keeps the internal
+    ones."""
+    from sparsity.bn_l1 import select_bns
 
     _, model, graph, _ = pruned_setup
     named = {id(m): n for n, m in model.named_modules()}
-    skipped = {named[id(bn)] for bn in shuffle_bns(model)}
     in_groups = {m.name for g in graph.groups for m in g.members if m.kind == "bn"}
-    assert skipped and not skipped & in_groups
     chosen = {named[id(bn)] for bn in select_bns(model, "prunable")}
-    assert not chosen & skipped
+    assert chosen and chosen <= in_groups
+    outputs = {f"{n}.branch2.6" for n, _ in blocks(model)}
+    assert outputs and not chosen & outputs
     assert {f"{n}.branch2.1" for n, _ in blocks(model)} <= chosen
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsity.bn_l1 import apply_bn_l1, residual_bns, select_bns, sr_at
+from sparsity.bn_l1 import apply_bn_l1, select_bns, sr_at
 from sparsity.callback import SparsityCallback
 from sparsity.stats import gamma_histogram, gamma_stats, plot_gamma_histograms
 from yolo.model import build_model
@@ -40,13 +40,25 @@ def test_layer_choice():
     all_bns = select_bns(model, "all")
     assert len(all_bns) == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     c3_short, c3_plain = model.model[2], model.model[4]
-    coupled = residual_bns(model)
-    assert {id(b) for b in coupled} == {id(c3_short.cv1.bn), id(c3_short.m[0].cv2.bn)}  # only shortcut C3
     prunable = select_bns(model, "prunable")
-    assert len(prunable) == len(all_bns) - 2 and all(b is not c3_short.cv1.bn for b in prunable)
+    coupled = {id(c3_short.cv1.bn), id(c3_short.m[0].cv2.bn)}  # summed by the shortcut's add: left out
+    assert {id(b) for b in all_bns} - {id(b) for b in prunable} == coupled
     assert any(b is c3_plain.cv1.bn for b in prunable)
     with pytest.raises(ValueError, match="all, prunable"):
         select_bns(model, "some")
+
+
+def test_prunable_leaves_out_repvgg_branch_sums():
+    """A RepVGG block adds its 3x3 and 1x1 branches: one branch's zero gamma does not empty the channel."""
+    from yolo.repvgg import RepVGG
+
+    model = build_model("yolov5n-repvgg")
+    chosen = {id(b) for b in select_bns(model, "prunable")}
+    blocks = [m for m in model.modules() if isinstance(m, RepVGG)]
+    assert blocks
+    for b in blocks:
+        assert id(b.rbr_dense.bn) not in chosen and id(b.rbr_1x1.bn) not in chosen
+    assert any(id(m.bn) in chosen for m in model.modules() if type(m).__name__ == "Conv")  # the plain convs
 
 
 def test_schedules():
