@@ -10,7 +10,7 @@ from common import REPO, RESULTS
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ORDER = ("val_parity", "demo", "prune_speed", "prune_quality", "prune_importance", "latency", "latency_round8",
          "latency_round1", "int8", "train_throughput", "data_throughput", "cache_memory", "finetune_parity", "families",
-         "helmets", "recovery")
+         "helmets", "helmets_seed1", "helmets_seed2", "recovery")
 
 
 def main() -> None:
