@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="total batch size over all processes")
     p.add_argument("--imgsz", "--img", "--img-size", dest="imgsz", type=int, default=640, help="train/val size")
     p.add_argument("--device", default="", help="cpu, 0 or 0,1 (default: first GPU, else CPU)")
-    p.add_argument("--workers", type=int, default=8, help="dataloader workers per process")
+    p.add_argument("--workers", type=int, default=None,
+                   help="dataloader workers per process (default: 0 when training on a CPU with at most 2 cores, "
+                        "where the training step needs them; else 8)")
     p.add_argument("--cache", choices=CACHE_MODES, default="auto",
                    help="keep the decoded training images in memory: ram, no, or auto (only without --workers, "
                         "when they fit in 1 GiB and a quarter of the free memory)")

@@ -26,7 +26,9 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     p.add_argument("--imgsz", "--img", type=int, default=d.imgsz, help=f"train/score size (default {d.imgsz})")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--device", default=d.device, help="cpu, 0, 0,1 ...")
-    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="loader workers (default: the training stages pick, 0 on a CPU with at most 2 cores, else 8; "
+                        "scoring uses 2)")
     p.add_argument("--cache", choices=CACHE_MODES, default=d.cache,
                    help="training stages: keep decoded images in memory (ram, no, auto: only without workers)")
     p.add_argument("--seed", type=int, default=d.seed)

@@ -43,7 +43,7 @@ class PipelineOptions:
     imgsz: int = 640
     batch_size: int = 16
     device: str = "cpu"
-    workers: int = 2
+    workers: int | None = None  # training stages: None lets finetune pick (0 on a small CPU); scoring: 2
     cache: str = "auto"  # training stages: decoded images in memory (auto, ram, no); results do not depend on it
     seed: int = 0
     hyp: str | None = None
@@ -77,6 +77,11 @@ class PipelineOptions:
     project: str = "runs/pipeline"
     name: str = "exp"
     quiet: bool = False
+
+    @property
+    def eval_workers(self) -> int:
+        """Loader workers for scoring (no training step to share the cores with): --workers, else 2."""
+        return 2 if self.workers is None else self.workers
 
     def validate(self) -> PipelineOptions:
         if not self.data:
@@ -275,7 +280,8 @@ class Pipeline:
             self.log(f"[baseline] {o.weights} predicts {model.nc} classes, {o.data} has {data.nc}: "
                      f"transfer learning, the {trains} stage trains a new Detect head")
             return {"info": info, "note": "class count differs from the data: transfer learning"}
-        res = evaluate(model, data, imgsz=o.imgsz, batch_size=o.batch_size, device=o.device, workers=o.workers)
+        res = evaluate(model, data, imgsz=o.imgsz, batch_size=o.batch_size, device=o.device,
+                       workers=o.eval_workers)
         _save_json(self.run_dir / "baseline" / "metrics.json", res)
         self.log(f"[baseline] mAP50 {res['map50']:.3f}  mAP50-95 {res['map']:.3f}  "
                  f"{info['params'] / 1e6:.2f}M params  {info['gflops']:.2f} GFLOPs")
@@ -305,7 +311,8 @@ class Pipeline:
             self.log(f"[prune] {summary}; not scored: the model predicts {pruned.nc} classes, {o.data} has "
                      f"{data.nc} (the fine-tune stage trains a new Detect head)")
             return {"weights": str(path), "metrics": {}}
-        res = evaluate(pruned, data, imgsz=o.imgsz, batch_size=o.batch_size, device=o.device, workers=o.workers)
+        res = evaluate(pruned, data, imgsz=o.imgsz, batch_size=o.batch_size, device=o.device,
+                       workers=o.eval_workers)
         _save_json(out_dir / "metrics.json", res)
         self.log(f"[prune] {summary} before fine-tuning: mAP50 {res['map50']:.3f} mAP50-95 {res['map']:.3f}")
         return {"weights": str(path), "metrics": _brief(res)}
@@ -317,7 +324,7 @@ class Pipeline:
         out = self.run_dir / "report"
         threads = [t or None for t in o.threads]
         entries = build_entries(models, out, data=o.data, imgsz=o.imgsz, threads=threads, runs=o.latency_runs,
-                                eval_kwargs={"batch_size": o.batch_size, "workers": o.workers}, log=self.log,
+                                eval_kwargs={"batch_size": o.batch_size, "workers": o.eval_workers}, log=self.log,
                                 skip_other_classes=True)
         if o.int8:
             entries.append(self._int8_entry(models["finetuned"], out))

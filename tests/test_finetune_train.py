@@ -313,3 +313,38 @@ def test_cache_flag_is_parsed_and_checked():
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["pipeline", "--weights", "w.pt", "--data", "d.yaml", "--cache", "no"])
     assert args.cache == "no"
+
+
+@pytest.mark.parametrize("device, cores, world, expected", [
+    ("cpu", 2, 1, 0), ("cpu", 1, 1, 0), ("cpu", 4, 1, 8), ("cpu", 4, 2, 0), ("cuda", 2, 1, 8),
+])  # fmt: skip
+def test_default_workers_leave_a_small_cpu_to_the_training_step(monkeypatch, device, cores, world, expected):
+    import finetune.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "usable_cores", lambda: cores)
+    assert trainer_mod.resolve_workers(None, torch.device(device), world) == expected
+    assert trainer_mod.resolve_workers(3, torch.device(device), world) == 3  # an explicit --workers always wins
+
+
+class _GrabLoader:
+    def on_train_start(self, trainer):
+        self.workers = trainer.train_loader.num_workers
+        self.threads = torch.get_num_threads()
+        self.saved = trainer.opt.workers
+
+
+@pytest.mark.parametrize("cores, workers", [(2, 0), (16, 8)])
+def test_training_without_workers_flag_picks_by_cores(setup, tmp_path, monkeypatch, cores, workers):
+    import finetune.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "usable_cores", lambda: cores)
+    monkeypatch.setattr("os.cpu_count", lambda: cores)  # the loader caps workers at the CPU count
+    threads = torch.get_num_threads()
+    grab = _GrabLoader()
+    try:
+        train(_opts(setup, tmp_path, epochs=1, noval=True, workers=None), callbacks=[grab])
+    finally:
+        torch.set_num_threads(threads)
+    assert grab.workers == workers
+    assert grab.threads == max(1, cores - workers)  # the step gets the cores the workers leave
+    assert grab.saved is None  # not frozen into the run: a resume on another machine picks its own
