@@ -132,8 +132,10 @@ A third seed the same way (`--seed 2`, helmets_seed2.json): sparse stage 0.616, 
 (best epoch 73; 0.749 at the last) against 0.788 / 0.439 unpruned: 2.5 points (bootstrap 95% -1.9 to 7.0). Over
 the three seeds the gaps are 1.8, 5.1 and 2.5 (mean 3.1), the pruned model 0.751-0.786, the unpruned 0.788-0.805:
 the issue's 2 points are met by one seed of three, so the recipe does not meet it reliably.
-Seed 0 trained with 2 loader workers, the default of its time; training on a CPU with at most 2 cores now defaults
-to none, which draws the augmentation from another random stream: add `-- --workers 2` to repeat it exactly.
+Seed 0 ran on an AVX2 host with 2 loader workers (the default of its time), seeds 1 and 2 on an AVX-512 host (see
+each result's machine) without workers. Training on a CPU with at most 2 cores now defaults to no workers, which
+draws the augmentation from another random stream: repeating seed 0 needs `-- --workers 2` and the same kind of CPU
+(other kernels round differently: the demo's seed trained other weights on the two hosts).
 Uniform sparsity at 5e-2 collapsed the model (mAP 0) by epoch 8. With the gentle fine-tune hyp every split plateaued
 near 0.72 whatever the cut cost (`--min-keep 0.5`, so the P3 neck keeps at least half its channels: 0.725), which
 looked like the pruned network's ceiling; it was the learning rate. YOLOv5's warm-up (bias LR 0.1, momentum 0.8)
