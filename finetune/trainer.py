@@ -41,6 +41,7 @@ from finetune.state import init_seeds, rng_state, set_rng_state
 from sparsity.callback import SparsityCallback
 from yolo.checkpoint import load_model, read_checkpoint, save_checkpoint
 from yolo.data import create_dataloader, load_data_yaml
+from yolo.device import usable_cores
 from yolo.errors import Terminated
 from yolo.loss import YoloLoss, scale_loss_gains
 from yolo.model import build_model, reset_detect_head
@@ -245,8 +246,9 @@ class Trainer:
             log(f"--device {self.opt.device}: one process uses {self.device}; for all GPUs run "
                 "torchrun --nproc_per_node N finetune.py ...", self.is_main)
         ddp.init_distributed(self.dist, self.device)
-        self.workers = resolve_workers(self.opt.workers, self.device, self.dist.world_size)  # not saved: a resume
-        if self.device.type == "cpu":  # on another machine picks its own
+        # resolved here, not saved in the run: a resume on another machine picks its own
+        self.workers = resolve_workers(self.opt.workers, self.device, self.dist.world_size)
+        if self.device.type == "cpu":
             set_cpu_threads(self.workers, self.dist.world_size)
         init_seeds(self.opt.seed + 1 + self.dist.rank)
         self.amp = self.opt.amp and self.device.type == "cuda"
@@ -688,16 +690,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask where the OS has one, as under taskset or a CPU quota)."""
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def resolve_workers(workers: int | None, device: torch.device, world_size: int = 1) -> int:

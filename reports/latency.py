@@ -34,15 +34,13 @@ def cpu_info() -> dict[str, Any]:
             model = value.strip()
         elif key == "flags" and not flags:
             flags = set(value.split())
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count() or 1
+    from yolo.device import usable_cores
+
     return {
         "model": model,
         "flags": [f for f in CPU_FLAGS if f in flags],
         "logical_cores": os.cpu_count(),
-        "usable_cores": usable,
+        "usable_cores": usable_cores(),
         "machine": platform.machine(),
     }
 

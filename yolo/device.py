@@ -33,3 +33,11 @@ def select_device(device: str | int | torch.device | None = "") -> torch.device:
         raise DeviceError(f"--device {device}: GPU {bad[0]} does not exist ({n} visible)")
     local_rank = int(os.environ.get("LOCAL_RANK", -1))
     return torch.device(f"cuda:{ids[local_rank] if 0 <= local_rank < len(ids) else ids[0]}")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its affinity mask where the OS has one (taskset, a container's CPU set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
