@@ -107,7 +107,7 @@ def demo_defaults() -> PipelineOptions:
     return PipelineOptions(imgsz=128, batch_size=16, nbs=16, sparse_epochs=35, dense_epochs=0, finetune_epochs=10,
                            sparsity=2e-3, sparsity_schedule="constant", target_flops=0.5, optimizer="AdamW",
                            hyp=str(DEMO_HYP), val_every=5, latency_runs=100, threads=[1], project="runs/demo",
-                           workers=2)
+                           workers=None)
 
 
 def options_from_args(args: argparse.Namespace, base: PipelineOptions | None = None) -> PipelineOptions:
