@@ -20,12 +20,12 @@ from pathlib import Path
 from common import REPO, markdown_table, need_shared, write_result
 
 from finetune.runs import read_results
+from yolo.data import load_data_yaml
 
-DATA = {"helmets": ("datasets/helmets/helmets.yaml", 611), "coco128": ("datasets/coco128/coco128.yaml", 128)}
+DATA = {"helmets": "datasets/helmets/helmets.yaml", "coco128": "datasets/coco128/coco128.yaml"}
 
 
-def epoch_seconds(data_yaml: Path, imgsz: int, workers: int, epochs: int, batch: int) -> list[float]:
-    shared = need_shared()
+def epoch_seconds(shared: Path, data_yaml: Path, imgsz: int, workers: int, epochs: int, batch: int) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, str(REPO / "finetune.py"), "--weights", str(shared / "weights" / "yolov5n.pt"),
                "--data", str(data_yaml), "--imgsz", str(imgsz), "--batch-size", str(batch), "--epochs", str(epochs),
@@ -48,9 +48,9 @@ def main() -> None:
         name, _, size = case.partition(":")
         if name not in DATA or not size.isdigit():
             sys.exit(f"--cases {case!r}: expected one of {', '.join(DATA)} and an image size, e.g. helmets:320")
-        rel, n_images = DATA[name]
+        n_images = len(load_data_yaml(shared / DATA[name]).train)
         for workers in args.workers:
-            secs = epoch_seconds(shared / rel, int(size), workers, args.epochs, args.batch_size)
+            secs = epoch_seconds(shared, shared / DATA[name], int(size), workers, args.epochs, args.batch_size)
             best = min(secs[1:-1] or secs)  # not the warm-up, not the scored last epoch
             rows.append({"data": name, "imgsz": int(size), "workers": workers, "epoch_seconds": secs,
                          "seconds": best, "images_per_second": n_images / best})  # fmt: skip
