@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import json
+
 from common import REPO, RESULTS
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -20,11 +22,31 @@ def main() -> None:
         raise SystemExit(f"{readme}: markers {START} / {END} not found")
     names = sorted(p.stem for p in RESULTS.glob("*.md"))
     names = [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]
-    body = "\n\n".join((RESULTS / f"{n}.md").read_text().strip() for n in names)
+    body = "\n\n".join(f"{(RESULTS / f'{n}.md').read_text().strip()}\n\n{host_line(n)}" for n in names)
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     readme.write_text(f"{head}{START}\n{body}\n{END}{tail}")
     print(f"README results section: {len(names)} tables ({', '.join(names)})")
+
+
+def host_line(name: str) -> str:
+    """Which CPU a table was measured on: the VMs differ (AVX2 / AVX-512 kernels round and time differently)."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return "_Host: not recorded._"
+    doc = json.loads(path.read_text())
+    cpu = doc.get("machine", {}).get("cpu", {})
+    if isinstance(cpu, str):  # older records: the model name only
+        cpu = {"model": cpu, "logical_cores": doc["machine"].get("logical_cores")}
+    flags = set(cpu.get("flags") or ())
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    parts = [cpu.get("model") or "unknown CPU"]
+    if isa:
+        parts[0] += f" ({isa})"
+    if cpu.get("logical_cores"):
+        parts.append(f"{cpu['logical_cores']} cores")
+    date = str(doc.get("date", ""))[:10]
+    return f"_Host: {', '.join(parts)}" + (f"; {date}" if date else "") + "._"
 
 
 if __name__ == "__main__":
