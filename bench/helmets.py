@@ -188,10 +188,18 @@ def main() -> None:
     ap.add_argument("--dense-from", metavar="RUN",
                     help="a pipeline run folder (<workdir>/exp) whose finished unpruned stage, trained by the same "
                          "command in parallel, is reused instead of training it again")
+    ap.add_argument("--reference", metavar="RESULT",
+                    help="an earlier helmets result JSON of the same seed and total epochs: its unpruned model is the "
+                         "yardstick and none is trained here (for trying pruning recipes against a fixed yardstick; "
+                         "no bootstrap, since that needs the unpruned weights)")
+    ap.add_argument("--out", help="result name in bench/results (default helmets, helmets_seed<N>)")
     ap.add_argument("extra", nargs="*", help="more `prune.py pipeline` flags (after --)")
     args = ap.parse_args()
     shared = need_shared()
     total = args.sparse_epochs + args.finetune_epochs
+    if args.reference and args.dense_from:
+        ap.error("--reference and --dense-from both give the unpruned model: pick one")
+    reference = read_reference(Path(args.reference), args.seed, total) if args.reference else None
     cmd = [sys.executable, str(REPO / "prune.py"), "pipeline",
            "--weights", str(shared / "weights" / "yolov5n.pt"),
            "--data", str(shared / "datasets" / "helmets" / "helmets.yaml"),
@@ -200,7 +208,7 @@ def main() -> None:
            "--sparsity-mode", args.sparsity_mode, "--sparsity-schedule", args.sparsity_schedule,
            *(["--finetune-hyp", args.finetune_hyp] if args.finetune_hyp else []),
            "--target-flops", str(args.target_flops), "--finetune-epochs", str(args.finetune_epochs),
-           "--dense-epochs", str(total), "--latency-runs", "30", "--threads", "1",
+           "--dense-epochs", str(0 if reference else total), "--latency-runs", "30", "--threads", "1",
            "--project", args.workdir, "--name", "exp", "--quiet", *(["--seed", str(args.seed)] if args.seed else []),
            *(["--reconstruct", str(args.reconstruct)] if args.reconstruct and "--reconstruct" not in args.extra
              else []), *args.extra]  # fmt: skip
@@ -215,6 +223,8 @@ def main() -> None:
     seconds = {k: v.get("seconds", 0.0) for k, v in stages.items()}
     models = {m["role"]: m for m in report["models"]}
     fin, dense = models["finetuned"], models.get("dense")
+    if reference:
+        dense = models["dense"] = reference["dense"]
     base = models["baseline"]
     pipeline_s = sum(s for k, s in seconds.items() if not k.startswith("dense"))
     train_s = {k: s for k, v in stages.items() if (s := epoch_seconds(v))}
@@ -235,6 +245,13 @@ def main() -> None:
     if dense:
         figures["map50_vs_dense"] = fin["metrics"]["map50"] - dense["metrics"]["map50"]
         checks["mAP50 within 2 points of the unpruned model"] = figures["map50_vs_dense"] >= -0.02
+    if dense and reference:
+        figures["reference"] = {k: reference[k] for k in ("file", "command", "machine_cpu")}
+        spread = (f" The unpruned model is not trained here: its figures are those of {reference['file']} (same seed "
+                  f"and epochs, {reference['host']})" + ("" if reference["same_host"] else
+                                                         ", on another kind of CPU, so not the very same weights")
+                  + "; no bootstrap without its weights.")
+    elif dense:
         boot = gap_bootstrap(dense["path"], fin["path"], shared / "datasets" / "helmets" / "helmets.yaml")
         figures["map50_gap_bootstrap"] = boot
         spread = (f" How much of the gap is the luck of the {boot['images']} val images (paired bootstrap, "
@@ -251,12 +268,42 @@ def main() -> None:
         f"### Helmets (a user's own data): yolov5n.pt -> 2 classes at 320, sparse {args.sparse_epochs} + fine-tune "
         f"{args.finetune_epochs} epochs vs unpruned {total} epochs" + (f", seed {args.seed}" if args.seed else "")
         + "\n\n"
-        f"Pipeline {pipeline_s / 60:.0f} min (the unpruned comparison run another {dense_s / 60:.0f} min).\n\n"
+        f"Pipeline {pipeline_s / 60:.0f} min ("
+        + (f"the unpruned model from {reference['file']}" if reference
+           else f"the unpruned comparison run another {dense_s / 60:.0f} min") + ").\n\n"
         "| model | params | GFLOPs | mAP50 | mAP50-95 |\n|---|---|---|---|---|\n" + rows + "\n\n"
         + "Checks: " + ", ".join(f"{k}: {'yes' if v else '**no**'}" for k, v in checks.items()) + "." + spread
     )
-    write_result("helmets" if args.seed == 0 else f"helmets_seed{args.seed}", figures, md)
+    write_result(args.out or ("helmets" if args.seed == 0 else f"helmets_seed{args.seed}"), figures, md)
     print(md)
+
+
+def cpu_isa(machine: dict) -> str:
+    flags = set((machine.get("cpu") or {}).get("flags") or ())
+    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "?"
+
+
+def read_reference(path: Path, seed: int, epochs: int) -> dict:
+    """The unpruned model's figures from an earlier result of this script, checked to be the same comparison."""
+    from common import machine
+
+    try:
+        doc = json.loads(path.read_text())
+        dense = doc["figures"]["models"]["dense"]
+    except (OSError, ValueError, KeyError) as e:
+        sys.exit(f"--reference {path}: not a bench/helmets.py result with an unpruned model ({e})")
+    argv = shlex.split(doc["figures"]["command"])
+    their_seed = int(argv[argv.index("--seed") + 1]) if "--seed" in argv else 0
+    their_epochs = int(argv[argv.index("--dense-epochs") + 1])
+    if (their_seed, their_epochs) != (seed, epochs):
+        sys.exit(f"--reference {path}: its unpruned model is seed {their_seed}, {their_epochs} epochs; this run is "
+                 f"seed {seed}, {epochs} epochs")
+    here, there = cpu_isa(machine()), cpu_isa(doc["machine"])
+    cpu = doc["machine"]["cpu"]
+    dense = {"role": "dense", "params": dense["params"], "gflops": dense["gflops"],
+             "metrics": {"map50": dense["map50"], "map": dense["map"]}}  # the report's shape
+    return {"file": path.name, "command": doc["figures"]["command"], "dense": dense, "same_host": here == there,
+            "machine_cpu": f"{cpu.get('model')} ({there})", "host": f"trained on {cpu.get('model')} ({there})"}
 
 
 def gap_bootstrap(unpruned: str, pruned: str, data: Path, imgsz: int = 320) -> dict:

@@ -96,3 +96,33 @@ def test_gap_bootstrap_scores_both_checkpoints_on_the_same_images(tmp_path, helm
     assert same["images"] == 5 and same["difference"] == 0.0 and same["sd"] == 0.0
     other = helmets.gap_bootstrap(str(a), str(b), data, imgsz=96)
     assert other["a"] != other["b"] and other["difference"] == pytest.approx(other["a"] - other["b"])
+
+
+def _result(path: Path, seed: int, epochs: int, isa_flag: str = "avx512f") -> Path:
+    command = f"python prune.py pipeline --dense-epochs {epochs}" + (f" --seed {seed}" if seed else "")
+    doc = {"machine": {"cpu": {"model": "CPU", "flags": ["avx2", isa_flag]}},
+           "figures": {"command": command,
+                       "models": {"dense": {"params": 1767000, "gflops": 1.03, "map50": 0.802, "map": 0.452}}}}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_reference_gives_the_unpruned_figures_in_the_report_shape(tmp_path, helmets):
+    ref = helmets.read_reference(_result(tmp_path / "r.json", seed=1, epochs=90), seed=1, epochs=90)
+    assert ref["dense"]["metrics"] == {"map50": 0.802, "map": 0.452} and ref["dense"]["params"] == 1767000
+    assert ref["file"] == "r.json" and "(AVX-512)" in ref["host"]
+
+
+@pytest.mark.parametrize("seed, epochs, message", [(2, 90, "seed 1, 90 epochs; this run is seed 2"),
+                                                   (1, 60, "seed 1, 90 epochs; this run is seed 1, 60")])
+def test_reference_of_another_comparison_stops_with_one_line(tmp_path, helmets, seed, epochs, message):
+    with pytest.raises(SystemExit) as err:
+        helmets.read_reference(_result(tmp_path / "r.json", seed=1, epochs=90), seed=seed, epochs=epochs)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_reference_that_is_not_a_result_stops_with_one_line(tmp_path, helmets):
+    (tmp_path / "bad.json").write_text('{"figures": {}}')
+    with pytest.raises(SystemExit) as err:
+        helmets.read_reference(tmp_path / "bad.json", seed=0, epochs=90)
+    assert "not a bench/helmets.py result" in str(err.value) and "\n" not in str(err.value)
