@@ -267,6 +267,7 @@ def main() -> None:
     md = (
         f"### Helmets (a user's own data): yolov5n.pt -> 2 classes at 320, sparse {args.sparse_epochs} + fine-tune "
         f"{args.finetune_epochs} epochs vs unpruned {total} epochs" + (f", seed {args.seed}" if args.seed else "")
+        + (f", `{shlex.join(args.extra)}`" if args.extra else "")
         + "\n\n"
         f"Pipeline {pipeline_s / 60:.0f} min ("
         + (f"the unpruned model from {reference['file']}" if reference
