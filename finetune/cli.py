@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "when they fit in 1 GiB and a quarter of the free memory)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="SGD")
     p.add_argument("--cos-lr", action="store_true", help="cosine LR schedule (default linear)")
+    p.add_argument("--schedule-epochs", type=int, default=0, metavar="T",
+                   help="this run is part of a T-epoch LR schedule (with warm-up) instead of its own: e.g. the "
+                        "fine-tune after a cut continuing the sparse stage's schedule (0 = its own --epochs)")
+    p.add_argument("--schedule-start", type=int, default=0, metavar="N",
+                   help="with --schedule-epochs: this run's first epoch is epoch N of that schedule")
     p.add_argument("--nbs", type=int, default=64, help="nominal batch size (= --batch-size: no accumulation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--project", default="runs/finetune")

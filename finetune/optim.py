@@ -56,11 +56,15 @@ def build_optimizer(
     return opt
 
 
-def lr_lambda(epochs: int, lrf: float, cos: bool = False) -> Callable[[float], float]:
-    """LR factor for an epoch: linear (1 - x/epochs)(1 - lrf) + lrf, or a cosine from 1 down to lrf."""
+def lr_lambda(epochs: int, lrf: float, cos: bool = False, start: int = 0) -> Callable[[float], float]:
+    """LR factor for an epoch: linear (1 - x/epochs)(1 - lrf) + lrf, or a cosine from 1 down to lrf.
+
+    `start` shifts a run into a longer schedule: its epoch x gets the factor of the schedule's epoch start + x, so
+    stages that share one schedule (sparse stage, then the fine-tune after the cut) do not each anneal and restart.
+    """
     if cos:
-        return lambda x: ((1 - math.cos(x * math.pi / epochs)) / 2) * (lrf - 1) + 1
-    return lambda x: (1 - x / epochs) * (1.0 - lrf) + lrf
+        return lambda x: ((1 - math.cos((start + x) * math.pi / epochs)) / 2) * (lrf - 1) + 1
+    return lambda x: (1 - (start + x) / epochs) * (1.0 - lrf) + lrf
 
 
 def set_epoch_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:

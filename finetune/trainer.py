@@ -74,6 +74,8 @@ class TrainOptions:
     cache: str = "auto"  # training images kept decoded in memory: auto, ram or no (yolo.data.CACHE_MODES)
     optimizer: str = "SGD"
     cos_lr: bool = False
+    schedule_start: int = 0  # this run is epochs [start, start + epochs) of a longer LR schedule ...
+    schedule_epochs: int = 0  # ... of this many epochs (0: the schedule is this run's own --epochs)
     nbs: int = 64
     seed: int = 0
     project: str = "runs/finetune"
@@ -306,6 +308,13 @@ class Trainer:
             raise TrainError(f"--batch-size {o.batch_size} is not a multiple of the {self.dist.world_size} processes")
         if o.epochs < 1 or o.val_every < 1 or o.nbs < 1:
             raise TrainError("--epochs, --val-every and --nbs must be >= 1")
+        if o.schedule_start < 0 or o.schedule_epochs < 0 or (
+                o.schedule_epochs and o.schedule_start + o.epochs > o.schedule_epochs):
+            raise TrainError(f"--schedule-start {o.schedule_start} --schedule-epochs {o.schedule_epochs}: this run's "
+                             f"{o.epochs} epochs must fit inside the schedule (start + epochs <= schedule epochs)")
+        if o.schedule_start and not o.schedule_epochs:
+            raise TrainError(f"--schedule-start {o.schedule_start} needs --schedule-epochs (the whole schedule's "
+                             "length)")
         if o.time_limit < 0:
             raise TrainError(f"--time-limit {o.time_limit}: minutes must be >= 0 (0 = no limit)")
 
@@ -387,7 +396,7 @@ class Trainer:
         self.accumulate = self.nominal_accumulate
         decay = hyp["weight_decay"] * o.batch_size * self.accumulate / o.nbs
         self.optimizer = build_optimizer(model, o.optimizer, hyp["lr0"], hyp["momentum"], decay)
-        self.lf = lr_lambda(o.epochs, hyp["lrf"], o.cos_lr)
+        self.lf = self._schedule(o.epochs)
         self.nw = warmup_iters(hyp["warmup_epochs"], self.nb)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.ema = ModelEMA(model) if self.is_main else None
@@ -558,7 +567,14 @@ class Trainer:
             log(f"--time-limit {o.time_limit:g} min: {fit} epochs fit ({per_epoch / 60:.2f} min each), not "
                 f"{o.epochs}: LR schedule shortened", self.is_main and not o.quiet)
             o.epochs = fit
-            self.lf = lr_lambda(fit, self.hyp["lrf"], o.cos_lr)
+            self.lf = self._schedule(fit)
+
+    def _schedule(self, epochs: int) -> Callable[[float], float]:
+        """The LR factor per epoch; a run that is a window of a longer schedule (--schedule-epochs) keeps the
+        schedule's end where it was when it has to train fewer epochs."""
+        o = self.opt
+        total = o.schedule_epochs - (o.epochs - epochs) if o.schedule_epochs else epochs
+        return lr_lambda(total, self.hyp["lrf"], o.cos_lr, start=o.schedule_start)
 
     def _score(self) -> bool:
         """Validate the EMA model; True when it is the best so far."""

@@ -39,6 +39,11 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     p.add_argument("--nbs", type=int, default=d.nbs, help="nominal batch (= --batch-size: no accumulation)")
     p.add_argument("--optimizer", default=d.optimizer, choices=("SGD", "AdamW"))
     p.add_argument("--cos-lr", action="store_true")
+    p.add_argument("--lr-schedule", default=d.lr_schedule, choices=("restart", "continuous"),
+                   help="restart: the sparse stage and each fine-tune run their own LR schedule; continuous: one "
+                        "schedule over all their epochs (the fine-tune picks up the LR where the sparse stage left "
+                        "it, after its warm-up), so the sparse stage does not anneal and the penalty keeps its "
+                        "strength")
     p.add_argument("--dense-epochs", type=int, default=d.dense_epochs,
                    help="also train the model WITHOUT the penalty for this many epochs, for comparison (0 = no)")
     p.add_argument("--sparse-epochs", type=int, default=d.sparse_epochs,

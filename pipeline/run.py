@@ -51,6 +51,7 @@ class PipelineOptions:
     nbs: int = 64
     optimizer: str = "SGD"
     cos_lr: bool = False
+    lr_schedule: str = "restart"  # restart: each training stage its own; continuous: one over sparse + fine-tune
     dense_epochs: int = 0  # optional: train the same model without the penalty, for comparison
     sparse_epochs: int = 30
     sparsity: float = 1e-3
@@ -204,6 +205,9 @@ class Pipeline:
         if o.sparse_epochs > 0:
             sparse_params = {**train_common, "epochs": o.sparse_epochs, "sparsity": o.sparsity,
                              "schedule": o.sparsity_schedule, "val_every": o.val_every}
+            window = self._lr_window(0)
+            if window:  # only then in the key: runs made before the continuous schedule keep their stage
+                sparse_params["lr_window"] = window
             target = {}
             if o.sparsity_mode == "targeted":  # only then in the key: earlier uniform runs keep their stage
                 target = {k: prune_params[k] for k in ("ratio", "target_flops", "target_params", "min_keep",
@@ -213,13 +217,14 @@ class Pipeline:
                 "sparse", sparse_params,
                 lambda r: self._train("sparse", r, epochs=o.sparse_epochs, sparsity=o.sparsity,
                                       sparsity_schedule=o.sparsity_schedule, sparsity_target=target,
-                                      **self._start_weights()),
+                                      **window, **self._start_weights()),
             )
             prunable = sparse.get("final", sparse["last"])
         else:
             prunable = o.weights
         teacher = o.teacher_path(prunable)
         current, pruned, finetuned = prunable, {}, {}
+        done_epochs = max(o.sparse_epochs, 0)  # of the shared LR schedule, with --lr-schedule continuous
         for r in range(1, o.rounds + 1):
             last_round = r == o.rounds
             tag = "" if last_round else f"_r{r}"
@@ -229,7 +234,8 @@ class Pipeline:
             epochs = o.finetune_epochs - (o.rounds - 1) * (o.finetune_epochs // o.rounds) if last_round \
                 else o.finetune_epochs // o.rounds
             finetuned = self._finetune_stage("finetune" + tag, pruned["weights"], epochs, teacher, prunable,
-                                             train_common)
+                                             train_common, self._lr_window(done_epochs))
+            done_epochs += epochs
             current = finetuned["best"] if last_round else finetuned.get("final", finetuned["best"])
         models = {"baseline": prunable, "pruned": pruned["weights"], "finetuned": finetuned["best"]}
         if dense:
@@ -241,13 +247,24 @@ class Pipeline:
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
         return summary
 
+    def _lr_window(self, start: int) -> dict:
+        """--lr-schedule continuous: the sparse stage and the fine-tune(s) are windows of one LR schedule over all
+        their epochs, so the sparse stage does not anneal to a minimum that the fine-tune's fresh schedule then
+        throws the cut model out of (each fine-tune still warms up). {} for restart."""
+        o = self.opt
+        if o.lr_schedule != "continuous":
+            return {}
+        return {"schedule_start": start, "schedule_epochs": max(o.sparse_epochs, 0) + o.finetune_epochs}
+
     def _finetune_stage(self, name: str, weights: str, epochs: int, teacher: str, prunable: str,
-                        train_common: dict) -> dict:
+                        train_common: dict, window: dict | None = None) -> dict:
         o = self.opt
         if epochs <= 0:
             return {"best": weights}
         params: dict[str, Any] = {**train_common, "epochs": epochs, "val_every": o.val_every}
-        kw: dict[str, Any] = {"epochs": epochs, "weights": weights}
+        kw: dict[str, Any] = {"epochs": epochs, "weights": weights, **(window or {})}
+        if window:  # only then in the key
+            params["lr_window"] = window
         if o.finetune_hyp:  # only then in the key, like the teacher
             params["hyp"] = _file_id(o.finetune_hyp)
             kw["hyp"] = o.finetune_hyp

@@ -348,3 +348,28 @@ def test_training_without_workers_flag_picks_by_cores(setup, tmp_path, monkeypat
     assert grab.workers == workers
     assert grab.threads == max(1, cores - workers)  # the step gets the cores the workers leave
     assert grab.saved is None  # not frozen into the run: a resume on another machine picks its own
+
+
+def test_a_run_inside_a_longer_schedule_takes_that_schedules_lr(setup, tmp_path):
+    """--schedule-start 2 --schedule-epochs 5: the run's two epochs get epochs 2 and 3 of the 5-epoch schedule,
+    so a sparse stage and the fine-tune after the cut can share one schedule instead of each annealing."""
+    seen = []
+
+    class Watch:
+        def on_epoch_start(self, trainer):
+            seen.append(trainer.optimizer.param_groups[1]["lr"])
+
+    train(_opts(setup, tmp_path, epochs=2, noval=True, schedule_start=2, schedule_epochs=5), callbacks=[Watch()])
+    assert seen == pytest.approx([0.01 * ((1 - e / 5) * 0.99 + 0.01) for e in (2, 3)])
+
+
+@pytest.mark.parametrize("start, total, message", [(4, 5, "must fit inside the schedule"),
+                                                   (2, 0, "needs --schedule-epochs"),
+                                                   (-1, 5, "must fit inside the schedule")])
+def test_a_schedule_window_that_does_not_fit_stops_with_one_line(setup, tmp_path, start, total, message):
+    from finetune.trainer import TrainError
+
+    with pytest.raises(TrainError, match=message) as err:
+        train(_opts(setup, tmp_path, epochs=2, schedule_start=start, schedule_epochs=total))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "runs").exists()  # refused before any output

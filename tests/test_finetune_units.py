@@ -122,6 +122,11 @@ def test_lr_schedules():
     cos = lr_lambda(10, 0.01, cos=True)
     assert cos(0) == pytest.approx(1.0) and cos(10) == pytest.approx(0.01) and cos(5) == pytest.approx(0.505)
     assert cos(2) > lin(2)
+    for cos_lr in (False, True):  # windows of one schedule, end to end, are that schedule
+        whole = lr_lambda(90, 0.01, cos_lr)
+        sparse, finetune = lr_lambda(90, 0.01, cos_lr, start=0), lr_lambda(90, 0.01, cos_lr, start=10)
+        assert [sparse(x) for x in range(10)] + [finetune(x) for x in range(80)] == [whole(x) for x in range(90)]
+        assert finetune(0) == pytest.approx(whole(10)) and finetune(0) < 1.0
 
 
 def test_warmup_matches_yolov5_interp():

@@ -206,11 +206,26 @@ def stubbed_pipeline(tmp_path: Path, monkeypatch) -> tuple[Callable[..., list[st
 
     def run(**kw) -> list[str]:
         logs: list[str] = []
-        opt = PipelineOptions(data=str(data), weights=str(weights), sparse_epochs=1, finetune_epochs=1, **kw)
+        opt = PipelineOptions(**{"data": str(data), "weights": str(weights), "sparse_epochs": 1, "finetune_epochs": 1,
+                                 **kw})
         Pipeline(opt, tmp_path / "run", logs.append).run()
         return logs
 
     return run, calls
+
+
+def test_continuous_lr_schedule_makes_the_stages_windows_of_one_schedule(tmp_path, monkeypatch):
+    run, calls = stubbed_pipeline(tmp_path, monkeypatch)
+    run(sparse_epochs=10, finetune_epochs=80)
+    assert all("schedule_start" not in kw and "schedule_epochs" not in kw for _, kw in calls)  # restart: own ones
+    logs = run(sparse_epochs=10, finetune_epochs=80, lr_schedule="continuous")
+    assert "[sparse] inputs changed since the last run: redoing this stage (and the ones after it)" in logs
+    windows = {name: (kw["schedule_start"], kw["schedule_epochs"]) for name, kw in calls[-2:]}
+    assert windows == {"sparse": (0, 90), "finetune": (10, 90)}
+    calls.clear()
+    run(sparse_epochs=10, finetune_epochs=81, lr_schedule="continuous", rounds=2)
+    windows = {name: (kw["epochs"], kw["schedule_start"], kw["schedule_epochs"]) for name, kw in calls}
+    assert windows == {"sparse": (10, 0, 91), "finetune_r1": (40, 10, 91), "finetune": (41, 50, 91)}
 
 
 def test_a_touched_input_keeps_its_stages_and_an_edited_one_does_not(tmp_path):
