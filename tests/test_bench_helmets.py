@@ -126,3 +126,27 @@ def test_reference_that_is_not_a_result_stops_with_one_line(tmp_path, helmets):
     with pytest.raises(SystemExit) as err:
         helmets.read_reference(tmp_path / "bad.json", seed=0, epochs=90)
     assert "not a bench/helmets.py result" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_seed_table_groups_runs_by_recipe_and_skips_runs_without_a_yardstick(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", [*sys.path, str(Path(__file__).parents[1] / "bench")])
+    import helmets_seeds
+
+    base = "python prune.py pipeline --weights w --latency-runs 30 --threads 1 --project p --name exp --quiet"
+
+    def result(name: str, extra: str, pruned: float, unpruned: float | None) -> None:
+        models = {"finetuned": {"params": 9e5, "map50": pruned, "map": 0.42}}
+        if unpruned is not None:
+            models["dense"] = {"params": 1.8e6, "map50": unpruned, "map": 0.45}
+        doc = {"machine": {"cpu": {"model": "CPU", "flags": ["avx2"]}},
+               "figures": {"command": f"{base} {extra}", "models": models}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+
+    result("helmets", "--reconstruct 128", 0.78, 0.80)
+    result("helmets_seed1", "--seed 1 --reconstruct 128 --workers 0", 0.75, 0.80)
+    result("helmets_mk_seed1", "--seed 1 --reconstruct 128 --workers 0 --min-keep 0.5", 0.77, 0.80)
+    result("helmets_broken", "--reconstruct 128", 0.70, None)
+    rows = helmets_seeds.collect(tmp_path)
+    assert [(r["recipe"], r["seed"]) for r in rows] == [("(the recipe)", 0), ("(the recipe)", 1),
+                                                        ("--min-keep 0.5", 1)]
+    assert [round(100 * r["gap50"], 1) for r in rows] == [2.0, 5.0, 3.0]
