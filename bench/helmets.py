@@ -147,6 +147,10 @@ ends where the others do: a cheaper cut does not close the gap. All four beat th
 points and none comes within 2 of the unpruned model (gaps 3.5-4.2). Results: helmets_minkeep50_seed1.json,
 helmets_minkeep25_seed1.json (`--reference helmets_seed1.json`: the unpruned figures of that run, not trained
 again); the table over seeds and recipes is bench/helmets_seeds.py's.
+The floor on the other two seeds (same day, same way) does not repeat the seed-1 gain: seed 2 0.745 / 0.420
+against 0.788 / 0.439 (the recipe: 0.763), seed 0 0.774 / 0.429 against the AVX2 host's 0.805 / 0.461 (the recipe
+there: 0.786). Mean mAP50 gap 3.7 points against the recipe's 3.1 (mAP50-95 2.3 against 3.0), worst 4.3: the
+recipe stays as it is.
 Uniform sparsity at 5e-2 collapsed the model (mAP 0) by epoch 8. With the gentle fine-tune hyp every split plateaued
 near 0.72 whatever the cut cost (`--min-keep 0.5`, so the P3 neck keeps at least half its channels: 0.725), which
 looked like the pruned network's ceiling; it was the learning rate. YOLOv5's warm-up (bias LR 0.1, momentum 0.8)
