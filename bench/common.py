@@ -35,6 +35,12 @@ def machine() -> dict[str, Any]:
     return env
 
 
+def cpu_isa(cpu: dict) -> str | None:
+    """AVX-512, AVX2 or None, from a recorded machine's cpu flags: the kernels (and so seeded runs) differ."""
+    flags = set(cpu.get("flags") or ())
+    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+
+
 def write_result(name: str, figures: dict[str, Any], markdown: str, out_dir: Path | None = None) -> Path:
     """bench/results/<name>.json (command, machine, figures) and <name>.md (the README table).
 

@@ -294,14 +294,9 @@ def main() -> None:
     print(md)
 
 
-def cpu_isa(machine: dict) -> str:
-    flags = set((machine.get("cpu") or {}).get("flags") or ())
-    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "?"
-
-
 def read_reference(path: Path, seed: int, epochs: int) -> dict:
     """The unpruned model's figures from an earlier result of this script, checked to be the same comparison."""
-    from common import machine
+    from common import cpu_isa, machine
 
     try:
         doc = json.loads(path.read_text())
@@ -314,7 +309,7 @@ def read_reference(path: Path, seed: int, epochs: int) -> dict:
     if (their_seed, their_epochs) != (seed, epochs):
         sys.exit(f"--reference {path}: its unpruned model is seed {their_seed}, {their_epochs} epochs; this run is "
                  f"seed {seed}, {epochs} epochs")
-    here, there = cpu_isa(machine()), cpu_isa(doc["machine"])
+    here, there = (cpu_isa(m.get("cpu") or {}) or "?" for m in (machine(), doc["machine"]))
     cpu = doc["machine"]["cpu"]
     dense = {"role": "dense", "params": dense["params"], "gflops": dense["gflops"],
              "metrics": {"map50": dense["map50"], "map": dense["map"]}}  # the report's shape

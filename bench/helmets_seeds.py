@@ -13,7 +13,7 @@ import shlex
 import statistics
 from pathlib import Path
 
-from common import RESULTS, write_result
+from common import RESULTS, cpu_isa, write_result
 
 NOT_RECIPE = {"--workers": 1, "--project": 1, "--name": 1, "--quiet": 0, "--seed": 1}  # flag -> values it takes
 BASE = {("--reconstruct", "128")}  # bench/helmets.py's own default, part of every recipe
@@ -50,7 +50,7 @@ def collect(results: Path = RESULTS) -> list[dict]:
         if "finetuned" not in models or "dense" not in models:
             continue
         cpu = doc["machine"]["cpu"]
-        isa = "AVX-512" if "avx512f" in cpu.get("flags", ()) else "AVX2"
+        isa = cpu_isa(cpu) or "AVX2"
         rows.append({"file": path.name, "recipe": recipe_of(fig["command"]) or "(the recipe)",
                      "seed": seed_of(fig["command"]), "host": f"{cpu.get('model')} {isa}",
                      "pruned": models["finetuned"], "unpruned": models["dense"],

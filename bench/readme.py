@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from common import REPO, RESULTS
+from common import REPO, RESULTS, cpu_isa
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ORDER = ("val_parity", "demo", "prune_speed", "prune_quality", "prune_importance", "latency", "latency_round8",
@@ -39,8 +39,7 @@ def host_line(name: str) -> str:
     cpu = doc.get("machine", {}).get("cpu", {})
     if isinstance(cpu, str):  # older records: the model name only
         cpu = {"model": cpu, "logical_cores": doc["machine"].get("logical_cores")}
-    flags = set(cpu.get("flags") or ())
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    isa = cpu_isa(cpu)
     parts = [cpu.get("model") or "unknown CPU"]
     if isa:
         parts[0] += f" ({isa})"
