@@ -75,6 +75,8 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
                         "(the sparse-trained one), or a checkpoint; default none")
     p.add_argument("--distill-weight", type=float, default=d.distill_weight,
                    help="total distillation gain (hyp distill, default 1.0); needs --teacher")
+    p.add_argument("--close-mosaic", type=int, default=d.close_mosaic, metavar="N",
+                   help="fine-tune stage: mosaic off for its last N epochs (default 0: mosaic to the end)")
     p.add_argument("--val-every", type=int, default=d.val_every, help="score every N epochs while training")
     p.add_argument("--int8", action="store_true", help="also quantize the fine-tuned model to int8 (ONNX Runtime)")
     p.add_argument("--latency-runs", type=int, default=d.latency_runs, help="timed runs per model (interleaved)")

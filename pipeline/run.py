@@ -71,6 +71,7 @@ class PipelineOptions:
     rounds: int = 1  # iterative mode: this many prune -> fine-tune rounds, each a geometric step toward the target
     teacher: str = "none"  # none | unpruned (the prune stage's input; alias: baseline) | a checkpoint path
     distill_weight: float | None = None  # hyp distill override for the fine-tune stage (needs a teacher)
+    close_mosaic: int = 0  # fine-tune stage(s): mosaic off for the last N epochs of each
     val_every: int = 1  # score every N epochs in the training stages (and after the last)
     int8: bool = False
     latency_runs: int = 50
@@ -114,6 +115,8 @@ class PipelineOptions:
                                 "fine-tunes at least one epoch)")
         if self.distill_weight is not None and self.distill_weight < 0:
             raise PipelineError(f"--distill-weight {self.distill_weight} must be >= 0")
+        if self.close_mosaic < 0:
+            raise PipelineError(f"--close-mosaic {self.close_mosaic} must be >= 0 (0 = mosaic to the end)")
         return self
 
     def teacher_path(self, prunable: str) -> str:
@@ -268,6 +271,8 @@ class Pipeline:
         if o.finetune_hyp:  # only then in the key, like the teacher
             params["hyp"] = _file_id(o.finetune_hyp)
             kw["hyp"] = o.finetune_hyp
+        if o.close_mosaic:  # only then in the key
+            params["close_mosaic"] = kw["close_mosaic"] = o.close_mosaic
         if teacher:  # only then in the key: runs made before distillation existed keep their finished stage
             params.update(teacher="unpruned" if teacher == prunable else _file_id(teacher),
                           distill_weight=o.distill_weight)

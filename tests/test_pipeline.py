@@ -63,6 +63,7 @@ def test_stage_seconds_add_up_over_interrupted_attempts(tmp_path, monkeypatch):
         ({"cfg": "yolov5n", "rounds": 0}, "--rounds"),
         ({"cfg": "yolov5n", "rounds": 3, "finetune_epochs": 2}, "--finetune-epochs >= 3"),
         ({"cfg": "yolov5n", "sparsity_mode": "targeted", "importance": "l1"}, "--importance slim"),
+        ({"cfg": "yolov5n", "close_mosaic": -1}, "--close-mosaic"),
     ],
 )
 def test_bad_options_name_the_flag(tmp_path, kw, flag):
@@ -184,6 +185,17 @@ def test_finetune_hyp_reaches_only_the_finetune_stage(tmp_path, monkeypatch):
     assert all("hyp" not in kw for name, kw in calls if name == "sparse")
     with pytest.raises(PipelineError, match="--finetune-hyp"):
         run(finetune_hyp=str(tmp_path / "missing.yaml"))
+
+
+def test_close_mosaic_reaches_only_the_finetune_stage(tmp_path, monkeypatch):
+    run, calls = stubbed_pipeline(tmp_path, monkeypatch)
+    run(dense_epochs=1)
+    logs = run(dense_epochs=1, close_mosaic=10)
+    assert "[dense] already done with these inputs: skipped" in logs
+    assert "[sparse] already done with these inputs: skipped" in logs
+    assert "[finetune] inputs changed since the last run: redoing this stage (and the ones after it)" in logs
+    assert calls[-1][0] == "finetune" and calls[-1][1]["close_mosaic"] == 10
+    assert all("close_mosaic" not in kw for name, kw in calls if name != "finetune")
 
 
 def stubbed_pipeline(tmp_path: Path, monkeypatch) -> tuple[Callable[..., list[str]], list[tuple[str, dict]]]:
