@@ -17,6 +17,7 @@ from common import RESULTS, cpu_isa, write_result
 
 NOT_RECIPE = {"--workers": 1, "--project": 1, "--name": 1, "--quiet": 0, "--seed": 1}  # flag -> values it takes
 BASE = {("--reconstruct", "128")}  # bench/helmets.py's own default, part of every recipe
+FILE_FLAGS = ("--hyp", "--finetune-hyp")  # shown by file name: the same file may sit in different folders
 
 
 def recipe_of(command: str) -> str:
@@ -27,6 +28,9 @@ def recipe_of(command: str) -> str:
     while i < len(extra):
         skip = NOT_RECIPE.get(extra[i])
         if tuple(extra[i:i + 2]) in BASE:
+            i += 2
+        elif extra[i] in FILE_FLAGS and i + 1 < len(extra):
+            kept += [extra[i], Path(extra[i + 1]).name]
             i += 2
         elif skip is None:
             kept.append(extra[i])

@@ -146,7 +146,8 @@ def test_seed_table_groups_runs_by_recipe_and_skips_runs_without_a_yardstick(tmp
     result("helmets_seed1", "--seed 1 --reconstruct 128 --workers 0", 0.75, 0.80)
     result("helmets_mk_seed1", "--seed 1 --reconstruct 128 --workers 0 --min-keep 0.5", 0.77, 0.80)
     result("helmets_broken", "--reconstruct 128", 0.70, None)
+    result("helmets_hyp_seed2", "--seed 2 --reconstruct 128 --finetune-hyp /tmp/x/ft.yaml --workers 0", 0.79, 0.80)
     rows = helmets_seeds.collect(tmp_path)
     assert [(r["recipe"], r["seed"]) for r in rows] == [("(the recipe)", 0), ("(the recipe)", 1),
-                                                        ("--min-keep 0.5", 1)]
-    assert [round(100 * r["gap50"], 1) for r in rows] == [2.0, 5.0, 3.0]
+                                                        ("--finetune-hyp ft.yaml", 2), ("--min-keep 0.5", 1)]
+    assert [round(100 * r["gap50"], 1) for r in rows] == [2.0, 5.0, 1.0, 3.0]
