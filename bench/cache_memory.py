@@ -40,6 +40,33 @@ def rollup_mb(pid: int) -> dict[str, float]:
             "private": (kb["Private_Clean"] + kb["Private_Dirty"]) / 1024}  # fmt: skip
 
 
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode(errors="replace")
+
+
+def loader_worker_pids(expected: int) -> list[int]:
+    """The loader's worker processes, found in /proc (not through the DataLoader's private state).
+
+    fork and spawn workers are our children; forkserver ones are children of the fork server, itself our child.
+    multiprocessing's resource tracker (and the fork server) are helpers, not workers.
+    """
+    pids = []
+    for child in _children(os.getpid()):
+        cmd = _cmdline(child)
+        if "resource_tracker" in cmd:
+            continue
+        pids += _children(child) if "forkserver" in cmd else [child]
+    if len(pids) != expected:
+        raise SystemExit(f"found {len(pids)} loader worker processes, expected {expected}: {pids}")
+    return pids
+
+
 def measure(method: str, data_yaml: Path, imgsz: int, workers: int) -> dict:
     """One case, in this process: a cached loader whose workers start with `method`, after its first batch."""
     import torch
@@ -52,7 +79,7 @@ def measure(method: str, data_yaml: Path, imgsz: int, workers: int) -> dict:
     it = iter(loader)
     next(it)
     time.sleep(1.0)
-    workers_mb = [rollup_mb(w.pid) for w in it._workers]
+    workers_mb = [rollup_mb(pid) for pid in loader_worker_pids(workers)]
     main_mb = rollup_mb(os.getpid())
     total = main_mb["pss"] + sum(w["pss"] for w in workers_mb)
     return {"method": method, "cache_mb": ds.cache_bytes() / 2**20, "main": main_mb, "workers": workers_mb,
