@@ -54,7 +54,7 @@ def collect(results: Path = RESULTS) -> list[dict]:
         if "finetuned" not in models or "dense" not in models:
             continue
         cpu = doc["machine"]["cpu"]
-        isa = cpu_isa(cpu) or "AVX2"
+        isa = cpu_isa(cpu) or "?"  # unknown, as bench/helmets.py --reference says it; not guessed
         rows.append({"file": path.name, "recipe": recipe_of(fig["command"]) or "(the recipe)",
                      "seed": seed_of(fig["command"]), "host": f"{cpu.get('model')} {isa}",
                      "pruned": models["finetuned"], "unpruned": models["dense"],
