@@ -42,7 +42,7 @@ from sparsity.callback import SparsityCallback
 from yolo.checkpoint import load_model, read_checkpoint, save_checkpoint
 from yolo.data import create_dataloader, load_data_yaml
 from yolo.device import usable_cores
-from yolo.errors import Terminated
+from yolo.errors import Terminated, deferred_interrupts
 from yolo.loss import YoloLoss, scale_loss_gains
 from yolo.model import build_model, reset_detect_head
 from yolo.val import build_val_loader, evaluate
@@ -188,6 +188,8 @@ class Trainer:
         self.t0 = time.time()
         self.out_of_time = False
         self.position = (0, 0)  # (epoch, batch) a resume continues from
+        self.mloss, self.seen = torch.zeros(3), 0  # the epoch's running mean loss over `seen` batches
+        self.position_loss = (self.mloss, 0)  # the running mean at `position`
         self.resume_state: dict | None = None
 
     # ------------------------------------------------------------------ properties
@@ -465,18 +467,24 @@ class Trainer:
         self.position = (epoch, start)
         self.optimizer.zero_grad()
         self.callbacks.run("on_epoch_start", self)
-        mloss, seen = torch.zeros(len(self.loss_names)), 0
+        self.mloss, self.seen = self._epoch_loss_so_far(start)
+        self.position_loss = (self.mloss.clone(), self.seen)
         self.epoch_t0 = time.time()
         live = is_tty() and self.is_main and not self.opt.quiet
         extra = [n.split("/")[-1].replace("_loss", "") for n in self.loss_names[len(LOSS_NAMES):]]
         with EpochProgress(live, self.nb, f"epoch {epoch}/{self.epochs - 1}", start, extra) as bar:
             for i, (imgs, targets, _paths, _shapes) in enumerate(self._batches(epoch, start), start):
                 self.train_step(i, imgs, targets)
-                mloss = (mloss * seen + self.loss_items.cpu()) / (seen + 1)
-                seen += 1
-                bar.update(mloss, int(targets.shape[0]), int(imgs.shape[-1]))
+                bar.update(self.mloss, int(targets.shape[0]), int(imgs.shape[-1]))
                 self.callbacks.run("on_batch_end", self)
-        self.mloss = mloss
+
+    def _epoch_loss_so_far(self, start: int) -> tuple[torch.Tensor, int]:
+        """The running mean loss and batch count an epoch starts from: those saved with the position when a
+        run resumes mid-epoch, so the epoch's results row still averages every batch, not only the later ones."""
+        saved = (self.resume_state or {}).get("epoch_loss") if start else None
+        if saved and len(saved["mean"]) == len(self.loss_names):
+            return torch.tensor(saved["mean"], dtype=torch.float32), int(saved["seen"])
+        return torch.zeros(len(self.loss_names)), 0
 
     def train_step(self, i: int, imgs: torch.Tensor, targets: torch.Tensor) -> None:
         self.batch_index, self.ni = i, i + self.nb * self.epoch
@@ -504,10 +512,13 @@ class Trainer:
         self.scaler.scale(loss.sum()).backward()
         extra = [h.last_item.reshape(1).cpu() for h in self.loss_hooks if hasattr(h, "loss_name")]
         self.loss_items = torch.cat([items.detach().cpu(), *extra]) if extra else items.detach()
+        self.mloss = (self.mloss * self.seen + self.loss_items.cpu()) / (self.seen + 1)
+        self.seen += 1
         if ni - self.last_opt_step >= self.accumulate:
             self.optimizer_step()
             self.last_opt_step = ni
             self.position = (self.epoch, i + 1)
+            self.position_loss = (self.mloss.clone(), self.seen)  # batches after this step are redone on resume
 
     def optimizer_step(self) -> None:
         self.scaler.unscale_(self.optimizer)
@@ -587,11 +598,12 @@ class Trainer:
     def _write_epoch(self, epoch: int, row: dict, is_best: bool, scored: bool) -> None:
         self._check_weights_finite(epoch)
         row["time"] = time.time() - self.epoch_t0
-        self.position = (epoch + 1, 0)
-        self.results.append(row)  # before last.pt: a run killed in between redoes the epoch and its row
-        self.save_last()
-        if is_best:
-            self.save_checkpoint(self.best_path, with_state=False)
+        with deferred_interrupts():  # a Ctrl-C / SIGTERM here waits, so the row, last.pt and best.pt agree
+            self.results.append(row)
+            self.position = (epoch + 1, 0)
+            self.save_last()
+            if is_best:
+                self.save_checkpoint(self.best_path, with_state=False)
         if scored:
             plot_results(self.results.rows, self.run_dir / "results.png")
         log(format_row(row, self.epochs), not self.opt.quiet)
@@ -684,6 +696,7 @@ class Trainer:
             "nb": self.nb,
             "world_size": self.dist.world_size,
             "train_seconds": self.elapsed_seconds(),
+            "epoch_loss": {"mean": self.position_loss[0].tolist(), "seen": self.position_loss[1]} if it else None,
         }
 
     def save_interrupted(self, terminated: bool = False) -> TrainingInterrupted:

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from finetune.runs import ResultsLog, read_results
 from finetune.trainer import (
     NonFiniteLossError,
     TrainError,
@@ -159,6 +160,54 @@ def test_ctrl_c_saves_position_and_resume_completes(setup, tmp_path):
     assert (state["epoch"], state["iter"], state["optimizer_steps"]) == (1, 2, 3)
     resumed = train(TrainOptions(resume=str(last), quiet=True, device="cpu", workers=0))
     assert (resumed.epochs, resumed.optimizer_steps) == (2, 4)
+
+
+def test_mid_epoch_resume_keeps_the_epoch_loss_of_every_batch(setup, tmp_path):
+    full = train(_opts(setup, tmp_path, epochs=2, name="whole"))
+
+    class CtrlC:
+        def on_batch_end(self, trainer):
+            if trainer.epoch == 1 and trainer.batch_index == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        train(_opts(setup, tmp_path, epochs=2, name="split"), callbacks=[CtrlC()])
+
+    resumed = train(TrainOptions(resume=str(tmp_path / "runs" / "split"), quiet=True, device="cpu", workers=0))
+
+    def losses(run):
+        return [(r["epoch"], r["train/box_loss"], r["train/obj_loss"], r["train/cls_loss"])
+                for r in read_results(run / "results.csv")]
+
+    # epoch 1's mean covers batches 0-1 (saved with the position) and 2-3 (after the resume), as unbroken
+    assert [r[0] for r in losses(resumed.run_dir)] == [0, 1]
+    for a, b in zip(losses(full.run_dir), losses(resumed.run_dir)):
+        assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_signal_while_an_epoch_is_recorded_keeps_row_and_last_pt_in_step(setup, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from yolo.errors import sigterm_as_interrupt
+
+    real_write = ResultsLog.write
+
+    def write_then_killed(self):
+        if len(self.rows) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while epoch 0's row is being written
+        real_write(self)
+
+    monkeypatch.setattr(ResultsLog, "write", write_then_killed)
+    with sigterm_as_interrupt(), pytest.raises(TrainingInterrupted) as e:
+        train(_opts(setup, tmp_path, epochs=2, name="sig", noval=True))
+    assert e.value.terminated
+    run = tmp_path / "runs" / "sig"
+    state = read_checkpoint(run / "weights" / "last.pt")["train_state"]
+    assert (state["epoch"], state["iter"]) == (1, 0) and [r["epoch"] for r in read_results(run / "results.csv")] == [0]
+    monkeypatch.setattr(ResultsLog, "write", real_write)
+    train(TrainOptions(resume=str(run), quiet=True, device="cpu", workers=0))
+    assert [r["epoch"] for r in read_results(run / "results.csv")] == [0, 1]
 
 
 def test_nan_loss_stops_and_keeps_last(setup, tmp_path):

@@ -276,3 +276,17 @@ def test_progress_bar_renders_without_error(capsys):
         for _ in range(3):
             bar.update(torch.tensor([0.1, 0.2, 0.3]), 5, 64)
     assert "box 0.1000" in capsys.readouterr().out
+
+
+def test_deferred_interrupts_hold_ctrl_c_until_the_block_ends():
+    import os
+    import signal
+
+    from yolo.errors import deferred_interrupts
+
+    before = signal.getsignal(signal.SIGINT)
+    done = []
+    with pytest.raises(KeyboardInterrupt), deferred_interrupts():
+        os.kill(os.getpid(), signal.SIGINT)
+        done.append("after the signal")  # still runs: the signal waits
+    assert done == ["after the signal"] and signal.getsignal(signal.SIGINT) is before

@@ -41,6 +41,25 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them to the handlers that were in place: for
+    bookkeeping that must not stop half-way (an epoch's results row, last.pt and best.pt written together)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    signums = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        for s in dict.fromkeys(caught):
+            signal.raise_signal(s)
+
+
 def run_cli(func: Callable[[Any], Any], args: Any, debug: bool = False) -> int:
     """Run a command; expected errors print `error: ...` on one line and exit 2 (set YOLO_SLIM_DEBUG=1 to trace).
     Ctrl-C and SIGTERM both stop it as an interruption (exit 130 / 143)."""
