@@ -762,6 +762,22 @@ def find_resume_checkpoint(resume: str | bool, project: str | Path) -> Path:
     return p
 
 
+def finished_run(last: str | Path) -> TrainResult | None:
+    """The result of the run whose last.pt this is, if its training is complete (else None): a run stopped after
+    its last epoch was saved, before the caller recorded it, is finished and is not resumed again."""
+    state = read_checkpoint(last).get("train_state") or {}
+    epochs = (state.get("opt") or {}).get("epochs")
+    if not epochs or int(state.get("epoch", 0)) < int(epochs):
+        return None
+    last = Path(last)
+    best = last.with_name("best.pt")
+    return TrainResult(
+        run_dir=last.parent.parent, last=last, best=best if best.is_file() else None, epochs=int(state["epoch"]),
+        optimizer_steps=int(state["optimizer_steps"]), metrics=dict(state.get("metrics") or {}),
+        best_fitness=float(state["best_fitness"]),
+    )
+
+
 def freeze_layers(model: nn.Module, freeze: list | tuple | int | None) -> list[str]:
     """YOLOv5's --freeze: [N] freezes layers 0..N-1, [a, b, ...] those layer indices. Returns frozen names."""
     if freeze is None:

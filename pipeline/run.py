@@ -176,7 +176,7 @@ class Pipeline:
         return outputs
 
     def _train(self, stage: str, resume: bool, **kw: Any) -> dict:
-        from finetune.trainer import TrainOptions, train
+        from finetune.trainer import TrainOptions, finished_run, train
         from yolo.checkpoint import strip_checkpoint
 
         args = _train_args(self.opt, self.run_dir, stage, **kw)
@@ -185,7 +185,7 @@ class Pipeline:
             args["resume"] = str(last)
         elif (self.run_dir / stage).exists():
             _clear_dir(self.run_dir / stage)
-        res = train(TrainOptions.from_any(args))
+        res = (resume and last.is_file() and finished_run(last)) or train(TrainOptions.from_any(args))
         best = res.best if res.best and Path(res.best).is_file() else res.last
         final = strip_checkpoint(res.last, Path(res.last).with_name("final.pt"))  # last weights, no train state
         return {"last": str(res.last), "final": str(final), "best": str(best), "metrics": _brief(res.metrics),

@@ -116,6 +116,19 @@ def test_demo_end_to_end_then_rerun_skips(tmp_path):
     assert "[sparse] already done" in third.stdout
     assert "[finetune] inputs changed" in third.stdout
 
+    # stopped after the fine-tune's last epoch was saved, before the stage was recorded done: the re-run takes the
+    # finished training as it is (no "nothing to resume" error, no retraining)
+    raw = json.loads((run / "pipeline.json").read_text())
+    raw["stages"]["finetune"]["status"] = "running"
+    (run / "pipeline.json").write_text(json.dumps(raw))
+    last = run / "finetune" / "weights" / "last.pt"
+    mtime = last.stat().st_mtime
+    fourth = _demo(tmp_path, "--finetune-epochs", "2")
+    assert fourth.returncode == 0, fourth.stderr[-2000:]
+    assert "[finetune] was interrupted: resuming" in fourth.stdout and last.stat().st_mtime == mtime
+    state = json.loads((run / "pipeline.json").read_text())["stages"]
+    assert state["finetune"]["status"] == "done" and state["finetune"]["outputs"]["epochs"] == 2
+
 
 @pytest.mark.e2e
 def test_stopped_during_finetune_resumes_without_redoing_earlier_stages(tmp_path):
