@@ -8,6 +8,7 @@ One run says little here: the pruned model's mAP50 moves by ~3 points between se
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import statistics
@@ -65,6 +66,7 @@ def collect(results: Path = RESULTS) -> list[dict]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, not a rewrite
     rows = collect()
     by_recipe: dict[str, list[dict]] = {}
     for r in rows:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from common import REPO, RESULTS, cpu_isa
@@ -18,6 +19,7 @@ ORDER = ("val_parity", "demo", "prune_speed", "prune_quality", "prune_importance
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, not a rewrite
     readme = REPO / "README.md"
     text = readme.read_text()
     if START not in text or END not in text:
