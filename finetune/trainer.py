@@ -42,7 +42,7 @@ from sparsity.callback import SparsityCallback
 from yolo.checkpoint import load_model, read_checkpoint, save_checkpoint
 from yolo.data import create_dataloader, load_data_yaml
 from yolo.device import usable_cores
-from yolo.errors import Terminated, deferred_interrupts
+from yolo.errors import Terminated, deferred_interrupts, raise_if_terminated
 from yolo.loss import YoloLoss, scale_loss_gains
 from yolo.model import build_model, reset_detect_head
 from yolo.val import build_val_loader, evaluate
@@ -475,6 +475,7 @@ class Trainer:
         with EpochProgress(live, self.nb, f"epoch {epoch}/{self.epochs - 1}", start, extra) as bar:
             for i, (imgs, targets, _paths, _shapes) in enumerate(self._batches(epoch, start), start):
                 self.train_step(i, imgs, targets)
+                raise_if_terminated()
                 bar.update(self.mloss, int(targets.shape[0]), int(imgs.shape[-1]))
                 self.callbacks.run("on_batch_end", self)
 

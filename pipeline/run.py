@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.state import PipelineState, stage_key
+from yolo.errors import raise_if_terminated
 from yolo.fileio import atomic_write_text
 
 TEACHER_CHOICES = ("none", "unpruned", "baseline")
@@ -150,6 +151,7 @@ class Pipeline:
 
     # ---------------------------------------------------------------- stage mechanics
     def _stage(self, name: str, params: dict, body: Callable[[bool], dict]) -> dict:
+        raise_if_terminated()  # a SIGTERM that an earlier stage's clean-up swallowed still stops the run here
         key = stage_key(params, self._upstream)
         status = self.state.status(name, key)
         self._upstream = key

@@ -210,6 +210,30 @@ def test_signal_while_an_epoch_is_recorded_keeps_row_and_last_pt_in_step(setup, 
     assert [r["epoch"] for r in read_results(run / "results.csv")] == [0, 1]
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed first raise
+def test_sigterm_swallowed_by_a_destructor_still_stops_the_run(setup, tmp_path):
+    import os
+    import signal
+
+    from yolo.errors import sigterm_as_interrupt
+
+    class SignalledInDel:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(100))  # the handler runs here; Python prints its exception and drops it
+
+    class Collect:
+        def on_batch_end(self, trainer):
+            if (trainer.epoch, trainer.batch_index) == (0, 1):
+                SignalledInDel()  # made and collected at once, as garbage collection would
+
+    with sigterm_as_interrupt(), pytest.raises(TrainingInterrupted) as e:
+        train(_opts(setup, tmp_path, epochs=2, name="gc", noval=True), callbacks=[Collect()])
+    assert e.value.terminated
+    state = read_checkpoint(tmp_path / "runs" / "gc" / "weights" / "last.pt")["train_state"]
+    assert state["epoch"] == 0  # stopped in epoch 0, not after the run
+
+
 def test_nan_loss_stops_and_keeps_last(setup, tmp_path):
     seen = {}
 

@@ -32,13 +32,27 @@ def sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def stop(signum, frame):
+        _terminated.set()
         raise Terminated("terminated (SIGTERM)")
 
+    _terminated.clear()
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _terminated.clear()
+
+
+_terminated = threading.Event()
+
+
+def raise_if_terminated() -> None:
+    """Raise `Terminated` if a SIGTERM came in under `sigterm_as_interrupt`. The handler raises at once, but when
+    the signal lands while Python runs a __del__ or a weakref callback (garbage collection), that exception is only
+    printed ("Exception ignored in ...") and the run went on; loops call this to stop at their next step anyway."""
+    if _terminated.is_set():
+        raise Terminated("terminated (SIGTERM)")
 
 
 @contextlib.contextmanager
