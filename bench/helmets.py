@@ -164,6 +164,18 @@ trained 90 epochs with the same two settings (`finetune.py ... --hyp ft_scale25.
 best.pt scored with `prune.py val`) scores 0.777 / 0.428 on seed 1 (0.802 / 0.452 with the defaults) and 0.786 /
 0.439 on seed 2 (0.788 / 0.439): the same recipe for both models would leave gaps of 0.5 and 0.9 points, but the
 yardstick is the better unpruned model, the one trained with the defaults.
+Seed 0 on the AVX-512 host (2026-11-24, second session: `--seed 0 -- --workers 0`, its unpruned model trained in a
+second folder on the other core and adopted with `--dense-from`; helmets_seed0_avx512.json): the sparse stage ended
+at 0.634, the cut at 0.199, the fine-tune at 0.755 / 0.413 against 0.794 / 0.464 unpruned: 3.9 points (bootstrap
+95% -0.0 to 7.6). The 1.8 of the AVX2 host's seed 0 does not repeat here. The seed-0 rows of `--min-keep 0.5` and
+of the easier-images variant, run on this host, were re-scored against this unpruned model (`--reference`, nothing
+trained again): gaps 2.0 and 5.2.
+The re-fit of the Detect convs (hand-run, same day): it rewrites their parameters, not only their inputs' weights.
+On seed 0's cut the objectness biases went from -6.7 / -5.4 / -4.1 (YOLOv5's prior, kept through the sparse stage)
+to -0.2 / -0.8 / -1.6, the filters growing 1.3-1.8x (median; up to 4.7x) to carry the offset instead. A cut whose
+re-fit leaves the Detect convs as they were (same plan; mAP50 at the cut 0.206 against 0.199 on seed 0, 0.200
+against 0.210 on seed 1) and the same 80-epoch fine-tune ended at 0.767 / 0.421 on seed 0 (recipe 0.755) and 0.754
+/ 0.414 on seed 1 (recipe 0.751): +1.2 and +0.3, inside the seed spread, so the Detect re-fit stays.
 Uniform sparsity at 5e-2 collapsed the model (mAP 0) by epoch 8. With the gentle fine-tune hyp every split plateaued
 near 0.72 whatever the cut cost (`--min-keep 0.5`, so the P3 neck keeps at least half its channels: 0.725), which
 looked like the pruned network's ceiling; it was the learning rate. YOLOv5's warm-up (bias LR 0.1, momentum 0.8)
