@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from yolo.errors import deferred_interrupts
 from yolo.fileio import atomic_write_text
 
 STATE_FILE = "pipeline.json"
@@ -73,10 +74,11 @@ class PipelineState:
         self.save()
 
     def finish(self, name: str, outputs: dict[str, Any]) -> None:
-        rec = self.stages[name]
-        rec.status, rec.outputs = "done", outputs
-        self._add_attempt_time(rec)
-        self.save()
+        with deferred_interrupts():  # a stage that finished is recorded as done even if a signal comes in now
+            rec = self.stages[name]
+            rec.status, rec.outputs = "done", outputs
+            self._add_attempt_time(rec)
+            self.save()
 
     @staticmethod
     def _add_attempt_time(rec: StageRecord) -> None:

@@ -52,6 +52,27 @@ def test_stage_seconds_add_up_over_interrupted_attempts(tmp_path, monkeypatch):
     assert (s.stages["finetune"].seconds, s.stages["finetune"].attempts) == (5.0, 1)
 
 
+def test_sigterm_while_a_finished_stage_is_recorded_still_records_it(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import pipeline.state as state
+    from yolo.errors import Terminated, sigterm_as_interrupt
+
+    s = PipelineState(tmp_path)
+    s.begin("prune", "k1", {})
+    real = state.atomic_write_text
+
+    def killed_while_writing(path, text):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(path, text)
+
+    monkeypatch.setattr(state, "atomic_write_text", killed_while_writing)
+    with sigterm_as_interrupt(), pytest.raises(Terminated):
+        s.finish("prune", {"weights": "p.pt"})
+    assert PipelineState(tmp_path).status("prune", "k1") == "done"  # the signal waited for the record
+
+
 @pytest.mark.parametrize(
     "kw, flag",
     [
