@@ -9,6 +9,7 @@ mAP50 within 2 points of the baseline.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -21,9 +22,12 @@ from common import REPO, write_result
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
+                                 epilog="every other flag goes to `prune.py demo` (see `python prune.py demo --help`)")
+    _, demo_flags = ap.parse_known_args()  # --help here, not a demo run that then finds no report
     work = Path(tempfile.mkdtemp(prefix="yolo-slim-demo-"))
     cmd = [sys.executable, str(REPO / "prune.py"), "demo", "--data-dir", str(work / "data"),
-           "--project", str(work / "runs"), "--name", "exp", *sys.argv[1:]]
+           "--project", str(work / "runs"), "--name", "exp", *demo_flags]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - t0

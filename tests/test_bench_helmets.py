@@ -153,12 +153,13 @@ def test_seed_table_groups_runs_by_recipe_and_skips_runs_without_a_yardstick(tmp
     assert [round(100 * r["gap50"], 1) for r in rows] == [2.0, 5.0, 1.0, 3.0]
 
 
-@pytest.mark.parametrize("script", ["helmets_seeds.py", "readme.py"])
-def test_gathering_scripts_answer_help_without_rewriting_anything(script):
+@pytest.mark.parametrize("script", ["helmets_seeds.py", "readme.py", "demo.py"])
+def test_bench_scripts_answer_help_without_running(script):
     import subprocess
 
     bench = Path(__file__).parents[1] / "bench"
-    watched = [bench / "results" / "helmets_seeds.md", Path(__file__).parents[1] / "README.md"]
+    watched = [bench / "results" / "helmets_seeds.md", bench / "results" / "demo.md",
+               Path(__file__).parents[1] / "README.md"]
     before = [p.stat().st_mtime_ns for p in watched]
     out = subprocess.run([sys.executable, str(bench / script), "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "usage:" in out.stdout
