@@ -48,3 +48,6 @@ def test_evaluate_hands_its_per_image_matches_to_the_caller(tmp_path: Path) -> N
     assert stats.images == 6
     again = stats.compute(model.names)
     assert again["map50"] == res["yolo_map50"] and again["instances"] == res["instances"]
+    # 96 px images hold no object of COCO's large size (96^2 px), and some small ones
+    sizes = res["map_by_size"]
+    assert sizes["large"] is None and sizes["small"] is not None and 0.0 <= sizes["small"] <= 1.0

@@ -239,7 +239,19 @@ class _Accumulator:
             "images": own["images"],
             "instances": own["instances"],
             "per_class": per_class,
+            "map_by_size": map_by_size(coco["stats"], gt),
         }
+
+
+SIZES = (("small", 0, 32**2), ("medium", 32**2, 96**2), ("large", 96**2, float("inf")))  # COCO's areas, px^2
+
+
+def map_by_size(stats: list[float], gt: dict) -> dict[str, float | None]:
+    """COCO mAP50-95 of small, medium and large objects (areas in original-image pixels); None for a size the
+    split has no objects of. Pruning tends to cost the small ones first: the stride-8 path is where the FLOPs are."""
+    areas = [a["area"] for a in gt["annotations"]]
+    return {name: (max(float(stats[3 + i]), 0.0) if any(lo <= a < hi for a in areas) else None)
+            for i, (name, lo, hi) in enumerate(SIZES)}
 
 
 def _write_json(path: Path, rows: list[dict]) -> None:
