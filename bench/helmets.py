@@ -176,6 +176,12 @@ to -0.2 / -0.8 / -1.6, the filters growing 1.3-1.8x (median; up to 4.7x) to carr
 re-fit leaves the Detect convs as they were (same plan; mAP50 at the cut 0.206 against 0.199 on seed 0, 0.200
 against 0.210 on seed 1) and the same 80-epoch fine-tune ended at 0.767 / 0.421 on seed 0 (recipe 0.755) and 0.754
 / 0.414 on seed 1 (recipe 0.751): +1.2 and +0.3, inside the seed spread, so the Detect re-fit stays.
+Where the gap is (COCO's size split of mAP50-95 on the val split, best.pt of each run on the AVX-512 host, seeds
+0/1/2; helmets has no large objects): the pruned model loses on small objects on every seed, 0.360 / 0.372 / 0.358
+against 0.415 / 0.401 / 0.394 unpruned (2.9-5.5 points), and on medium ones on two (0.518 / 0.519 / 0.555 against
+0.579 / 0.551 / 0.536). `--min-keep 0.5`, which keeps the stride-8 neck at half width, wins small objects back
+(0.397 / 0.378 / 0.380) and pays on medium ones on two seeds (0.503 / 0.542 / 0.501): at half the FLOPs the cut
+trades one scale against the other. (Hand-run: `yolo.val.evaluate` with COCOeval's stats kept.)
 Uniform sparsity at 5e-2 collapsed the model (mAP 0) by epoch 8. With the gentle fine-tune hyp every split plateaued
 near 0.72 whatever the cut cost (`--min-keep 0.5`, so the P3 neck keeps at least half its channels: 0.725), which
 looked like the pruned network's ceiling; it was the learning rate. YOLOv5's warm-up (bias LR 0.1, momentum 0.8)
