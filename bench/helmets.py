@@ -174,8 +174,9 @@ The re-fit of the Detect convs (hand-run, same day): it rewrites their parameter
 On seed 0's cut the objectness biases went from -6.7 / -5.4 / -4.1 (YOLOv5's prior, kept through the sparse stage)
 to -0.2 / -0.8 / -1.6, the filters growing 1.3-1.8x (median; up to 4.7x) to carry the offset instead. A cut whose
 re-fit leaves the Detect convs as they were (same plan; mAP50 at the cut 0.206 against 0.199 on seed 0, 0.200
-against 0.210 on seed 1) and the same 80-epoch fine-tune ended at 0.767 / 0.421 on seed 0 (recipe 0.755) and 0.754
-/ 0.414 on seed 1 (recipe 0.751): +1.2 and +0.3, inside the seed spread, so the Detect re-fit stays.
+against 0.210 on seed 1, 0.239 against 0.161 on seed 2) and the same 80-epoch fine-tune ended at 0.767 / 0.421 on
+seed 0 (recipe 0.755 / 0.413), 0.754 / 0.414 on seed 1 (0.751 / 0.421) and 0.765 / 0.408 on seed 2 (0.763 / 0.420):
+mAP50 +1.2, +0.3, +0.2, mAP50-95 -0.3 on average, inside the seed spread, so the Detect re-fit stays.
 Where the gap is (COCO's size split of mAP50-95 on the val split, best.pt of each run on the AVX-512 host, seeds
 0/1/2; helmets has no large objects): the pruned model loses on small objects on every seed, 0.360 / 0.372 / 0.358
 against 0.415 / 0.401 / 0.394 unpruned (2.9-5.5 points), and on medium ones on two (0.518 / 0.519 / 0.555 against
