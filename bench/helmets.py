@@ -177,6 +177,9 @@ re-fit leaves the Detect convs as they were (same plan; mAP50 at the cut 0.206 a
 against 0.210 on seed 1, 0.239 against 0.161 on seed 2) and the same 80-epoch fine-tune ended at 0.767 / 0.421 on
 seed 0 (recipe 0.755 / 0.413), 0.754 / 0.414 on seed 1 (0.751 / 0.421) and 0.765 / 0.408 on seed 2 (0.763 / 0.420):
 mAP50 +1.2, +0.3, +0.2, mAP50-95 -0.3 on average, inside the seed spread, so the Detect re-fit stays.
+The two seed-1 gains together (`--min-keep 0.5` with `--close-mosaic 10 --finetune-hyp ft_scale25.yaml`, from the
+floor run's cut; helmets_mk50cm10sc25_seed1.json) do not stack: 0.756 / 0.427 against 0.765 and 0.772 for each
+alone and 0.751 for the recipe (unpruned 0.802).
 Where the gap is (COCO's size split of mAP50-95 on the val split, best.pt of each run on the AVX-512 host, seeds
 0/1/2; helmets has no large objects): the pruned model loses on small objects on every seed, 0.360 / 0.372 / 0.358
 against 0.415 / 0.401 / 0.394 unpruned (2.9-5.5 points), and on medium ones on two (0.518 / 0.519 / 0.555 against
