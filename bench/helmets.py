@@ -185,7 +185,7 @@ Where the gap is (COCO's size split of mAP50-95 on the val split, best.pt of eac
 against 0.415 / 0.401 / 0.394 unpruned (2.9-5.5 points), and on medium ones on two (0.518 / 0.519 / 0.555 against
 0.579 / 0.551 / 0.536). `--min-keep 0.5`, which keeps the stride-8 neck at half width, wins small objects back
 (0.397 / 0.378 / 0.380) and pays on medium ones on two seeds (0.503 / 0.542 / 0.501): at half the FLOPs the cut
-trades one scale against the other. (Hand-run: `yolo.val.evaluate` with COCOeval's stats kept.)
+trades one scale against the other. (bench/helmets_sizes.py, helmets_sizes.json.)
 Uniform sparsity at 5e-2 collapsed the model (mAP 0) by epoch 8. With the gentle fine-tune hyp every split plateaued
 near 0.72 whatever the cut cost (`--min-keep 0.5`, so the P3 neck keeps at least half its channels: 0.725), which
 looked like the pruned network's ceiling; it was the learning rate. YOLOv5's warm-up (bias LR 0.1, momentum 0.8)

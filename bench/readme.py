@@ -13,7 +13,8 @@ from common import REPO, RESULTS, cpu_isa
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ORDER = ("val_parity", "demo", "prune_speed", "prune_quality", "prune_importance", "latency", "latency_round8",
          "latency_round1", "int8", "train_throughput", "data_throughput", "cache_memory", "finetune_parity",
-         "families", "helmets_seeds", "helmets", "helmets_seed0_avx512", "helmets_seed1", "helmets_seed2",
+         "families", "helmets_seeds", "helmets_sizes", "helmets", "helmets_seed0_avx512", "helmets_seed1",
+         "helmets_seed2",
          "helmets_minkeep50", "helmets_minkeep50_seed1", "helmets_minkeep50_seed2", "helmets_minkeep25_seed1",
          "helmets_cm10sc25", "helmets_cm10sc25_seed1", "helmets_cm10sc25_seed2", "helmets_cm10_seed1",
          "helmets_mk50cm10sc25_seed1", "recovery")

@@ -153,7 +153,7 @@ def test_seed_table_groups_runs_by_recipe_and_skips_runs_without_a_yardstick(tmp
     assert [round(100 * r["gap50"], 1) for r in rows] == [2.0, 5.0, 1.0, 3.0]
 
 
-@pytest.mark.parametrize("script", ["helmets_seeds.py", "readme.py", "demo.py"])
+@pytest.mark.parametrize("script", ["helmets_seeds.py", "readme.py", "demo.py", "helmets_sizes.py"])
 def test_bench_scripts_answer_help_without_running(script):
     import subprocess
 
