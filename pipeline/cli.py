@@ -85,7 +85,7 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     p.add_argument("--project", default=d.project)
     p.add_argument("--name", default=d.name)
     p.add_argument("--new", action="store_true", help="start a new run folder (exp2, ...) instead of resuming")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars in the training stages")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -300,12 +300,14 @@ def register(subparsers) -> None:
     p.add_argument("--finetuned", help="pruned + fine-tuned .pt or .onnx")
     p.add_argument("--int8", help="int8 .onnx")
     p.add_argument("--data", help="data.yaml to score every model on its val split")
-    p.add_argument("--evaluator", choices=["auto", "torch", "onnx"], default="auto")
+    p.add_argument("--evaluator", choices=["auto", "torch", "onnx"], default="auto",
+                   help="score every model the same way: torch (the official protocol) or onnx; auto = torch "
+                        "unless a model is only an .onnx")
     p.add_argument("--imgsz", "--img", type=int, nargs="+", help="square inference size (default 640)")
     p.add_argument("--threads", nargs="+", help="ONNX Runtime thread counts (default: 1 all)")
-    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--runs", type=int, default=50, help="timed ONNX Runtime runs per model (interleaved)")
     p.add_argument("--images", help="image file/folder for side-by-side detections")
-    p.add_argument("--max-images", type=int, default=3)
+    p.add_argument("--max-images", type=int, default=3, help="at most this many --images (default 3)")
     p.add_argument("--sweep", help="JSON list of {ratio, map, map50, gflops} rows for the sweep plot")
     p.add_argument("--run-dir", "--out", dest="run_dir", default="runs/report/exp")
     p.set_defaults(func=cmd_report)
