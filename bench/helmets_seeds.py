@@ -18,14 +18,20 @@ from common import RESULTS, cpu_isa, write_result
 
 NOT_RECIPE = {"--workers": 1, "--project": 1, "--name": 1, "--quiet": 0, "--seed": 1}  # flag -> values it takes
 BASE = {("--reconstruct", "128")}  # bench/helmets.py's own default, part of every recipe
+BENCH_DEFAULTS = {"--target-flops": "0.5", "--sparse-epochs": "10", "--finetune-epochs": "80", "--sparsity": "0.02",
+                  "--sparsity-mode": "targeted", "--sparsity-schedule": "constant", "--nbs": "16"}  # before --threads
 FILE_FLAGS = ("--hyp", "--finetune-hyp")  # shown by file name: the same file may sit in different folders
 
 
 def recipe_of(command: str) -> str:
     """The pipeline flags that make a run's recipe, after the ones every helmets run shares."""
     argv = shlex.split(command)
-    extra = argv[argv.index("--threads") + 2:] if "--threads" in argv else []
+    cut = argv.index("--threads") if "--threads" in argv else len(argv)
+    extra = argv[cut + 2:]
     kept, i = [], 0
+    for flag, default in BENCH_DEFAULTS.items():  # bench/helmets.py's own flags, named when not its default
+        if flag in argv[:cut] and argv[argv.index(flag) + 1] != default:
+            kept += [flag, argv[argv.index(flag) + 1]]
     while i < len(extra):
         skip = NOT_RECIPE.get(extra[i])
         if tuple(extra[i:i + 2]) in BASE:
