@@ -153,6 +153,15 @@ def test_seed_table_groups_runs_by_recipe_and_skips_runs_without_a_yardstick(tmp
     assert [round(100 * r["gap50"], 1) for r in rows] == [2.0, 5.0, 1.0, 3.0]
 
 
+def test_recipe_names_the_bench_flags_that_differ_from_its_defaults(monkeypatch):
+    monkeypatch.setattr(sys, "path", [*sys.path, str(Path(__file__).parents[1] / "bench")])
+    import helmets_seeds
+
+    head = "python prune.py pipeline --sparse-epochs 10 --target-flops {} --finetune-epochs 80 --threads 1 --quiet"
+    assert helmets_seeds.recipe_of(head.format("0.5") + " --min-keep 0.5") == "--min-keep 0.5"
+    assert helmets_seeds.recipe_of(head.format("0.7")) == "--target-flops 0.7"
+
+
 @pytest.mark.parametrize("script", ["helmets_seeds.py", "readme.py", "demo.py", "helmets_sizes.py"])
 def test_bench_scripts_answer_help_without_running(script):
     import subprocess
