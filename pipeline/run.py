@@ -18,11 +18,14 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pipeline.state import PipelineState, stage_key
 from yolo.errors import raise_if_terminated
 from yolo.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from prune.config import PruneConfig
 
 TEACHER_CHOICES = ("none", "unpruned", "baseline")
 SPARSITY_MODES = ("uniform", "targeted")
@@ -118,7 +121,22 @@ class PipelineOptions:
             raise PipelineError(f"--distill-weight {self.distill_weight} must be >= 0")
         if self.close_mosaic < 0:
             raise PipelineError(f"--close-mosaic {self.close_mosaic} must be >= 0 (0 = mosaic to the end)")
+        from prune.config import PruneError
+
+        try:  # now, not after the sparse stage
+            self.prune_config({"ratio": self.ratio, "target_flops": self.target_flops,
+                               "target_params": self.target_params}).validate_flags()
+        except PruneError as e:
+            raise PipelineError(str(e)) from None
         return self
+
+    def prune_config(self, amount: dict) -> PruneConfig:
+        """The prune stage's settings, with `amount` (one round's ratio or target)."""
+        from prune.config import PruneConfig  # torch stays unimported until a stage needs it
+
+        return PruneConfig(**amount, importance=self.importance, min_keep=self.min_keep, round_to=self.round_to,
+                           ignore=tuple(self.ignore), compensate=self.compensate, recalibrate=self.recalibrate,
+                           reconstruct=self.reconstruct, imgsz=self.imgsz)
 
     def teacher_path(self, prunable: str) -> str:
         """The fine-tune stage's teacher checkpoint ('' = none); `prunable` is the prune stage's input."""
@@ -313,7 +331,7 @@ class Pipeline:
 
     def _prune(self, weights: str, original: str, r: int = 1) -> dict:
         """Prune `weights`; in round r of R, toward the target's r/R geometric step measured on `original`."""
-        from prune.api import PruneConfig, prune_model
+        from prune.api import prune_model
         from prune.cli import save_pruned
         from yolo.checkpoint import load_model
         from yolo.data import load_data_yaml
@@ -322,9 +340,7 @@ class Pipeline:
         o = self.opt
         model, meta = load_model(weights)
         amount = round_amount(o, r, model, original)
-        cfg = PruneConfig(**amount, importance=o.importance, min_keep=o.min_keep, round_to=o.round_to,
-                          ignore=tuple(o.ignore), compensate=o.compensate, recalibrate=o.recalibrate,
-                          reconstruct=o.reconstruct, imgsz=o.imgsz)
+        cfg = o.prune_config(amount)
         data = load_data_yaml(o.data)
         calib = _calib_loader(data, o, cfg) if cfg.needs_images else None
         pruned, table = prune_model(model, cfg, calib_loader=calib)

@@ -134,9 +134,9 @@ def run_prune(args: argparse.Namespace) -> dict:
     from prune.graph import build_graph
     from prune.plan import plan_pruning
 
-    PruneConfig(ratio=args.ratio, target_flops=args.target_flops, target_params=args.target_params).validate()
+    PruneConfig(ratio=args.ratio, target_flops=args.target_flops, target_params=args.target_params).validate_flags()
     model, meta, imgsz, _ = _load(args)
-    config = config_from_args(args, imgsz).validate()
+    config = config_from_args(args, imgsz).validate_flags()
     calib = _calib(args, config, model)
     graph = build_graph(model, config.imgsz, config.ignore)
     plan = plan_pruning(graph, config, calib_loader=calib)
@@ -165,7 +165,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
     model, meta, imgsz, device = _load(args)
     config = config_from_args(args, imgsz)
     config.ratio = 0.0
-    config.validate()
+    config.validate_flags()
     calib = _calib(args, config, model)
     console = _console()
     res = sweep(model, args.ratios, data=args.data, config=config, share=args.share, calib_loader=calib,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 
 IMPORTANCES = ("slim", "l1", "l2", "taylor")
@@ -26,6 +27,10 @@ CALIB_NEEDED = ("importance 'taylor', compensate='mean', recalibrate and reconst
 
 class PruneError(ValueError):
     """A pruning request that cannot be carried out; the message is one line saying why."""
+
+
+_FIELD = re.compile(r"\b(ratio|target_flops|target_params|importance|min_keep|round_to|compensate|recalibrate|"
+                    r"reconstruct|calib_images|imgsz)\b")
 
 
 @dataclass
@@ -81,6 +86,13 @@ class PruneConfig:
                 raise PruneError(f"{name} {v} is outside (0, 1]: it is the fraction KEPT")
         self._validate_choices()
         return self
+
+    def validate_flags(self) -> PruneConfig:
+        """validate() for a command line: the error names the flags (--target-flops), not the fields."""
+        try:
+            return self.validate()
+        except PruneError as e:
+            raise PruneError(_FIELD.sub(lambda m: "--" + m.group(1).replace("_", "-"), str(e))) from None
 
     def _validate_choices(self) -> None:
         if self.importance not in IMPORTANCES:

@@ -85,6 +85,11 @@ def test_sigterm_while_a_finished_stage_is_recorded_still_records_it(tmp_path, m
         ({"cfg": "yolov5n", "rounds": 3, "finetune_epochs": 2}, "--finetune-epochs >= 3"),
         ({"cfg": "yolov5n", "sparsity_mode": "targeted", "importance": "l1"}, "--importance slim"),
         ({"cfg": "yolov5n", "close_mosaic": -1}, "--close-mosaic"),
+        ({"cfg": "yolov5n", "target_flops": 1.5}, "--target-flops 1.5 is outside"),  # before the sparse stage
+        ({"cfg": "yolov5n", "ratio": 1.0, "target_flops": None}, "--ratio 1.0 is outside"),
+        ({"cfg": "yolov5n", "round_to": 0}, "--round-to 0"),
+        ({"cfg": "yolov5n", "min_keep": -0.5}, "--min-keep -0.5"),
+        ({"cfg": "yolov5n", "compensate": "zero"}, "--compensate 'zero' unknown"),
     ],
 )
 def test_bad_options_name_the_flag(tmp_path, kw, flag):

@@ -73,7 +73,8 @@ def test_prune_command_writes_run_folder(weights, tmp_path):
 
 @pytest.mark.parametrize(
     "extra, match",
-    [(["--ratio", "1.5"], "outside"), (["--ratio", "0.3", "--ignore", "nothing.*"], "matches no layer"),
+    [(["--ratio", "1.5"], "--ratio 1.5 is outside"), (["--ratio", "0.3", "--round-to", "0"], "--round-to 0"),
+     (["--ratio", "0.3", "--ignore", "nothing.*"], "matches no layer"),
      (["--target-flops", "0.01"], "cannot be met"), (["--ratio", "0.3", "--compensate", "mean"], "--data"),
      (["--ratio", "0.3", "--reconstruct", "8"], "--data")],
 )  # fmt: skip
