@@ -453,17 +453,24 @@ def resolve_run_dir(project: str, name: str, new: bool = False) -> Path:
 
 
 def check_inputs(opt: PipelineOptions) -> None:
-    """Read the data.yaml, the checkpoint and the model yaml once before a run folder exists, so a bad one
-    stops the run with its own one-line error instead of leaving a folder with a stage marked running."""
+    """Read every input file once before a run folder exists: the data.yaml, the checkpoint or model yaml, the
+    hyp files, a teacher, and match the --ignore globs. A bad one stops the run with its own one-line error
+    instead of leaving a folder with a stage marked running, or failing a later stage after the sparse training."""
+    from finetune.hyp import load_hyp
+    from prune.graph import resolve_ignore
     from yolo.checkpoint import load_model
     from yolo.data import load_data_yaml
-    from yolo.model import load_model_yaml
+    from yolo.model import build_model
 
     load_data_yaml(opt.data)
-    if opt.weights:
-        load_model(opt.weights)
-    elif opt.cfg:
-        load_model_yaml(opt.cfg)
+    model = load_model(opt.weights)[0] if opt.weights else build_model(opt.cfg)
+    for hyp in (opt.hyp, opt.finetune_hyp):
+        if hyp:
+            load_hyp(hyp)
+    if opt.ignore:
+        resolve_ignore(model, opt.ignore)
+    if opt.teacher not in TEACHER_CHOICES:
+        load_model(opt.teacher)
 
 
 def run_pipeline(opt: PipelineOptions, new: bool = False, log: Callable[[str], None] = print) -> dict:

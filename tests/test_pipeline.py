@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -328,8 +329,10 @@ def test_no_sparse_stage_from_a_model_of_other_classes_transfers_in_the_finetune
     assert models["pruned"]["gflops"] <= 0.55 * models["baseline"]["gflops"]
 
 
-@pytest.mark.parametrize("bad", ["data", "weights", "cfg"])
+@pytest.mark.parametrize("bad", ["data", "weights", "cfg", "finetune_hyp", "ignore", "teacher"])
 def test_a_bad_input_stops_the_pipeline_before_it_makes_a_run_folder(tmp_path, bad):
+    """Also the inputs only a later stage reads (the fine-tune's hyp, a teacher, the cut's --ignore): a typo there
+    must not cost the sparse training first."""
     import torch
 
     from pipeline.run import run_pipeline
@@ -340,11 +343,17 @@ def test_a_bad_input_stops_the_pipeline_before_it_makes_a_run_folder(tmp_path, b
     broken.write_text("train: images/train\nval: [\n")
     not_a_detector = tmp_path / "state.pt"
     torch.save({"weights": torch.zeros(2)}, not_a_detector)
+    unknown_key = tmp_path / "hyp.yaml"
+    unknown_key.write_text("lr0: 0.01\nl0: 0.02\n")
     data_yaml, cfg, weights = {"data": (broken, "yolov5n", ""), "weights": (data, "", not_a_detector),
-                               "cfg": (data, broken, "")}[bad]
-    opt = PipelineOptions(data=str(data_yaml), cfg=str(cfg), weights=str(weights), project=str(tmp_path / "runs"))
-    expected = "malformed yaml" if bad in ("data", "cfg") else "not a YOLOv5 detector checkpoint"
-    with pytest.raises(ValueError, match=expected) as err:
+                               "cfg": (data, broken, "")}.get(bad, (data, "yolov5n", ""))
+    later = {"finetune_hyp": {"finetune_hyp": str(unknown_key)}, "ignore": {"ignore": ["model.99.*"]},
+             "teacher": {"teacher": str(not_a_detector)}}.get(bad, {})
+    opt = PipelineOptions(data=str(data_yaml), cfg=str(cfg), weights=str(weights), project=str(tmp_path / "runs"),
+                          **later)
+    expected = {"data": "malformed yaml", "cfg": "malformed yaml", "finetune_hyp": "unknown hyperparameter 'l0'",
+                "ignore": "--ignore 'model.99.*' matches no layer"}.get(bad, "not a YOLOv5 detector checkpoint")
+    with pytest.raises(ValueError, match=re.escape(expected)) as err:
         run_pipeline(opt)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "runs").exists()
