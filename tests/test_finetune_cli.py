@@ -36,6 +36,29 @@ def test_cli_bad_hyp_is_one_line(tmp_path):
     assert p.stderr.strip().splitlines() == [f"error: {bad}: unknown hyperparameter 'lr_0' (did you mean 'lr0'?)"]
 
 
+@pytest.mark.parametrize("bad", ["data", "weights", "teacher"])
+def test_bad_input_leaves_no_run_folder(tmp_path, bad):
+    """The run folder is made before the data, weights and teacher are read; a bad one must take it away again,
+    and a folder that was there before stays."""
+    import torch
+
+    from yolo.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", n_train=2, n_val=1, img_size=64)
+    junk = tmp_path / "junk.pt"
+    torch.save({"weights": torch.zeros(2)}, junk)
+    (tmp_path / "runs" / "exp").mkdir(parents=True)
+    (tmp_path / "runs" / "exp" / "mine.txt").write_text("a user's earlier run")
+    args = {"data": ["--data", str(tmp_path / "nope.yaml"), "--cfg", "yolov5n"],
+            "weights": ["--data", str(data), "--weights", str(junk)],
+            "teacher": ["--data", str(data), "--cfg", "yolov5n", "--teacher", str(junk)]}[bad]
+    p = subprocess.run(_cmd(*args, "--epochs", "1", "--img", "64", "--project", str(tmp_path / "runs")),
+                       capture_output=True, text=True, env=_env(), timeout=120)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert sorted(x.name for x in (tmp_path / "runs").iterdir()) == ["exp"]  # exp2 made and taken away
+    assert (tmp_path / "runs" / "exp" / "mine.txt").read_text() == "a user's earlier run"
+
+
 @pytest.fixture
 def tiny(tmp_path):
     from yolo.synthetic import make_synthetic_dataset
