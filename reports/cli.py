@@ -58,6 +58,17 @@ def cmd_export(args: Any) -> int:
     out = Path(args.out) if args.out else weights.with_suffix(".onnx")
     if out.suffix.lower() != ".onnx":
         out = out / f"{weights.stem}.onnx"
+    data = None  # read before the export, so a bad --calib-data / --parity-source leaves no file behind
+    if args.calib_data:
+        from yolo.data import load_data_yaml
+
+        data = load_data_yaml(args.calib_data)
+    if args.parity_source:
+        parity_images: list[Any] = list_images(args.parity_source)[:4]
+    elif data is not None:
+        parity_images = list(data.val or data.train)[:2]
+    else:
+        parity_images = _synthetic_images(imgsz)
     path = export_onnx(
         model,
         out,
@@ -68,16 +79,6 @@ def cmd_export(args: Any) -> int:
         metadata=meta,
         batch=args.batch,
     )
-    data = None
-    if args.parity_source:
-        parity_images: list[Any] = list_images(args.parity_source)[:4]
-    elif args.calib_data:
-        from yolo.data import load_data_yaml
-
-        data = load_data_yaml(args.calib_data)
-        parity_images = list(data.val or data.train)[:2]
-    else:
-        parity_images = _synthetic_images(imgsz)
     try:
         rep = check_parity(model, path, parity_images, threads=args.threads)
     except ExportError:
@@ -206,6 +207,15 @@ def cmd_report(args: Any) -> int:
     if not isinstance(imgsz, int):
         raise ValueError("report: --imgsz takes one integer (models are compared at a square size)")
     run_dir = Path(args.run_dir)
+    extras: dict[str, Any] = {"imgsz": imgsz}  # read before anything is written: a bad path leaves no report folder
+    if args.data:
+        from yolo.data import load_data_yaml
+
+        load_data_yaml(args.data)
+    if args.images:
+        extras["images"] = [str(p) for p in list_images(args.images)[: args.max_images]]
+    if args.sweep:
+        extras["sweep"] = _read_sweep(Path(args.sweep))
     entries = build_entries(
         weights,
         run_dir,
@@ -215,14 +225,19 @@ def cmd_report(args: Any) -> int:
         runs=args.runs,
         evaluator=args.evaluator,
     )
-    extras: dict[str, Any] = {"imgsz": imgsz}
-    if args.images:
-        extras["images"] = [str(p) for p in list_images(args.images)[: args.max_images]]
-    if args.sweep:
-        extras["sweep"] = json.loads(Path(args.sweep).read_text())
     paths = write_report(run_dir, entries, args={k: v for k, v in vars(args).items() if k != "func"}, extras=extras)
     print(f"wrote {paths['json']} and {paths['md']}")
     return 0
+
+
+def _read_sweep(path: Path) -> list:
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--sweep {path}: not a readable JSON file ({type(e).__name__})") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"--sweep {path}: expected a JSON list of {{ratio, map, map50, gflops}} rows")
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------- detect

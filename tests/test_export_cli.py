@@ -56,6 +56,32 @@ def test_export_command_errors(ckpt, tmp_path):
         args.func(args)
 
 
+@pytest.mark.parametrize("flags, match", [
+    (["--int8", "--calib-data", "nope.yaml"], "nope.yaml: data yaml not found"),
+    (["--parity-source", "no-such-folder"], "no-such-folder not found"),
+])  # fmt: skip
+def test_export_reads_its_inputs_before_writing_a_file(ckpt, tmp_path, monkeypatch, flags, match):
+    monkeypatch.chdir(tmp_path)
+    args = parse(["export", "--weights", str(ckpt), "--imgsz", "64", "--out", str(tmp_path / "m.onnx"), *flags])
+    with pytest.raises((ValueError, OSError), match=match):  # both reach the user as one line
+        args.func(args)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--data", "nope.yaml"], "nope.yaml: data yaml not found"),
+    (["--images", "no-such-folder"], "no-such-folder not found"),
+    (["--sweep", "sweep.json"], "--sweep sweep.json: expected a JSON list"),
+])  # fmt: skip
+def test_report_reads_its_inputs_before_writing_anything(ckpt, tmp_path, monkeypatch, flags, match):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sweep.json").write_text('{"ratio": 0.5}')
+    args = parse(["report", "--baseline", str(ckpt), "--imgsz", "64", "--run-dir", str(tmp_path / "rep"), *flags])
+    with pytest.raises((ValueError, OSError), match=match):
+        args.func(args)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["sweep.json"]
+
+
 def test_benchmark_command(exported, tmp_path, capsys):
     out = tmp_path / "lat.json"
     argv = ["benchmark", str(exported), str(exported), "--threads", "1", "--runs", "3", "--warmup", "1"]
