@@ -193,11 +193,12 @@ leads the recipe's by 2-23 points over its first 20 epochs (it starts at a lower
 points: 0.742 / 0.402 (gap 5.2) and 0.731 / 0.394 (gap 5.7), against the recipe's 0.755 and 0.763 on the same
 seeds. The seed-1 gain of the hand-run (0.767 against 0.751) does not repeat: the restart stays.
 What the target costs (2026-11-25, same recipe with `--target-flops 0.7`, each seed its own sparse stage, one
-core each; helmets_flops70_seed1.json, helmets_flops70_seed2.json): 1.32 M params, 0.70x FLOPs; the cut costs less
-(0.624 -> 0.431 and 0.694 -> 0.540 against ~0.2 at 0.5x), the fine-tune led the 0.5x runs by 3-7 points from its
-first epochs on and ended at 0.771 / 0.417 (seed 1) and 0.782 / 0.447 (seed 2) against 0.802 / 0.452 and 0.788 /
-0.439 unpruned: gaps 3.1 and 0.6, against 5.1 and 2.5 at 0.5x. About 2 of the 0.5x gap is the size of the
-network; the pre-fix 0.7x run of 2026-11-23 (0.767, level with its 0.5x control) had said otherwise.
+core each; helmets_flops70.json, helmets_flops70_seed1.json, helmets_flops70_seed2.json): 1.32 M params, 0.70x
+FLOPs; the cut costs less (0.659 -> 0.478, 0.624 -> 0.431, 0.694 -> 0.540 against ~0.2 at 0.5x), the fine-tune
+led the 0.5x runs by 3-7 points from its first epochs on and ended at 0.789 / 0.436 (seed 0), 0.771 / 0.417 (seed
+1) and 0.782 / 0.447 (seed 2) against 0.794 / 0.464, 0.802 / 0.452 and 0.788 / 0.439 unpruned: gaps 0.5, 3.1 and
+0.6 (mean 1.4), against 3.9, 5.1 and 2.5 at 0.5x on the same host (mean 3.8). About 2.4 of the 0.5x gap is the size
+of the network; the pre-fix 0.7x run of 2026-11-23 (0.767, level with its 0.5x control) had said otherwise.
 Uniform sparsity at 5e-2 collapsed the model (mAP 0) by epoch 8. With the gentle fine-tune hyp every split plateaued
 near 0.72 whatever the cut cost (`--min-keep 0.5`, so the P3 neck keeps at least half its channels: 0.725), which
 looked like the pruned network's ceiling; it was the learning rate. YOLOv5's warm-up (bias LR 0.1, momentum 0.8)
