@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,16 +258,12 @@ class Trainer:
         self.amp = self.opt.amp and self.device.type == "cuda"
         self.hyp = self.resume_state["hyp"] if self.resume_state else load_hyp(self.opt.hyp, self.opt.hyp_overrides)
         self._check_options()
-        self._setup_run_dir()
-        try:
-            self._setup_data()
-            self._setup_model()
-            self._setup_loaders()
-            self._setup_optimisation()
-            self._setup_teacher()
-        except BaseException:  # bad data, weights or teacher: no run folder left behind with only its args in it
-            self._remove_new_run_dir()
-            raise
+        self._setup_data()
+        self._setup_model()
+        self._setup_loaders()
+        self._setup_optimisation()
+        self._setup_teacher()
+        self._setup_run_dir()  # last: bad data, weights or a bad teacher leave no run folder behind
         if self.resume_state:
             self._restore(self.resume_state)
         self.model = ddp.wrap_ddp(self.model, self.dist, self.device)
@@ -333,20 +328,11 @@ class Trainer:
             else:
                 run_dir = increment_run_dir(self.opt.project, self.opt.name, self.opt.exist_ok)
             self._guard_input_weights(run_dir)
-            self.new_dirs = [d for d in (run_dir, run_dir.parent) if not d.exists()]  # made by this run
             (run_dir / "weights").mkdir(parents=True, exist_ok=True)
             write_yaml(run_dir / "args.yaml", self.opt.plain())
             dump_hyp(self.hyp, run_dir / "hyp.yaml")
         run_dir = ddp.broadcast_object(str(run_dir) if run_dir else None, self.dist)
         self.run_dir = Path(run_dir) if (run_dir and self.is_main) else None
-
-    def _remove_new_run_dir(self) -> None:
-        """Undo _setup_run_dir when the set-up after it fails; a folder that was there before is left alone."""
-        for d in getattr(self, "new_dirs", []):
-            if d == self.run_dir and d.is_dir():
-                shutil.rmtree(d, ignore_errors=True)
-            elif d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
 
     def _guard_input_weights(self, run_dir: Path) -> None:
         if not self.opt.weights or self.resume_state:
