@@ -1,0 +1,143 @@
+"""YOLO label files: parsing each row, clipping slight overshoots, and saying what was skipped or changed."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from yolo.data.files import PathLike
+
+EDGE_TOLERANCE = 0.05  # how far (normalised) a box may overshoot the image edge and still be clipped
+ROUNDING_TOLERANCE = 1e-5  # overshoot from rounding labels to 6 decimals: clipped without being reported
+
+
+@dataclass
+class LabelIssue:
+    """One label row that was skipped, clipped or dropped as a duplicate (line 0 = the whole file)."""
+
+    file: Path
+    line: int
+    reason: str
+    action: str = "skipped"  # skipped | clipped | duplicate | unreadable
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.action}: {self.reason}"
+
+
+@dataclass
+class LabelReport:
+    """What parsing a dataset found, so a user sees bad labels instead of silently training on them."""
+
+    prefix: str = ""
+    images: int = 0
+    boxes: int = 0
+    clipped: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+    polygons: int = 0
+    unreadable: int = 0
+    missing: int = 0  # images without a label file: background images
+    empty: int = 0  # images with an empty label file: background images too
+    issues: list[LabelIssue] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for logs."""
+        head = f"{self.prefix}: " if self.prefix else ""
+        return (
+            f"{head}{self.images} images, {self.boxes} boxes, {self.missing + self.empty} backgrounds "
+            f"({self.missing} without label file), {self.clipped} boxes clipped, {self.skipped} rows skipped, "
+            f"{self.duplicates} duplicates dropped, {self.polygons} polygons boxed, "
+            f"{self.unreadable} unreadable images"
+        )
+
+
+class _RowError(ValueError):
+    """A label row that cannot be used; the message is the reason."""
+
+
+def read_label_file(path: PathLike, nc: int | None) -> tuple[np.ndarray, list[LabelIssue], dict[str, int]]:
+    """Parse a YOLO label file, keeping every usable row and explaining every row that was changed or dropped.
+
+    Returns (labels (n, 5) float32 `cls xc yc w h`, issues, counters with clipped/skipped/duplicates/polygons).
+    `nc=None` only checks that classes are non-negative integers.
+    """
+    path = Path(path)
+    counters = {"clipped": 0, "skipped": 0, "duplicates": 0, "polygons": 0}
+    issues: list[LabelIssue] = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as e:
+        counters["skipped"] += 1
+        issues.append(LabelIssue(path, 0, f"unreadable label file ({type(e).__name__})"))
+        return np.zeros((0, 5), np.float32), issues, counters
+    rows: list[np.ndarray] = []
+    first_line: dict[tuple[float, ...], int] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            key, row, overshoot = _parse_row(parts, nc)
+        except _RowError as e:
+            counters["skipped"] += 1
+            issues.append(LabelIssue(path, lineno, str(e)))
+            continue
+        if key in first_line:
+            counters["duplicates"] += 1
+            issues.append(LabelIssue(path, lineno, f"exact duplicate of line {first_line[key]}", "duplicate"))
+            continue
+        first_line[key] = lineno
+        counters["polygons"] += len(parts) > 5
+        if overshoot > ROUNDING_TOLERANCE:
+            counters["clipped"] += 1
+            issues.append(LabelIssue(path, lineno, f"box overshoots the image edge by {overshoot:.3g}", "clipped"))
+        rows.append(row)
+    labels = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 5), np.float32)
+    return labels, issues, counters
+
+
+def _parse_row(parts: list[str], nc: int | None) -> tuple[tuple[float, ...], np.ndarray, float]:
+    """One row -> (exact values for duplicate detection, clipped `cls xc yc w h`, overshoot beyond [0, 1])."""
+    n = len(parts)
+    if n != 5 and (n < 7 or n % 2 == 0):
+        raise _RowError(f"wrong column count {n}: expected 5 (cls xc yc w h) or an odd count >= 7 (cls x1 y1 ...)")
+    try:
+        vals = [float(p) for p in parts]
+    except ValueError:
+        bad = next(p for p in parts if not _is_float(p))
+        raise _RowError(f"non-numeric value {bad!r}") from None
+    if not all(math.isfinite(v) for v in vals):
+        raise _RowError("non-numeric value (nan or inf)")
+    c = vals[0]
+    if not c.is_integer() or c < 0 or (nc is not None and c >= nc):
+        raise _RowError(f"class {parts[0]} is not an integer in [0, {nc if nc is not None else 'inf'})")
+    if n == 5:
+        xc, yc, w, h = vals[1:]
+        if w <= 0 or h <= 0:
+            raise _RowError(f"zero or negative box size w={parts[3]} h={parts[4]}")
+        x1, y1, x2, y2 = xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2
+    else:
+        xs, ys = vals[1::2], vals[2::2]
+        x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
+    overshoot = max(0.0, -x1, -y1, x2 - 1, y2 - 1)
+    if overshoot > EDGE_TOLERANCE:
+        raise _RowError(
+            f"box ({x1:.4g}, {y1:.4g}, {x2:.4g}, {y2:.4g}) is far outside the normalised image [0, 1] "
+            f"(more than {EDGE_TOLERANCE} beyond the edge; pixel coordinates?)"
+        )
+    x1, y1, x2, y2 = (min(max(v, 0.0), 1.0) for v in (x1, y1, x2, y2))
+    if x2 - x1 <= 0 or y2 - y1 <= 0:
+        raise _RowError("zero or negative box size after clipping to the image")
+    row = np.array([c, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], np.float64)
+    return tuple(vals), row, overshoot
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
