@@ -8,7 +8,7 @@ import sys
 
 from finetune.optim import OPTIMIZERS
 from sparsity.bn_l1 import LAYER_CHOICES, SCHEDULES
-from yolo.data import CACHE_MODES
+from yolo.data import CACHE_MODES, data_checks
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "so the LR schedule still completes")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars")
+    p.add_argument("--strict", action="store_true",
+                   help="stop (exit 2) on any bad label row, clipped box, unreadable image or non-image file in the "
+                        "train or val split, instead of a warning that counts what was skipped")
     return p
 
 
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> None:
     from finetune.trainer import train
 
-    result = train(args)
+    with data_checks(strict=args.strict):
+        result = train(args)
     if result.run_dir is not None:
         m = result.metrics
         print(f"done: {result.epochs} epochs, {result.optimizer_steps} optimizer steps; "

@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline.run import SPARSITY_MODES, PipelineOptions, run_pipeline
 from prune.config import IMPORTANCES
 from sparsity.bn_l1 import SCHEDULES
-from yolo.data import CACHE_MODES
+from yolo.data import CACHE_MODES, check_splits, data_checks
 
 DEMO_MODEL = {
     # YOLOv5n itself (from scratch, 3 classes): it learns the demo shapes in a few minutes on two cores at 128 px
@@ -95,6 +95,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="", help="starting checkpoint: official YOLOv5 .pt or a yolov5-slim .pt")
     p.add_argument("--cfg", default="", help="or a model yaml to train from scratch in the sparse stage")
     p.add_argument("--data", required=True, help="data.yaml")
+    p.add_argument("--strict", action="store_true",
+                   help="stop (exit 2) on any bad label row, clipped box, unreadable image or non-image file in the "
+                        "data, instead of a warning that counts what was skipped")
     _add_common(p, d)
     p.set_defaults(func=run_pipeline_cli)
 
@@ -128,7 +131,10 @@ def options_from_args(args: argparse.Namespace, base: PipelineOptions | None = N
 
 
 def run_pipeline_cli(args: argparse.Namespace) -> dict:
-    return run_pipeline(options_from_args(args), new=args.new)
+    with data_checks(strict=getattr(args, "strict", False)):
+        if getattr(args, "strict", False):
+            check_splits(args.data)  # before the run folder is made
+        return run_pipeline(options_from_args(args), new=args.new)
 
 
 def demo_model_cfg() -> dict:

@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-json", nargs="?", const="auto", default=None,
                    help="write COCO-format predictions (default path: <weights stem>_predictions.json)")
     p.add_argument("--verbose", action="store_true", help="per-class AP table")
+    p.add_argument("--strict", action="store_true",
+                   help="stop (exit 2) on any bad label row, clipped box, unreadable image or non-image file in the "
+                        "split, instead of a warning that counts what was skipped")
     p.set_defaults(func=run_val)
 
 
@@ -46,7 +49,7 @@ def load_scorable(weights: str | Path, device: str = "cpu", threads: int = 0) ->
 
 
 def run_val(args: argparse.Namespace) -> dict:
-    from yolo.data import load_data_yaml
+    from yolo.data import data_checks, load_data_yaml
     from yolo.device import select_device
     from yolo.val import evaluate
 
@@ -56,10 +59,11 @@ def run_val(args: argparse.Namespace) -> dict:
     save_json = args.save_json
     if save_json == "auto":
         save_json = Path(args.weights).with_name(f"{Path(args.weights).stem}_predictions.json")
-    res = evaluate(model, data, split=args.split, imgsz=args.imgsz, batch_size=args.batch_size,
-                   conf_thres=args.conf_thres, iou_thres=args.iou_thres, max_det=args.max_det, device=device,
-                   half=args.half, rect=not args.no_rect, verbose=False, save_json=save_json, workers=args.workers,
-                   rect_batches=args.rect_batches)
+    with data_checks(strict=getattr(args, "strict", False)):
+        res = evaluate(model, data, split=args.split, imgsz=args.imgsz, batch_size=args.batch_size,
+                       conf_thres=args.conf_thres, iou_thres=args.iou_thres, max_det=args.max_det, device=device,
+                       half=args.half, rect=not args.no_rect, verbose=False, save_json=save_json,
+                       workers=args.workers, rect_batches=args.rect_batches)
     print_results(res, verbose=args.verbose)
     return res
 

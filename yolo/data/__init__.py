@@ -2,16 +2,19 @@
 
 Bad input never crashes deep inside a worker: data.yaml problems raise `DataError` (one line naming the
 file), bad label rows are skipped or clipped and listed in `LabelReport`, unreadable images are dropped
-and recorded. Nothing is ever written next to the data (no `.cache` files).
+and recorded, and every loader says what was dropped (or refuses it under --strict; yolo.data.check).
+Nothing is ever written next to the data (no `.cache` files).
 
 Modules, in the order data flows through them: `files` (image suffixes, label paths, DataError), `data_yaml`
 (load_data_yaml), `labels` (label rows), `images` (decoding, letterbox), `augment` (training warps and
-colour), `cache` (decoded images in memory), `dataset` (DetectionDataset), `loader` (create_dataloader).
+colour), `cache` (decoded images in memory), `dataset` (DetectionDataset, whose scan builds the LabelReport),
+`check` (saying that report once per split, or refusing it under --strict), `loader` (create_dataloader).
 Every public name is importable from `yolo.data` itself.
 """
 
 from yolo.data.augment import augment_hsv, box_candidates, mixup, random_perspective
 from yolo.data.cache import AUTO_CACHE_BYTES, CACHE_MODES, PackedImages
+from yolo.data.check import check_splits, data_checks, settle_report
 from yolo.data.data_yaml import DataConfig, load_data_yaml
 from yolo.data.dataset import RECT_BATCHES, DetectionDataset
 from yolo.data.files import IMG_FORMATS, DataError, PathLike, img2label_path
@@ -37,7 +40,9 @@ __all__ = [
     "PathLike",
     "augment_hsv",
     "box_candidates",
+    "check_splits",
     "create_dataloader",
+    "data_checks",
     "image_size",
     "img2label_path",
     "leave_stop_signals_to_main",
@@ -47,5 +52,6 @@ __all__ = [
     "mixup",
     "random_perspective",
     "read_label_file",
+    "settle_report",
     "worker_start_method",
 ]

@@ -10,6 +10,7 @@ Conventions (YOLOv5's, so its val/train logic ports unchanged):
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from torch.utils.data import Dataset
 
 from yolo.data.augment import augment_hsv, mixup, mosaic_tile, random_perspective, xywhn2xyxy, xyxy2xywhn
 from yolo.data.cache import CACHE_MODES, PackedImages, auto_cache_limit
-from yolo.data.files import DataError, PathLike, img2label_path
+from yolo.data.files import DataError, PathLike, img2label_path, non_image_files
 from yolo.data.images import PAD_COLOR, image_size, letterbox, load_image, scaled_side
 from yolo.data.labels import LabelIssue, LabelReport, read_label_file
 
@@ -33,8 +34,7 @@ RECT_BATCHES = ("exact", "yolov5")  # scoring batches: one shape each, or YOLOv5
 class _Scan:
     """What checking one image and its label file found (computed in a thread at dataset init)."""
 
-    size: tuple[int, int] | None
-    error: str
+    size: tuple[int, int] | None  # None: the image cannot be used (issues says why)
     labels: np.ndarray
     issues: list[LabelIssue]
     counters: dict[str, int]
@@ -46,12 +46,25 @@ def _scan_one(img: Path, nc: int | None) -> _Scan:
     try:
         size = image_size(img)
     except DataError as e:
-        return _Scan(None, str(e), empty, [], {}, "ok")
+        return _Scan(None, empty, [LabelIssue(img, 0, str(e), "unreadable", getattr(e, "kind", ""))], {}, "ok")
     lb_path = img2label_path(img)
     if not lb_path.is_file():
-        return _Scan(size, "", empty, [], {}, "missing")
+        return _Scan(size, empty, [], {}, "missing")
     labels, issues, counters = read_label_file(lb_path, nc)
-    return _Scan(size, "", labels, issues, counters, "ok" if len(labels) else "empty")
+    return _Scan(size, labels, issues, counters, "ok" if len(labels) else "empty")
+
+
+def _scan_key(files: list[Path], nc: int | None) -> str:
+    """The same images checked against the same class count give the same report: say it once per run."""
+    return hashlib.sha1("\n".join([str(nc), *map(str, files)]).encode()).hexdigest()
+
+
+def _ignored(files: list[Path]) -> list[LabelIssue]:
+    """Non-image files in the image folders (files.non_image_files), as issues the data check counts."""
+    return [
+        LabelIssue(f, 0, f"not an image ({f.suffix or 'no suffix'}), not used", "ignored", f.suffix or "no suffix")
+        for f in non_image_files(files)
+    ]
 
 
 class DetectionDataset(Dataset):
@@ -123,26 +136,29 @@ class DetectionDataset(Dataset):
         return load_image(self.im_files[index], self.img_size)
 
     def _scan(self, files: list[Path]) -> None:
-        """Check every image and parse every label once, keeping only readable images."""
+        """Check every image and parse every label once, keeping only readable images; `self.report` counts and
+        lists everything dropped, clipped or not used (the data check that create_dataloader says or enforces)."""
         nc = len(self.names) if self.names is not None else None
         workers = min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(workers) as pool:
             scans = list(pool.map(lambda f: _scan_one(f, nc), files))
-        rep = LabelReport(prefix=self.prefix)
+        rep = LabelReport(prefix=self.prefix, key=_scan_key(files, nc))
         self.im_files, self.labels, shapes = [], [], []
         for f, sc in zip(files, scans):
+            rep.issues += sc.issues
             if sc.size is None:
                 rep.unreadable += 1
-                rep.issues.append(LabelIssue(f, 0, sc.error, "unreadable"))
                 continue
             self.im_files.append(f)
             self.labels.append(sc.labels)
             shapes.append(sc.size)
-            rep.issues += sc.issues
             for k, v in sc.counters.items():
                 setattr(rep, k, getattr(rep, k) + v)
             rep.missing += sc.label_state == "missing"
             rep.empty += sc.label_state == "empty"
+        rep.label_files = len(self.im_files) - rep.missing
+        ignored = _ignored(files)
+        rep.ignored, rep.issues = len(ignored), rep.issues + ignored
         rep.images, rep.boxes = len(self.im_files), sum(len(lb) for lb in self.labels)
         self.report = rep
         if not self.im_files:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,24 +19,53 @@ _EXIF_ORIENTATION = 0x0112
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
 
 
+class UnusableImage(DataError):
+    """An image file that cannot be used; `kind` is the short reason a data check counts it under."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _unreadable(path: PathLike, e: BaseException) -> UnusableImage:
+    """Pillow's error as `<path>: unreadable image (<what Pillow said, without the path>)`."""
+    detail = " ".join(str(e).replace(repr(str(path)), "").split()) or type(e).__name__
+    return UnusableImage(f"{path}: unreadable image ({detail})", detail.split(" (")[0].rstrip(":"))
+
+
 def image_size(path: PathLike) -> tuple[int, int]:
-    """(w, h) of an image as it will be loaded (EXIF rotation applied); DataError if it is not usable."""
+    """(w, h) of an image as it will be loaded (EXIF rotation applied); `UnusableImage` (a DataError) if it is not
+    usable: not an image suffix, not decodable, or under MIN_IMAGE_SIDE pixels a side."""
     path = Path(path)
     if not is_image(path):
-        raise DataError(f"{path}: unsupported image format (expected one of {' '.join(IMG_FORMATS)})")
+        raise UnusableImage(
+            f"{path}: unsupported image format (expected one of {' '.join(IMG_FORMATS)})", "unsupported format"
+        )
     try:
         with Image.open(path) as im:
             im.verify()
         with Image.open(path) as im:  # verify() leaves the file unusable, so read the header again
             w, h = im.size
             orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+            if im.format == "JPEG" and not _ends_with_jpeg_marker(path):
+                im.load()  # verify() does not decode a JPEG: one cut short would only fail in the loader
     except _PIL_ERRORS as e:
-        raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
+        raise _unreadable(path, e) from None
     if orientation in (5, 6, 7, 8):  # rotated 90 or 270 degrees
         w, h = h, w
     if min(w, h) < MIN_IMAGE_SIDE:
-        raise DataError(f"{path}: image is {w}x{h}, expected at least {MIN_IMAGE_SIDE} px a side")
+        raise UnusableImage(
+            f"{path}: image is {w}x{h}, expected at least {MIN_IMAGE_SIDE} px a side",
+            f"smaller than {MIN_IMAGE_SIDE} px",
+        )
     return w, h
+
+
+def _ends_with_jpeg_marker(path: Path) -> bool:
+    """A complete JPEG ends with the end-of-image marker FF D9 (checked before paying for a full decode)."""
+    with open(path, "rb") as f:
+        f.seek(-2, os.SEEK_END)
+        return f.read() == b"\xff\xd9"
 
 
 def load_image(path: PathLike, img_size: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
@@ -44,7 +74,7 @@ def load_image(path: PathLike, img_size: int) -> tuple[np.ndarray, tuple[int, in
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im).convert("RGB")
     except _PIL_ERRORS as e:
-        raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
+        raise _unreadable(path, e) from None
     w0, h0 = im.size
     r = img_size / max(h0, w0)
     if r != 1:

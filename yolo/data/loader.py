@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from yolo.data.check import settle_report
 from yolo.data.dataset import DetectionDataset
 from yolo.data.files import PathLike
 
@@ -35,6 +36,9 @@ def create_dataloader(
     cache: str = "auto",
 ) -> tuple[DataLoader, DetectionDataset]:
     """Dataset + loader; DDP ranks get a DistributedSampler, rect batches are never shuffled.
+
+    What the dataset's scan dropped, clipped or did not use is said once per split per run on stderr (main
+    rank), or is an error under `data_checks(strict=True)`: see yolo.data.check.
 
     With DDP and rect, batch shapes are computed over groups of `batch_size * world_size` sorted images,
     so the interleaved sampler hands every rank images of the same group. `rect_batches="exact"` (one shape
@@ -64,6 +68,7 @@ def create_dataloader(
         rect_batches=rect_batches,
         cache=cache,
     )
+    settle_report(dataset.report, show=rank in (-1, 0))
     _share_cache_with_workers(dataset, workers)
     if rect and rect_batches == "exact":
         return DataLoader(dataset, batch_sampler=dataset.batch_indices(), **_worker_options(workers)), dataset
