@@ -272,7 +272,7 @@ def prepared_model(args: argparse.Namespace, name: str, keep: float | None, weig
 def cut(args: argparse.Namespace, model: torch.nn.Module, keep: float, data: Path):
     """Prune to keep this share of the FLOPs (slim importance, beta compensation, then the least-squares re-fit)."""
     from prune import PruneConfig, prune_model
-    from prune.cli import calib_loader
+    from prune.calib import calib_loader
     from yolo.model import detect_convs_pattern
 
     ignore = (detect_convs_pattern(model),) if args.keep_detect_inputs else ()
