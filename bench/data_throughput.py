@@ -15,7 +15,7 @@ import time
 import torch
 from common import markdown_table, need_shared, write_result
 
-from finetune.hyp import load_hyp
+from yolo.hyp import load_hyp
 from yolo.data import create_dataloader, load_data_yaml
 
 

@@ -197,7 +197,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def hyp_overrides(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, float]:
     """--hyp KEY=VALUE ... as a dict, checked against the hyperparameter bounds now rather than an hour in."""
-    from finetune.hyp import HypError, load_hyp
+    from yolo.hyp import HypError, load_hyp
 
     out = {}
     for item in items:
