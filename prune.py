@@ -29,7 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    if "val" in sub.choices:  # yolo/ runs no ONNX itself: the ONNX predictor lives in reports/
+        sub.choices["val"].set_defaults(load_onnx=onnx_predictor)
     return parser
+
+
+def onnx_predictor(path, threads: int = 0):
+    """`val` on an .onnx file: the ONNX Runtime predictor from reports/."""
+    # start-up: onnxruntime loads only when an .onnx file is scored
+    from reports.onnx_backend import OnnxDetector
+
+    return OnnxDetector(path, threads=threads)
 
 
 def main(argv: list[str] | None = None) -> int:

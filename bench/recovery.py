@@ -197,7 +197,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def hyp_overrides(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, float]:
     """--hyp KEY=VALUE ... as a dict, checked against the hyperparameter bounds now rather than an hour in."""
-    from finetune.hyp import HypError, load_hyp
+    from yolo.hyp import HypError, load_hyp
 
     out = {}
     for item in items:
@@ -272,7 +272,7 @@ def prepared_model(args: argparse.Namespace, name: str, keep: float | None, weig
 def cut(args: argparse.Namespace, model: torch.nn.Module, keep: float, data: Path):
     """Prune to keep this share of the FLOPs (slim importance, beta compensation, then the least-squares re-fit)."""
     from prune import PruneConfig, prune_model
-    from prune.cli import calib_loader
+    from prune.calib import calib_loader
     from yolo.model import detect_convs_pattern
 
     ignore = (detect_convs_pattern(model),) if args.keep_detect_inputs else ()

@@ -21,6 +21,7 @@ class EpochProgress:
 
     def __enter__(self) -> EpochProgress:
         if self.live:
+            # start-up: rich loads only when a live progress bar is shown
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(

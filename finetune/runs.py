@@ -10,7 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from yolo.fileio import atomic_write_text, increment_run_dir  # noqa: F401  (re-exported)
+from yolo.fileio import (
+    atomic_write_text,
+    increment_run_dir,  # noqa: F401  (finetune/trainer.py imports it from here; issue #30: drop after its rewrite)
+)
 
 
 def write_yaml(path: Path, data: Mapping) -> None:
@@ -84,10 +87,11 @@ PLOT_KEYS = (
 
 def plot_results(rows: Sequence[Mapping], path: Path) -> Path:
     """Loss and mAP curves by epoch (matplotlib Agg)."""
+    # matplotlib (slow to import) loads only when curves are plotted
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend on import
 
     fig, axes = plt.subplots(2, 3, figsize=(10, 5.5))
     epochs = [r["epoch"] for r in rows]

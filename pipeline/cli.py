@@ -6,10 +6,14 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
+import yaml
+
 from pipeline.run import SPARSITY_MODES, PipelineOptions, run_pipeline
 from prune.config import IMPORTANCES
 from sparsity.bn_l1 import SCHEDULES
 from yolo.data import CACHE_MODES, check_splits, data_checks
+from yolo.model import load_model_yaml
+from yolo.synthetic import make_synthetic_dataset
 
 DEMO_MODEL = {
     # YOLOv5n itself (from scratch, 3 classes): it learns the demo shapes in a few minutes on two cores at 128 px
@@ -138,18 +142,12 @@ def run_pipeline_cli(args: argparse.Namespace) -> dict:
 
 
 def demo_model_cfg() -> dict:
-    from yolo.model import load_model_yaml
-
     cfg = load_model_yaml(DEMO_MODEL["base"])
     cfg.update(width_multiple=DEMO_MODEL["width_multiple"], depth_multiple=DEMO_MODEL["depth_multiple"])
     return cfg
 
 
 def run_demo(args: argparse.Namespace) -> dict:
-    import yaml
-
-    from yolo.synthetic import make_synthetic_dataset
-
     data_dir = Path(args.data_dir)
     data_yaml = data_dir / "data.yaml"
     if not data_yaml.is_file():

@@ -10,8 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from reports.imaging import list_images
+from yolo.checkpoint import load_model
+from yolo.data import load_data_yaml
+from yolo.fileio import atomic_write_text
+from yolo.imgsz import to_shape
+from yolo.transforms import replace_focus
 
 SHAPE_HELP = "inference size: one int (square) or two ints h w; each a multiple of the model's max stride"
 
@@ -42,17 +52,14 @@ def _threads(values: list[str] | None) -> list[int | None]:
 
 
 def cmd_export(args: Any) -> int:
+    # start-up: onnx and onnxruntime load only for the commands that use them (prune.py imports every command module)
     from reports.export import ExportError, check_parity, export_onnx
-    from reports.imaging import list_images
-    from yolo.checkpoint import load_model
 
     if args.int8 and not args.calib_data:
         raise ValueError("--int8 needs --calib-data DATA.yaml (its train images calibrate the activations)")
     weights = Path(args.weights)
     model, meta = load_model(weights)
     if getattr(args, "replace_focus", False):  # exact rewrite: no Slice/Concat stem in the graph
-        from yolo.transforms import replace_focus
-
         replace_focus(model)
     imgsz = _imgsz(args.imgsz, int(meta.get("imgsz") or 640))
     out = Path(args.out) if args.out else weights.with_suffix(".onnx")
@@ -60,8 +67,6 @@ def cmd_export(args: Any) -> int:
         out = out / f"{weights.stem}.onnx"
     data = None  # read before the export, so a bad --calib-data / --parity-source leaves no file behind
     if args.calib_data:
-        from yolo.data import load_data_yaml
-
         data = load_data_yaml(args.calib_data)
     if args.parity_source:
         parity_images: list[Any] = list_images(args.parity_source)[:4]
@@ -92,16 +97,13 @@ def cmd_export(args: Any) -> int:
 
 
 def _synthetic_images(imgsz) -> list:
-    import numpy as np
-
-    from reports.imaging import to_shape
-
     h, w = to_shape(imgsz)
     rng = np.random.default_rng(0)
     return [rng.integers(0, 256, (h, int(w * 0.75), 3), dtype=np.uint8) for _ in range(2)]
 
 
 def _export_int8(args: Any, fp32: Path, data, imgsz: int) -> None:
+    # start-up: onnxruntime.quantization loads only for --int8
     from reports.quantize import quantize_best
 
     explicit = args.int8_activations != "auto"
@@ -129,12 +131,9 @@ def _export_int8(args: Any, fp32: Path, data, imgsz: int) -> None:
 
 
 def cmd_benchmark(args: Any) -> int:
-    import tempfile
-
+    # start-up: onnx and onnxruntime load only for benchmark
     from reports.export import export_onnx
     from reports.latency import add_ratios, benchmark_files
-    from yolo.checkpoint import load_model
-    from yolo.fileio import atomic_write_text
 
     imgsz = _imgsz(args.imgsz, 640)
     paths: dict[str, Path] = {}
@@ -171,6 +170,7 @@ def cmd_benchmark(args: Any) -> int:
 
 
 def _print_latency(res: dict) -> None:
+    # start-up: rich loads only when a table is printed (prune.py imports every command module to build its parser)
     from rich.console import Console
     from rich.table import Table
 
@@ -188,7 +188,7 @@ def _print_latency(res: dict) -> None:
 
 
 def cmd_report(args: Any) -> int:
-    from reports.imaging import list_images
+    # start-up: matplotlib, onnx and onnxruntime load only for report
     from reports.report import build_entries, write_report
 
     weights = {
@@ -209,8 +209,6 @@ def cmd_report(args: Any) -> int:
     run_dir = Path(args.run_dir)
     extras: dict[str, Any] = {"imgsz": imgsz}  # read before anything is written: a bad path leaves no report folder
     if args.data:
-        from yolo.data import load_data_yaml
-
         load_data_yaml(args.data)
     if args.images:
         extras["images"] = [str(p) for p in list_images(args.images)[: args.max_images]]
@@ -244,6 +242,7 @@ def _read_sweep(path: Path) -> list:
 
 
 def cmd_detect(args: Any) -> int:
+    # start-up: onnxruntime loads only for detect
     from reports.detect import detect
 
     files = detect(

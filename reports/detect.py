@@ -14,15 +14,19 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from reports.imaging import ImageLike, list_images, prepare, to_shape
+from reports.export import check_out_dir, export_ready
+from reports.imaging import ImageLike, list_images, prepare
+from reports.onnx_backend import OnnxDetector
+from yolo.boxes import scale_boxes
+from yolo.checkpoint import load_model
+from yolo.imgsz import max_stride, to_shape
+from yolo.nms import non_max_suppression
 
 
 class TorchPredictor:
     """A DetectionModel behind the predictor interface OnnxDetector has (fused, eval, CPU or CUDA)."""
 
     def __init__(self, model: torch.nn.Module, device: str = "cpu"):
-        from reports.export import export_ready, max_stride
-
         self.device = torch.device(device)
         self.model = export_ready(model).to(self.device)
         self.names = [str(n) for n in getattr(model, "names", [])]
@@ -45,11 +49,7 @@ def load_predictor(weights: str | Path | Any, threads: int | None = None, device
         return weights  # already a predictor
     p = Path(weights)
     if p.suffix.lower() == ".onnx":
-        from reports.onnx_backend import OnnxDetector
-
         return OnnxDetector(p, threads=threads)
-    from yolo.checkpoint import load_model
-
     model, _ = load_model(p)
     return TorchPredictor(model, device)
 
@@ -63,9 +63,6 @@ def predict(
     max_det: int = 300,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(detections (n, 6) xyxy conf cls in original-image pixels, the RGB original)."""
-    from yolo.boxes import scale_boxes
-    from yolo.nms import non_max_suppression
-
     fixed = getattr(predictor, "input_shape", None)
     shape, auto = (fixed, False) if fixed else (to_shape(imgsz), True)
     x, hw0, ratio_pad, rgb = prepare(img, shape, auto=auto, stride=int(getattr(predictor, "stride", 32)))
@@ -125,8 +122,6 @@ def detect(
     log=print,
 ) -> list[Path]:
     """Draw detections of `weights` on every image of `source`; returns the written files in `out`."""
-    from reports.export import check_out_dir
-
     files = list_images(source)
     out = check_out_dir(Path(out))
     predictor = load_predictor(weights, threads=threads, device=device)

@@ -23,10 +23,15 @@ from typing import Any, Union
 
 import numpy as np
 import onnx
+import onnxslim
 import torch
 from torch import nn
 
-from reports.imaging import ImageLike, prepare, to_shape
+from reports.imaging import ImageLike, prepare
+from reports.onnx_backend import OnnxDetector
+from yolo.boxes import box_iou
+from yolo.imgsz import check_imgsz, max_stride, to_shape
+from yolo.nms import non_max_suppression
 
 PRODUCER = "yolov5-slim"
 INPUT_NAME = "images"
@@ -47,29 +52,6 @@ class ExportError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------- helpers
-
-
-def max_stride(model: nn.Module) -> int:
-    stride = getattr(model, "stride", None)
-    if stride is None:
-        return 32
-    return int(torch.as_tensor(stride).max().item())
-
-
-def check_imgsz(imgsz: int | Sequence[int], stride: int, flag: str = "--imgsz") -> tuple[int, int]:
-    """(h, w) of the export; each side must be a positive multiple of the model's max stride."""
-    try:
-        h, w = to_shape(imgsz)
-    except (TypeError, ValueError) as e:
-        raise ExportError(f"{flag}: {e}") from None
-    bad = [s for s in (h, w) if s <= 0 or s % stride]
-    if bad:
-        shown = " ".join(str(v) for v in ((h,) if h == w else (h, w)))
-        raise ExportError(
-            f"{flag} {shown}: {bad[0]} is not a multiple of the model's max stride {stride} "
-            f"(use e.g. {max(stride, round(bad[0] / stride) * stride)})"
-        )
-    return h, w
 
 
 def check_out_dir(folder: Path) -> Path:
@@ -145,23 +127,6 @@ def build_metadata(model: nn.Module, hw: tuple[int, int], dynamic: str, extra: d
     return {k: _meta_value(v) for k, v in md.items()}
 
 
-def read_metadata(path_or_model: str | Path | onnx.ModelProto) -> dict[str, Any]:
-    """metadata_props of an ONNX file, JSON values decoded (official YOLOv5 dict-literal names too)."""
-    import ast
-
-    m = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model))
-    out: dict[str, Any] = {}
-    for p in m.metadata_props:
-        try:
-            out[p.key] = json.loads(p.value)
-        except json.JSONDecodeError:
-            try:
-                out[p.key] = ast.literal_eval(p.value)
-            except (ValueError, SyntaxError):
-                out[p.key] = p.value
-    return out
-
-
 def export_ready(model: nn.Module) -> nn.Module:
     """A float32 CPU eval copy with BatchNorm folded and Detect returning only the decoded tensor."""
     m = copy.deepcopy(model).float().cpu().eval()
@@ -182,8 +147,6 @@ def _unlink(*paths: Path | None) -> None:
 
 
 def _slim(model_proto: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxslim
-
     slimmed = onnxslim.slim(model_proto)
     if not isinstance(slimmed, onnx.ModelProto):
         raise RuntimeError(f"onnxslim returned {type(slimmed).__name__}")
@@ -211,7 +174,7 @@ def export_onnx(
     if path.suffix.lower() != ".onnx":
         path = path.with_suffix(".onnx")
     stride = max_stride(model)
-    hw = check_imgsz(imgsz, stride)
+    hw = check_imgsz(imgsz, stride, error=ExportError)
     mode = normalise_dynamic(dynamic)
     check_out_dir(path.parent)
 
@@ -323,8 +286,6 @@ def _first(out: Any) -> torch.Tensor:
 
 def _match_detections(a: np.ndarray, b: np.ndarray, conf_thres: float, score_tol: float):
     """Pair (n, 6) detections of equal class by best IoU; returns box/score diffs and unmatched counts."""
-    from yolo.boxes import box_iou
-
     box_d, score_d, used = [], [], set()
     unmatched = borderline = 0
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
@@ -370,9 +331,6 @@ def check_parity(
     numerically sensitive model cannot meet in any fp32 runtime. Raises ExportError when a difference is beyond
     the tolerances (unless raise_on_fail=False).
     """
-    from reports.onnx_backend import OnnxDetector
-    from yolo.nms import non_max_suppression
-
     if not images:
         raise ValueError("check_parity needs at least one image")
     det = OnnxDetector(onnx_path, threads=threads)

@@ -12,7 +12,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from yolo.data import letterbox as yolo_letterbox
+from yolo.data import letterbox
+from yolo.imgsz import to_shape
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 ImageLike = Union[str, Path, np.ndarray]
@@ -40,23 +41,6 @@ def as_rgb(img: ImageLike) -> np.ndarray:
     if a.dtype != np.uint8:
         a = np.clip(a, 0, 255).astype(np.uint8)
     return a
-
-
-def letterbox(img: np.ndarray, new_shape: tuple[int, int], auto: bool = False, stride: int = 32):
-    """Resize keeping the aspect ratio and pad to `new_shape` (h, w): returns (img, ratio, (dw, dh))."""
-    return yolo_letterbox(img, new_shape, auto=auto, stride=stride)
-
-
-def to_shape(imgsz: int | Sequence[int]) -> tuple[int, int]:
-    """An int or (h, w) / [h] as a (h, w) tuple."""
-    if isinstance(imgsz, (int, np.integer)):
-        return int(imgsz), int(imgsz)
-    s = [int(v) for v in imgsz]
-    if len(s) == 1:
-        return s[0], s[0]
-    if len(s) != 2:
-        raise ValueError(f"image size must be one or two integers, got {list(imgsz)}")
-    return s[0], s[1]
 
 
 def prepare(img: ImageLike, shape: int | Sequence[int], auto: bool = False, stride: int = 32):

@@ -10,12 +10,20 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
+import torch
+
+from reports.export import export_ready
+from reports.onnx_backend import OnnxDetector
+from yolo.device import usable_cores
+from yolo.imgsz import to_shape
 
 CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "f16c")
 
@@ -34,8 +42,6 @@ def cpu_info() -> dict[str, Any]:
             model = value.strip()
         elif key == "flags" and not flags:
             flags = set(value.split())
-    from yolo.device import usable_cores
-
     return {
         "model": model,
         "flags": [f for f in CPU_FLAGS if f in flags],
@@ -47,20 +53,13 @@ def cpu_info() -> dict[str, Any]:
 
 def environment() -> dict[str, Any]:
     """Versions and machine facts a latency figure depends on."""
-    import sys
-
     env: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(), "cpu": cpu_info()}
     for mod in ("torch", "onnxruntime", "onnx", "numpy"):
         try:
             env[mod] = __import__(mod).__version__
         except ImportError:
             env[mod] = None
-    try:
-        import torch
-
-        env["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        env["cuda"] = None
+    env["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return env
 
 
@@ -89,9 +88,6 @@ class OnnxRunner(Runner):
 
     def __init__(self, path: str | Path, threads: int | None = 1, imgsz: int | Sequence[int] = 640, batch: int = 1,
                  io_binding: bool = False):
-        from reports.imaging import to_shape
-        from reports.onnx_backend import OnnxDetector
-
         self.det = OnnxDetector(path, threads=threads)
         self.threads = threads
         shape = self.det.input_shape or to_shape(imgsz)
@@ -104,8 +100,6 @@ class OnnxRunner(Runner):
             self.kind = "onnxruntime-iobinding"
 
     def _bind(self):
-        import onnxruntime as ort
-
         session = self.det.session
         binding = session.io_binding()
         self._x_value = ort.OrtValue.ortvalue_from_numpy(self.x)
@@ -128,11 +122,6 @@ class TorchRunner(Runner):
     kind = "torch"
 
     def __init__(self, model, threads: int | None = 1, imgsz: int | Sequence[int] = 640, device: str = "cpu"):
-        import torch
-
-        from reports.export import export_ready
-        from reports.imaging import to_shape
-
         self.torch = torch
         self.device = torch.device(device)
         self.model = export_ready(model).to(self.device)

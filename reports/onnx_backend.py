@@ -17,6 +17,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from reports.onnx_meta import read_metadata
+
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """CPU session options: `threads` intra-op threads (None/0 = ORT's default, all physical cores)."""
@@ -39,8 +41,6 @@ class OnnxDetector:
     """Runs a YOLOv5 ONNX file (ours or official) on the CPU provider."""
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None):
-        from reports.export import read_metadata
-
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX model {self.path} not found")

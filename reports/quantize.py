@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -29,7 +30,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from reports.imaging import prepare, to_shape
+from reports.export import check_out_dir
+from reports.imaging import prepare
+from reports.latency import OnnxRunner, benchmark
+from reports.onnx_backend import OnnxDetector
+from reports.onnx_meta import read_metadata
+from yolo.data import load_data_yaml
+from yolo.fileio import atomic_write_text
+from yolo.imgsz import to_shape
+from yolo.val import evaluate
 
 ACTIVATIONS = {"u8": "QUInt8", "s8": "QInt8"}
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -106,6 +115,7 @@ def float_decode_check(model: onnx.ModelProto | str | Path) -> list[str]:
 
 
 def _reader_base():
+    # onnxruntime.quantization (heavy) loads only when a model is quantized
     from onnxruntime.quantization import CalibrationDataReader
 
     return CalibrationDataReader
@@ -198,9 +208,8 @@ def quantize_int8(
 
     The first `config.images` images are used. Metadata of the fp32 file is carried over, plus `int8`.
     """
+    # onnxruntime.quantization (heavy) loads only when a model is quantized
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from reports.export import check_out_dir, read_metadata
 
     cfg = (config or Int8Config()).validate()
     fp32_path, out_path = Path(fp32_path), Path(out_path)
@@ -221,6 +230,7 @@ def quantize_int8(
     try:
         src = tmpdir / "prep.onnx"
         if preprocess:
+            # onnxruntime.quantization (heavy) loads only when a model is quantized
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
             try:
@@ -364,8 +374,6 @@ def select_int8(
     Kept: the fastest variant faster than fp32 whose mAP50-95 is within `map_tolerance` of fp32's (accuracy
     is not checked without data). None kept when no variant qualifies: fp32 stays the deliverable.
     """
-    from reports.latency import OnnxRunner, benchmark
-
     fp32_path, out_dir = Path(fp32_path), Path(out_dir)
     results: list[Int8Result] = []
     for cfg in configs:
@@ -395,9 +403,6 @@ def select_int8(
         log(f"int8 {Path(r.path).stem}: {r.latency_ms:.1f} ms vs fp32 {base:.1f} ms ({r.ratio_to_fp32:.2f}x the time)")
 
     if data_cfg is not None:
-        from reports.onnx_backend import OnnxDetector
-        from yolo.val import evaluate
-
         kw = {"batch_size": 8, "progress": False, **(eval_kwargs or {})}
         m = evaluate(OnnxDetector(fp32_path), data_cfg, **kw)
         sel.metrics[str(fp32_path)] = m
@@ -449,10 +454,6 @@ def quantize_best(
     `latency` uses the report's setting name ('onnxruntime 1 thread'); selection details are in notes.
     A JSON summary is written next to `out_path` (same stem, .json).
     """
-    import shutil
-
-    from yolo.data import load_data_yaml
-
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     cfg_data = data if hasattr(data, "train") else load_data_yaml(data)
     images = list(cfg_data.train)[:calib_images]
@@ -486,8 +487,6 @@ def quantize_best(
             result["notes"]["deliverable"] = str(out_path)
         else:
             result["notes"]["not_kept"] = "measured for the report only: " + sel.reason
-    from yolo.fileio import atomic_write_text
-
     summary = {k: v for k, v in result.items() if k != "metrics"}
     atomic_write_text(out_path.with_suffix(".json"), json.dumps(summary, indent=2, default=str) + "\n")
     log(f"int8: {sel.reason}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,8 +18,21 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
 from reports import plots
-from reports.latency import environment
+from reports.detect import load_predictor, side_by_side
+from reports.export import check_out_dir, check_parity, export_onnx, prune_summary
+from reports.latency import OnnxRunner, benchmark, cpu_info, environment
+from reports.onnx_backend import OnnxDetector
+from yolo.checkpoint import load_model
+from yolo.data import load_data_yaml
+from yolo.fileio import atomic_write_text, plain
+from yolo.flops import count_gflops, count_params
+from yolo.val import evaluate
 
 SCHEMA = "yolov5-slim.report/1"
 ROLE_ORDER = ("baseline", "pruned", "finetuned", "int8")
@@ -78,8 +90,6 @@ class ModelEntry:
             **kw,
         )
         if model is not None:
-            from yolo.flops import count_gflops, count_params
-
             e.params = e.params if e.params is not None else count_params(model)
             e.gflops = e.gflops if e.gflops is not None else count_gflops(model, imgsz)
         if pt_path and Path(pt_path).is_file():
@@ -100,28 +110,7 @@ class ModelEntry:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "model"}
-        return _plain(d)
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if hasattr(v, "item") and callable(v.item):
-        try:
-            return v.item()
-        except (ValueError, RuntimeError):
-            pass
-    if hasattr(v, "tolist"):
-        return v.tolist()
-    return str(v)
+        return plain(d, for_json=True)
 
 
 def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
@@ -198,8 +187,6 @@ def make_plots(run_dir: Path, entries: Sequence[ModelEntry], extras: Mapping[str
 
 def detection_panels(run_dir: Path, entries: Sequence[ModelEntry], images: Sequence[Any], extras) -> list[Path]:
     """Baseline vs the other models' detections side by side on a few images."""
-    from reports.detect import load_predictor, side_by_side
-
     preds = []
     for e in entries:
         src = e.model if e.model is not None else (e.onnx_path or e.path)
@@ -261,13 +248,8 @@ def table_rows(entries: Sequence[ModelEntry], p90: bool = True, sep: str = " ") 
 
 
 def print_table(entries: Sequence[ModelEntry], console=None, title: str = "yolov5-slim report") -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     header, rows = table_rows(entries, p90=False, sep="\n")
     lat = next((k for e in entries for k in e.latency if (e.main_latency is e.latency[k])), None)
-    from rich import box
-
     caption = f"ms: median, {lat}; ratios and mAP differences vs the baseline" if lat else None
     t = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for i, h in enumerate(header):
@@ -341,9 +323,6 @@ def write_report(
     print_summary: bool = True,
 ) -> dict[str, Path]:
     """Write report.json, report.md and the plots into `run_dir`; print the rich table. Returns the paths."""
-    from reports.export import check_out_dir
-    from yolo.fileio import atomic_write_text
-
     if not entries:
         raise ValueError("a report needs at least one model entry")
     order = {r: i for i, r in enumerate(ROLE_ORDER)}
@@ -355,14 +334,14 @@ def write_report(
     report = {
         "schema": SCHEMA,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
-        "arguments": _plain(dict(args or {})),
+        "arguments": plain(dict(args or {}), for_json=True),
         "environment": env,
         "packages": package_versions(),
         "baseline": (_baseline(entries).role if entries else None),
         "models": [e.to_dict() for e in entries],
         "comparisons": comparisons(entries),
         "plots": [p.name for p in plot_files],
-        "extras": _plain({k: v for k, v in extras.items() if k not in ("gamma_models",)}),
+        "extras": plain({k: v for k, v in extras.items() if k not in ("gamma_models",)}, for_json=True),
     }
     paths = {
         "json": atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2) + "\n"),
@@ -413,13 +392,6 @@ def build_entries(
     A model whose class count differs from the data's is an error (yolo.val.ScoringError), unless
     skip_other_classes: then it is measured but not scored (a pipeline's transfer-learning start point).
     """
-    import numpy as np
-
-    from reports.export import check_parity, export_onnx
-    from reports.latency import OnnxRunner, benchmark, cpu_info
-    from reports.onnx_backend import OnnxDetector
-    from yolo.checkpoint import load_model
-
     run_dir = Path(run_dir)
     entries: list[ModelEntry] = []
     for role, w in weights.items():
@@ -441,8 +413,6 @@ def build_entries(
             e.notes["parity"] = parity.to_dict()
             prune_ops = [h for h in meta.get("history", []) if isinstance(h, dict) and h.get("op") == "prune"]
             if prune_ops:
-                from reports.export import prune_summary
-
                 e.notes["prune"] = prune_summary(prune_ops)
         entries.append(e)
     cores = cpu_info()["usable_cores"]
@@ -459,9 +429,6 @@ def build_entries(
         if t is None and n == 1:
             break
     if data is not None:
-        from yolo.data import load_data_yaml
-        from yolo.val import evaluate
-
         kw = {"batch_size": 8, "progress": False, **dict(eval_kwargs or {})}
         if evaluator == "auto":
             evaluator = "torch" if all(e.model is not None for e in entries) else "onnx"

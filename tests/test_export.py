@@ -19,9 +19,9 @@ from reports.export import (
     check_parity,
     export_onnx,
     prune_summary,
-    read_metadata,
 )
 from reports.onnx_backend import OnnxDetector
+from reports.onnx_meta import read_metadata
 from yolo.model import build_model, load_model_yaml
 
 

@@ -1,10 +1,19 @@
-"""`val`: score a checkpoint (.pt, official or ours) or an exported .onnx on a data.yaml split."""
+"""`val`: score a checkpoint (.pt, official or ours) or an exported .onnx on a data.yaml split.
+
+The detector package does not run ONNX files itself: the command line that registers `val` (prune.py) hands it
+an ONNX predictor as the `load_onnx` default, so yolo/ imports no stage.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from yolo.checkpoint import load_model
+from yolo.data import data_checks, load_data_yaml
+from yolo.device import select_device
+from yolo.val import evaluate
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,27 +44,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_val)
 
 
-def load_scorable(weights: str | Path, device: str = "cpu", threads: int = 0) -> Any:
-    """A torch model or an ONNX Runtime predictor, chosen by file suffix."""
+def load_scorable(
+    weights: str | Path, device: str = "cpu", threads: int = 0, load_onnx: Callable[..., Any] | None = None
+) -> Any:
+    """A torch model, or for an .onnx file what `load_onnx(path, threads=threads)` returns (an ONNX Runtime
+    predictor with the interface `yolo.val.evaluate` accepts)."""
     weights = Path(weights)
     if weights.suffix.lower() == ".onnx":
-        from reports.onnx_backend import OnnxDetector
-
-        return OnnxDetector(weights, threads=threads)
-    from yolo.checkpoint import load_model
-
+        if load_onnx is None:
+            raise ValueError(f"{weights}: scoring an .onnx file needs an ONNX predictor (run `prune.py val`)")
+        return load_onnx(weights, threads=threads)
     model, _ = load_model(weights, device)
     return model
 
 
 def run_val(args: argparse.Namespace) -> dict:
-    from yolo.data import data_checks, load_data_yaml
-    from yolo.device import select_device
-    from yolo.val import evaluate
-
     device = select_device(args.device)
     data = load_data_yaml(args.data)
-    model = load_scorable(args.weights, str(device), args.threads)
+    model = load_scorable(args.weights, str(device), args.threads, getattr(args, "load_onnx", None))
     save_json = args.save_json
     if save_json == "auto":
         save_json = Path(args.weights).with_name(f"{Path(args.weights).stem}_predictions.json")
@@ -69,6 +75,7 @@ def run_val(args: argparse.Namespace) -> dict:
 
 
 def print_results(res: dict, verbose: bool = False) -> None:
+    # start-up: rich loads only when a command prints a table (prune.py imports every command module)
     from rich.console import Console
     from rich.table import Table
 

@@ -9,6 +9,7 @@ Runtime session wrapper) with `names`, `stride`, `input_shape` and `__call__(flo
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ import torch
 from torch import nn
 
 from yolo.boxes import scale_boxes, xywh2xyxy
+from yolo.data import create_dataloader, load_data_yaml
+from yolo.fileio import atomic_write_text
 from yolo.metrics import (
     DetectionStats,
     coco_evaluate,
@@ -27,6 +30,7 @@ from yolo.metrics import (
     image_id_from_path,
     predictions_to_coco,
 )
+from yolo.model import de_parallel
 from yolo.nms import non_max_suppression
 
 
@@ -55,8 +59,6 @@ def _sync(device: torch.device) -> None:
 def _predictor(model: Any, device: torch.device, half: bool) -> tuple[Callable, list[str], int, Any]:
     """A callable images->decoded predictions, class names, max stride and fixed input shape (or None)."""
     if isinstance(model, nn.Module):
-        from yolo.model import de_parallel
-
         m = de_parallel(model)
         m.eval().to(device)
         if half:
@@ -94,8 +96,6 @@ def build_val_loader(
     `rect_batches="exact"` batches only images of one letterboxed shape, so the score does not depend on
     the batch size; "yolov5" pads consecutive groups to a common shape as the official val.py does.
     """
-    from yolo.data import create_dataloader
-
     files = getattr(data_cfg, split)
     if not files:
         raise ScoringError(f"{data_cfg.yaml_path}: split '{split}' has no images")
@@ -139,8 +139,6 @@ def evaluate(
     """Score `model` on a split; returns COCO mAP (pycocotools), YOLOv5-style P/R and per-stage speed.
 
     `stats`, when given (empty), receives the per-image matches (for a paired bootstrap of two models' scores)."""
-    from yolo.data import load_data_yaml
-
     if not hasattr(data_cfg, "names"):
         data_cfg = load_data_yaml(data_cfg)
     device = torch.device(device) if not isinstance(device, torch.device) else device
@@ -255,8 +253,6 @@ def map_by_size(stats: list[float], gt: dict) -> dict[str, float | None]:
 
 
 def _write_json(path: Path, rows: list[dict]) -> None:
-    from yolo.fileio import atomic_write_text
-
     atomic_write_text(path, json.dumps(rows))
 
 
@@ -268,10 +264,9 @@ class _progress:
         self._bar = None
 
     def __enter__(self) -> Callable[[], None]:
-        import sys
-
         if not (self.enabled and sys.stderr.isatty()):
             return lambda: None
+        # start-up: rich loads only when a live progress bar is shown
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
         self._bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
