@@ -7,8 +7,11 @@ import os
 import sys
 
 from finetune.optim import OPTIMIZERS
+from finetune.trainer import NonFiniteLossError, train
 from sparsity.bn_l1 import LAYER_CHOICES, SCHEDULES
+from sparsity.targeted import parse_target
 from yolo.data import CACHE_MODES
+from yolo.errors import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,8 +85,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.sparsity_target:
-        from sparsity.targeted import parse_target
-
         try:
             args.sparsity_target = parse_target(args.sparsity_target)
         except ValueError as e:
@@ -101,9 +102,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from finetune.trainer import NonFiniteLossError
-    from yolo.errors import run_cli
-
     args = parse_args(argv)
     debug = bool(os.environ.get("YOLO_SLIM_DEBUG"))
     try:
@@ -113,8 +111,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from finetune.trainer import train
-
     result = train(args)
     if result.run_dir is not None:
         m = result.metrics

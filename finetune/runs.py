@@ -84,6 +84,8 @@ PLOT_KEYS = (
 
 def plot_results(rows: Sequence[Mapping], path: Path) -> Path:
     """Loss and mAP curves by epoch (matplotlib Agg)."""
+    # imported here, not at the top: pyplot must load after the Agg backend is chosen, and choosing it at import
+    # time would be a side effect on every importer of this module
     import matplotlib
 
     matplotlib.use("Agg")
