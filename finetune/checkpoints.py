@@ -10,7 +10,7 @@ from pathlib import Path
 from finetune.options import RESUME_OVERRIDABLE, TrainError, TrainingInterrupted, TrainOptions, TrainResult
 from finetune.progress import log
 from finetune.state import rng_state, set_rng_state
-from yolo.checkpoint import read_checkpoint, save_checkpoint
+from yolo.checkpoint import CheckpointError, read_checkpoint, safe_torch_load, save_checkpoint
 
 
 class RunCheckpoints:
@@ -50,6 +50,7 @@ class RunCheckpoints:
 
     def _train_state(self) -> dict:
         epoch, it = self.position
+        model, rng = self._position_model_and_rng()
         return {
             "epoch": epoch,
             "iter": it,
@@ -57,13 +58,13 @@ class RunCheckpoints:
             "optimizer_steps": self.optimizer_steps,
             "best_fitness": self.best_fitness,
             "metrics": {k: float(v) for k, v in self.metrics.items()},
-            "model": {k: v.detach().cpu().clone() for k, v in self.bare_model.state_dict().items()},
+            "model": model,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ema_updates": self.ema.updates,
             "opt": self.opt.plain(),
             "hyp": dict(self.hyp),
-            "rng": rng_state(),
+            "rng": rng,
             "callbacks": self.callbacks.state_dict(),
             "source_meta": self.source_meta,
             "new_head": self.new_head,
@@ -72,6 +73,16 @@ class RunCheckpoints:
             "train_seconds": self.elapsed_seconds(),
             "epoch_loss": {"mean": self.position_loss[0].tolist(), "seen": self.position_loss[1]} if it else None,
         }
+
+    def _position_model_and_rng(self) -> tuple[dict, dict]:
+        """The training weights and RNG state at `position`: mid-epoch, the buffers (BatchNorm statistics) and RNG
+        saved with it, so that the batches after it, redone on resume, do not count twice."""
+        model = {k: v.detach().cpu().clone() for k, v in self.bare_model.state_dict().items()}
+        extras = self.position_extras
+        if not extras:
+            return model, rng_state()
+        model.update({k: v.detach().cpu().clone() for k, v in extras["buffers"].items() if k in model})
+        return model, extras["rng"]
 
     def save_interrupted(self, terminated: bool = False) -> TrainingInterrupted:
         epoch, it = self.position
@@ -130,7 +141,7 @@ def resolve_resume(opt: TrainOptions) -> tuple[TrainOptions, Resume | None]:
     if not opt.resume:
         return opt, None
     path = find_resume_checkpoint(opt.resume, opt.project)
-    ckpt = read_checkpoint(path)
+    ckpt = read_run_checkpoint(path)
     state = ckpt.get("train_state")
     if not state:
         raise TrainError(f"{path}: holds no training state to resume (a best.pt or a final export?)")
@@ -144,6 +155,28 @@ def resolve_resume(opt: TrainOptions) -> tuple[TrainOptions, Resume | None]:
         raise TrainError(f"{path}: training to {saved.epochs} epochs is finished; nothing to resume")
     run_dir = path.parent.parent if path.parent.name == "weights" else path.parent
     return saved, Resume(path, state, run_dir)
+
+
+def read_run_checkpoint(path: Path) -> dict:
+    """A checkpoint written by this tool, for --resume; anything else is one line naming the file and what was
+    expected (never PyTorch's own advice, which for a refused pickle is to load it unsafely)."""
+    try:
+        return read_checkpoint(path)  # weights_only: nothing in the file runs
+    except CheckpointError:
+        raise TrainError(f"--resume {path}: {_why_not_ours(path)}; expected the weights/last.pt of a finetune.py "
+                         "run") from None
+
+
+def _why_not_ours(path: Path) -> str:
+    """What the file is instead, found through the allow-listing unpickler the weights loaders use: a hostile
+    pickle is refused there too, naming what it asked for, and nothing from it runs."""
+    try:
+        obj = safe_torch_load(path)
+    except CheckpointError as e:
+        return str(e).removeprefix(f"{path}: ")
+    if isinstance(obj, dict) and ("model" in obj or "ema" in obj):
+        return "an official YOLOv5 checkpoint, not a run of this tool (start one with --weights)"
+    return f"not a checkpoint of this tool (it holds a {type(obj).__name__})"
 
 
 def find_resume_checkpoint(resume: str | bool, project: str | Path) -> Path:

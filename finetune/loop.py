@@ -16,6 +16,7 @@ from finetune.options import NonFiniteLossError
 from finetune.progress import EpochProgress, is_tty, log
 from finetune.results import LOSS_NAMES, METRIC_KEYS, fitness, format_row
 from finetune.runs import plot_results
+from finetune.state import rng_state
 from yolo.errors import deferred_interrupts, raise_if_terminated
 from yolo.val import evaluate
 
@@ -35,7 +36,7 @@ class EpochLoop:
         self.optimizer.zero_grad()
         self.callbacks.run("on_epoch_start", self)
         self.mloss, self.seen = self._epoch_loss_so_far(start)
-        self.position_loss = (self.mloss.clone(), self.seen)
+        self._mark_position(epoch, start)
         self.epoch_t0 = time.time()
         live = is_tty() and self.is_main and not self.opt.quiet
         extra = [n.split("/")[-1].replace("_loss", "") for n in self.loss_names[len(LOSS_NAMES):]]
@@ -85,8 +86,21 @@ class EpochLoop:
         if ni - self.last_opt_step >= self.accumulate:
             self.optimizer_step()
             self.last_opt_step = ni
-            self.position = (self.epoch, i + 1)
-            self.position_loss = (self.mloss.clone(), self.seen)  # batches after this step are redone on resume
+            self._mark_position(self.epoch, i + 1)  # batches after this step are redone on resume
+
+    def _mark_position(self, epoch: int, batch: int) -> None:
+        """Where a resume continues inside an epoch (the next batch to train), with what last.pt must hold as it
+        was there, since the batches after it are redone on resume: the epoch's running loss, and the BatchNorm
+        statistics and RNG state, which those batches' forward passes and augmentations have moved on."""
+        self.position = (epoch, batch)
+        self.position_loss = (self.mloss.clone(), self.seen)
+        buffers = {k: v.detach().clone() for k, v in self.bare_model.named_buffers()}
+        self.position_extras = {"buffers": buffers, "rng": rng_state()}
+
+    def _mark_epoch_done(self, epoch: int) -> None:
+        """The position after a finished epoch: everything is current, nothing is redone."""
+        self.position = (epoch + 1, 0)
+        self.position_extras = None
 
     def optimizer_step(self) -> None:
         self.scaler.unscale_(self.optimizer)
@@ -118,7 +132,7 @@ class EpochLoop:
         self.callbacks.run("on_epoch_end", self, row)
         if self.is_main:
             self._write_epoch(epoch, row, is_best, scored)
-        self.position = (epoch + 1, 0)
+        self._mark_epoch_done(epoch)
 
     def elapsed_seconds(self) -> float:
         """Training time of the run so far, including the processes before a resume."""
@@ -168,7 +182,7 @@ class EpochLoop:
         row["time"] = time.time() - self.epoch_t0
         with deferred_interrupts():  # a Ctrl-C / SIGTERM here waits, so the row, last.pt and best.pt agree
             self.results.append(row)
-            self.position = (epoch + 1, 0)
+            self._mark_epoch_done(epoch)
             self.save_last()
             if is_best:
                 self.save_checkpoint(self.best_path, with_state=False)

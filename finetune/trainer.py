@@ -89,6 +89,7 @@ class Trainer(RunSetup, EpochLoop, RunCheckpoints):
         self.position = (0, 0)  # (epoch, batch) a resume continues from
         self.mloss, self.seen = torch.zeros(3), 0  # the epoch's running mean loss over `seen` batches
         self.position_loss = (self.mloss, 0)  # the running mean at `position`
+        self.position_extras: dict | None = None  # BatchNorm buffers and RNG state at a mid-epoch `position`
 
     @property
     def is_main(self) -> bool:
