@@ -11,7 +11,7 @@ from typing import Optional, Union
 from torch import nn
 
 # what a --resume call may change; every other option is the run's own (from its last.pt)
-RESUME_OVERRIDABLE = ("device", "workers", "cache", "quiet", "time_limit")
+RESUME_OVERRIDABLE = ("device", "workers", "threads", "cache", "quiet", "time_limit")
 
 
 @dataclass
@@ -28,6 +28,7 @@ class TrainOptions:
     imgsz: int = 640
     device: str = ""
     workers: Optional[int] = None  # None: resolve_workers picks (0 on a small CPU, else 8)
+    threads: Optional[int] = None  # torch threads; None: OMP_NUM_THREADS, else cores less workers (CPU)
     cache: str = "auto"  # training images kept decoded in memory: auto, ram or no (yolo.data.CACHE_MODES)
     optimizer: str = "SGD"
     cos_lr: bool = False
@@ -44,6 +45,7 @@ class TrainOptions:
     close_mosaic: int = 0
     freeze_bn_stats: bool = False  # BatchNorms normalise with their running statistics while training (eval mode)
     freeze: list = field(default_factory=lambda: [0])
+    new_head: bool = False  # a new Detect head even when the model has the data's class count
     sparsity: float = 0.0
     sparsity_schedule: str = "constant"
     sparsity_layers: str = "all"

@@ -17,15 +17,15 @@ from finetune.optim import build_optimizer, nominal_accumulate, warmup_iters
 from finetune.options import TrainError
 from finetune.progress import log
 from finetune.results import target_text
-from finetune.runs import increment_run_dir, write_yaml
+from finetune.runs import increment_run_dir, unwritable_reason, write_yaml
 from prune.sparse_target import TargetedSelection, prunable_bn_names
 from sparsity.callback import SparsityCallback
 from yolo.checkpoint import load_model
 from yolo.data import create_dataloader, load_data_yaml
-from yolo.device import usable_cores
+from yolo.device import set_torch_threads, usable_cores
 from yolo.loss import YoloLoss, scale_loss_gains
 from yolo.model import build_model, reset_detect_head
-from yolo.val import build_val_loader
+from yolo.val import build_val_loader, short_names
 
 
 class RunSetup:
@@ -48,8 +48,20 @@ class RunSetup:
         if o.schedule_start and not o.schedule_epochs:
             raise TrainError(f"--schedule-start {o.schedule_start} needs --schedule-epochs (the whole schedule's "
                              "length)")
+        if o.threads is not None and o.threads < 1:
+            raise TrainError(f"--threads {o.threads}: must be >= 1 (leave it out for the default)")
         if o.time_limit < 0:
             raise TrainError(f"--time-limit {o.time_limit}: minutes must be >= 0 (0 = no limit)")
+        self._check_run_location()
+
+    def _check_run_location(self) -> None:
+        """Before any work: the run folder can be written (a resumed run's own folder, else under --project)."""
+        if not self.is_main:
+            return
+        flag, folder = ("--resume", self.resume.run_dir) if self.resume else ("--project", Path(self.opt.project))
+        why = unwritable_reason(folder)
+        if why:
+            raise TrainError(f"{flag} {folder}: the run folder cannot be written there ({why})")
 
     def _setup_data(self) -> None:
         self.data_cfg = load_data_yaml(self.opt.data)
@@ -57,12 +69,9 @@ class RunSetup:
     def _setup_model(self) -> None:
         model, meta = self._load_initial_model()
         nc, names = self.data_cfg.nc, list(self.data_cfg.names)
-        self.new_head = False
-        if model.nc != nc:
-            log(f"transfer learning: the model has {model.nc} classes, {self.opt.data} has {nc}: "
-                "new Detect head", self.is_main)
+        self.new_head = self._needs_new_head(model)
+        if self.new_head:
             reset_detect_head(model, nc, names)
-            self.new_head = True
         model.names = names
         freeze_layers(model, self.opt.freeze)
         self.model = model.to(self.device)
@@ -70,6 +79,26 @@ class RunSetup:
         if self.resume:
             self.source_meta = dict(self.resume.state["source_meta"])
             self.new_head = bool(self.resume.state.get("new_head", False))
+
+    def _needs_new_head(self, model: nn.Module) -> bool:
+        """A new Detect head for another class count (transfer learning) or on --new-head. The same count under
+        other names keeps the trained head, which is right for a renaming and wrong for other classes: said in
+        one line with the way to a new head, never silently."""
+        o, nc, names = self.opt, self.data_cfg.nc, list(self.data_cfg.names)
+        if self.resume:
+            return False  # the run's model already has the data's head and names
+        if model.nc != nc:
+            log(f"transfer learning: the model has {model.nc} classes, {o.data} has {nc}: new Detect head",
+                self.is_main)
+            return True
+        if o.new_head:
+            log(f"--new-head: a new Detect head for the {nc} classes of {o.data}", self.is_main)
+            return True
+        if o.weights and list(model.names) != names:
+            log(f"warning: {o.weights} predicts {short_names(model.names)}; {o.data} names its {nc} classes "
+                f"{short_names(names)}: the trained Detect head is kept and its classes renamed in order "
+                "(--new-head trains a new head for other classes)", self.is_main)
+        return False
 
     def _load_initial_model(self) -> tuple[nn.Module, dict]:
         if self.resume:
@@ -187,15 +216,22 @@ def resolve_workers(workers: int | None, device: torch.device, world_size: int =
     return 8
 
 
-def set_cpu_threads(workers: int, world_size: int = 1) -> int:
-    """Leave a core per dataloader worker (and per DDP process) for CPU training.
+def set_training_threads(
+    requested: int | None, device: torch.device, workers: int, world_size: int = 1
+) -> tuple[int, str]:
+    """Torch's intra-op threads for training, and why: --threads; else OMP_NUM_THREADS when set; else on a CPU a
+    core per process less one per dataloader worker, on a GPU torch's own default.
 
     Intra-op threads that share cores with the augmentation workers spin against them: on a 2-core machine a
     tiny model trained 8x slower with two threads and two workers than with one thread.
     """
-    n = max(1, usable_cores() // max(1, world_size) - workers)
-    torch.set_num_threads(n)
-    return n
+    if device.type == "cpu":
+        cores = usable_cores() // max(1, world_size)
+        default = max(1, cores - workers)
+        why = f"{cores} usable cores{' per process' if world_size > 1 else ''} less {workers} loader workers"
+    else:
+        default, why = torch.get_num_threads(), "torch's default on a GPU run"
+    return set_torch_threads(requested, default, why)
 
 
 def freeze_layers(model: nn.Module, freeze: list | tuple | int | None) -> list[str]:

@@ -40,14 +40,14 @@ from finetune.options import (
 from finetune.progress import log
 from finetune.results import LOSS_NAMES, METRIC_KEYS, fitness, format_row
 from finetune.runs import ResultsLog
-from finetune.setup import RunSetup, freeze_layers, resolve_workers, set_cpu_threads
+from finetune.setup import RunSetup, freeze_layers, resolve_workers, set_training_threads
 from finetune.state import init_seeds
 from yolo.errors import Terminated
 
 __all__ = [
     "LOSS_NAMES", "METRIC_KEYS", "RESUME_OVERRIDABLE", "NonFiniteLossError", "TrainError", "TrainOptions",
     "TrainResult", "Trainer", "TrainingInterrupted", "find_resume_checkpoint", "finished_run", "fitness",
-    "format_row", "freeze_bn_statistics", "freeze_layers", "resolve_workers", "set_cpu_threads", "train",
+    "format_row", "freeze_bn_statistics", "freeze_layers", "resolve_workers", "set_training_threads", "train",
 ]
 
 
@@ -141,9 +141,9 @@ class Trainer(RunSetup, EpochLoop, RunCheckpoints):
     def setup(self) -> None:
         """Everything before the first epoch, in an order where nothing is written until all inputs are good."""
         self.opt, self.resume = resolve_resume(self.opt)  # a resumed run trains with the options it started with
+        self._check_options()
         self._setup_device()
         self.hyp = self.resume.state["hyp"] if self.resume else load_hyp(self.opt.hyp, self.opt.hyp_overrides)
-        self._check_options()
         self._setup_data()
         self._setup_model()
         self._setup_sparsity()
@@ -173,7 +173,7 @@ class Trainer(RunSetup, EpochLoop, RunCheckpoints):
         ddp.init_distributed(self.dist, self.device)
         # resolved here, not saved in the run: a resume on another machine picks its own
         self.workers = resolve_workers(self.opt.workers, self.device, self.dist.world_size)
-        if self.device.type == "cpu":
-            set_cpu_threads(self.workers, self.dist.world_size)
+        n, why = set_training_threads(self.opt.threads, self.device, self.workers, self.dist.world_size)
+        log(f"using {n} torch threads ({why})", self.is_main and not self.opt.quiet)
         init_seeds(self.opt.seed + 1 + self.dist.rank)
         self.amp = self.opt.amp and self.device.type == "cuda"

@@ -411,6 +411,7 @@ def test_training_without_workers_flag_picks_by_cores(setup, tmp_path, monkeypat
     import finetune.setup as setup_mod
 
     monkeypatch.setattr(setup_mod, "usable_cores", lambda: cores)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # set, it would decide the threads
     monkeypatch.setattr("os.cpu_count", lambda: cores)  # the loader caps workers at the CPU count
     threads = torch.get_num_threads()
     grab = _GrabLoader()
