@@ -7,8 +7,8 @@ import argparse
 
 import pytest
 import torch
-import yaml
-from test_finetune_train import NO_AUG, TINY_CFG
+from test_finetune_train import TINY_CFG, tiny_setup
+from test_finetune_train import _opts as _train_opts
 
 import yolo.cli as yolo_cli
 from finetune.cli import parse_args
@@ -19,24 +19,15 @@ from pipeline.run import _train_args
 from yolo.checkpoint import load_model, save_checkpoint
 from yolo.device import choose_threads
 from yolo.model import build_model
-from yolo.synthetic import make_synthetic_dataset
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inputs")
-    data = make_synthetic_dataset(root / "data", n_train=8, n_val=4, img_size=96, seed=3)
-    cfg = root / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY_CFG))
-    return {"root": root, "data": data, "cfg": cfg}
+    return tiny_setup(tmp_path_factory.mktemp("inputs"))
 
 
 def _opts(setup, tmp_path, **kw) -> TrainOptions:
-    base = dict(data=str(setup["data"]), cfg=str(setup["cfg"]), epochs=1, batch_size=2, nbs=4, imgsz=64,
-                device="cpu", workers=0, project=str(tmp_path / "runs"), hyp_overrides=dict(NO_AUG), quiet=True,
-                noval=True)
-    base.update(kw)
-    return TrainOptions(**base)
+    return _train_opts(setup, tmp_path, **{"epochs": 1, "noval": True, **kw})
 
 
 class _NoWork:

@@ -8,26 +8,21 @@ import os
 
 import pytest
 import torch
-import yaml
-from test_finetune_train import NO_AUG, TINY_CFG
+from test_finetune_train import NO_AUG, TINY_CFG, tiny_setup
 
 from finetune.cli import main
 from finetune.runs import read_results
 from finetune.trainer import TrainingInterrupted, TrainOptions, train
 from yolo.checkpoint import read_checkpoint, save_checkpoint
 from yolo.model import build_model
-from yolo.synthetic import make_synthetic_dataset
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    data = make_synthetic_dataset(root / "data", n_train=8, n_val=4, img_size=96, seed=3)
-    cfg = root / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY_CFG))
+    base = tiny_setup(tmp_path_factory.mktemp("resume"))
     torch.manual_seed(7)
-    teacher = save_checkpoint(root / "teacher.pt", build_model(TINY_CFG), {}, None, half=False)
-    return {"data": data, "cfg": cfg, "teacher": teacher}
+    teacher = save_checkpoint(base["root"] / "teacher.pt", build_model(TINY_CFG), {}, None, half=False)
+    return {**base, "teacher": teacher}
 
 
 CASES = {

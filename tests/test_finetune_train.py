@@ -36,13 +36,17 @@ NO_AUG = {"mosaic": 0.0, "fliplr": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0
           "warmup_epochs": 0.0}
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ft")
+def tiny_setup(root: Path) -> dict:
+    """8 + 4 synthetic 96 px images and the tiny model yaml (shared by the test_finetune_* modules)."""
     data = make_synthetic_dataset(root / "data", n_train=8, n_val=4, img_size=96, seed=3)
     cfg = root / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY_CFG))
     return {"root": root, "data": data, "cfg": cfg}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return tiny_setup(tmp_path_factory.mktemp("ft"))
 
 
 def _opts(setup, tmp_path, **kw) -> TrainOptions:
