@@ -7,8 +7,11 @@ import os
 import sys
 
 from finetune.optim import OPTIMIZERS
+from finetune.trainer import NonFiniteLossError, train
 from sparsity.bn_l1 import LAYER_CHOICES, SCHEDULES
+from sparsity.targeted import parse_target
 from yolo.data import CACHE_MODES, data_checks
+from yolo.errors import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="dataloader workers per process (default: 0 when training on a CPU with at most 2 cores, "
                         "where the training step needs them; else 8)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch intra-op threads (default: OMP_NUM_THREADS when set, else on a CPU the usable cores "
+                        "less one per loader worker)")
     p.add_argument("--cache", choices=CACHE_MODES, default="auto",
                    help="keep the decoded training images in memory: ram, no, or auto (only without --workers, "
                         "when they fit in 1 GiB and a quarter of the free memory)")
@@ -51,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BatchNorms use their running statistics while training (their scale and shift still learn)")
     p.add_argument("--freeze", nargs="+", type=int, default=[0],
                    help="freeze layers: N = first N layers, or a list of layer indices")
+    p.add_argument("--new-head", action="store_true",
+                   help="train a new Detect head for the data's classes even when the model has as many (a model "
+                        "for other classes; without it the trained head is kept and only renamed)")
     p.add_argument("--label-smoothing", type=float, default=None, help="overrides hyp label_smoothing")
     p.add_argument("--sparsity", type=float, default=0.0,
                    help="sparse training: L1 rate on BatchNorm scales (e.g. 0.001); 0 = plain training")
@@ -85,8 +94,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.sparsity_target:
-        from sparsity.targeted import parse_target
-
         try:
             args.sparsity_target = parse_target(args.sparsity_target)
         except ValueError as e:
@@ -104,9 +111,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from finetune.trainer import NonFiniteLossError
-    from yolo.errors import run_cli
-
     args = parse_args(argv)
     debug = bool(os.environ.get("YOLO_SLIM_DEBUG"))
     try:
@@ -116,8 +120,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from finetune.trainer import train
-
     with data_checks(strict=args.strict):
         result = train(args)
     if result.run_dir is not None:

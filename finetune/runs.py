@@ -5,15 +5,30 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
 
-from yolo.fileio import (
-    atomic_write_text,
-    increment_run_dir,  # noqa: F401  (finetune/trainer.py imports it from here; issue #30: drop after its rewrite)
-)
+from yolo.fileio import atomic_write_text
+
+
+def unwritable_reason(folder: str | Path) -> str | None:
+    """Why no run folder can be made inside `folder` (None: it can), found before any work by making and removing
+    an empty folder in its nearest existing parent: permissions, read-only mounts and pseudo file systems (/proc)
+    all show, and nothing is left behind."""
+    base = Path(folder).absolute()
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        return f"{base} is a file, not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=base))
+    except OSError as e:
+        return f"cannot create folders in {base}: {e.strerror or e}"
+    return None
 
 
 def write_yaml(path: Path, data: Mapping) -> None:
@@ -87,7 +102,8 @@ PLOT_KEYS = (
 
 def plot_results(rows: Sequence[Mapping], path: Path) -> Path:
     """Loss and mAP curves by epoch (matplotlib Agg)."""
-    # matplotlib (slow to import) loads only when curves are plotted
+    # imported here, not at the top: pyplot must load after the Agg backend is chosen, and choosing it at import
+    # time would be a side effect on every importer of this module
     import matplotlib
 
     matplotlib.use("Agg")

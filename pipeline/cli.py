@@ -33,6 +33,9 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     p.add_argument("--workers", type=int, default=d.workers,
                    help="loader workers (default: the training stages pick, 0 on a CPU with at most 2 cores, else 8; "
                         "scoring uses 2)")
+    p.add_argument("--train-threads", type=int, default=d.train_threads, metavar="N",
+                   help="training stages' torch threads (default: OMP_NUM_THREADS when set, else the usable cores "
+                        "less one per loader worker; --threads is the latency measurement's)")
     p.add_argument("--cache", choices=CACHE_MODES, default=d.cache,
                    help="training stages: keep decoded images in memory (ram, no, auto: only without workers)")
     p.add_argument("--seed", type=int, default=d.seed)

@@ -60,6 +60,7 @@ class PipelineOptions:
     batch_size: int = 16
     device: str = "cpu"
     workers: int | None = None  # training stages: None lets finetune pick (0 on a small CPU); scoring: 2
+    train_threads: int | None = None  # training stages' torch threads (None: finetune picks; see finetune.py)
     cache: str = "auto"  # training stages: decoded images in memory (auto, ram, no); results do not depend on it
     seed: int = 0
     hyp: str | None = None
@@ -159,7 +160,7 @@ def _train_args(opt: PipelineOptions, run_dir: Path, name: str, epochs: int, **k
         "data": opt.data, "imgsz": opt.imgsz, "batch_size": opt.batch_size, "device": opt.device,
         "workers": opt.workers, "cache": opt.cache, "seed": opt.seed, "hyp": opt.hyp, "nbs": opt.nbs,
         "optimizer": opt.optimizer, "cos_lr": opt.cos_lr, "epochs": epochs, "project": str(run_dir), "name": name,
-        "exist_ok": True, "quiet": opt.quiet, "val_every": opt.val_every,
+        "exist_ok": True, "quiet": opt.quiet, "val_every": opt.val_every, "threads": opt.train_threads,
     }
     args.update(kw)
     return args

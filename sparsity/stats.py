@@ -53,6 +53,8 @@ def plot_gamma_histograms(history: Sequence[dict | Sequence[int]], path: str | P
 
     `history` items are histograms (counts over HIST_EDGES) or dicts with keys "epoch" and "hist".
     """
+    # imported here, not at the top: pyplot must load after the Agg backend is chosen, and choosing it at import
+    # time would be a side effect on every importer of this module
     import matplotlib
 
     matplotlib.use("Agg")

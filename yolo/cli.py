@@ -7,13 +7,16 @@ an ONNX predictor as the `load_onnx` default, so yolo/ imports no stage.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from yolo.checkpoint import load_model
 from yolo.data import data_checks, load_data_yaml
-from yolo.device import select_device
-from yolo.val import evaluate
+from yolo.device import choose_threads, select_device, set_torch_threads
+from yolo.val import evaluate, renamed_classes_warning
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="exact: batch images of one shape, scores equal batch 1's at any batch size (default); "
                    "yolov5: pad consecutive groups to one shape as the official val.py (score moves with batch)")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="intra-op threads of torch (.pt) or ONNX Runtime (.onnx) (default: OMP_NUM_THREADS when "
+                        "set, else torch's default / all cores)")
     p.add_argument("--save-json", nargs="?", const="auto", default=None,
                    help="write COCO-format predictions (default path: <weights stem>_predictions.json)")
     p.add_argument("--verbose", action="store_true", help="per-class AP table")
@@ -61,7 +66,11 @@ def load_scorable(
 def run_val(args: argparse.Namespace) -> dict:
     device = select_device(args.device)
     data = load_data_yaml(args.data)
-    model = load_scorable(args.weights, str(device), args.threads, getattr(args, "load_onnx", None))
+    threads = _threads(args.threads, str(args.weights))
+    model = load_scorable(args.weights, str(device), threads, getattr(args, "load_onnx", None))
+    warning = renamed_classes_warning(model.names, data.names, args.weights, args.data)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     save_json = args.save_json
     if save_json == "auto":
         save_json = Path(args.weights).with_name(f"{Path(args.weights).stem}_predictions.json")
@@ -72,6 +81,17 @@ def run_val(args: argparse.Namespace) -> dict:
                        workers=args.workers, rect_batches=args.rect_batches)
     print_results(res, verbose=args.verbose)
     return res
+
+
+def _threads(requested: int, weights: str) -> int:
+    """--threads, else OMP_NUM_THREADS, else the backend's default (0 for ONNX Runtime: all cores); one line."""
+    if weights.lower().endswith(".onnx"):
+        n, why = choose_threads(requested, 0, "ONNX Runtime's default")
+        print(f"using {n or 'all'} ONNX Runtime threads ({why})", flush=True)
+        return n
+    n, why = set_torch_threads(requested, torch.get_num_threads(), "torch's default")
+    print(f"using {n} torch threads ({why})", flush=True)
+    return n
 
 
 def print_results(res: dict, verbose: bool = False) -> None:

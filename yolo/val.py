@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,22 @@ def _check_classes(names: list[str], data_names: list[str], data_path: Any) -> N
             f"model predicts {len(names)} classes but {data_path} has {len(data_names)} "
             "(score with a model trained on this data, or fine-tune first: finetune.py --weights ... --data ...)"
         )
+
+
+def short_names(names: Sequence[str], limit: int = 6) -> str:
+    """Class names for a one-line message: 'helmet, vest' or 'a, b, c, d, e, f, ... (80)'."""
+    names = [str(n) for n in names]
+    more = f", ... ({len(names)})" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def renamed_classes_warning(names: Sequence[str], data_names: Sequence[str], model: Any, data: Any) -> str | None:
+    """Same class count, other names: scored by class index as if they were the same classes, which is right for
+    a renaming and meaningless for other classes, so `val` says so (None when the names agree)."""
+    if len(names) != len(data_names) or [str(n) for n in names] == [str(n) for n in data_names]:
+        return None
+    return (f"warning: {model} predicts {short_names(names)}; {data} names its classes {short_names(data_names)}: "
+            "scored by class index as the same classes (for other classes, fine-tune with finetune.py --new-head)")
 
 
 def build_val_loader(
