@@ -244,20 +244,20 @@ def _read_sweep(path: Path) -> list:
 
 
 def cmd_detect(args: Any) -> int:
-    from reports.detect import detect
+    from reports.detect import DetectOptions, detect
 
-    files = detect(
-        args.weights,
-        args.source,
-        args.out,
+    options = DetectOptions(
         imgsz=_imgsz(args.imgsz, 640),
         conf_thres=args.conf_thres,
         iou_thres=args.iou_thres,
         max_det=args.max_det,
-        threads=args.threads,
-        device=args.device,
+        save_txt=args.save_txt,
+        save_conf=args.save_conf,
+        exist_ok=args.exist_ok,
     )
-    print(f"{len(files)} image(s) written to {args.out}")
+    out = Path(args.out) if args.out else Path(args.project) / args.name
+    run = detect(args.weights, args.source, out, options, threads=args.threads, device=args.device)
+    print(run.summary())
     return 0
 
 
@@ -327,14 +327,30 @@ def register(subparsers) -> None:
     p.add_argument("--run-dir", "--out", dest="run_dir", default="runs/report/exp")
     p.set_defaults(func=cmd_report)
 
-    p = subparsers.add_parser("detect", help="draw a model's detections on images")
+    p = subparsers.add_parser(
+        "detect",
+        help="draw a model's detections on images",
+        description="Run a .pt or .onnx model on an image or a folder and save the images with their boxes drawn "
+        "(and, with --save-txt, YOLO-format labels) in runs/detect/exp, exp2, ... Pre- and post-processing are the "
+        "official detect.py's, so the boxes are the official ones. An unreadable image is reported and skipped.",
+    )
     p.add_argument("--weights", required=True, help=".pt (ours or official) or .onnx")
     p.add_argument("--source", required=True, help="an image file or a folder of images")
-    p.add_argument("--imgsz", "--img", type=int, nargs="+", help=SHAPE_HELP)
-    p.add_argument("--conf-thres", type=float, default=0.25)
-    p.add_argument("--iou-thres", type=float, default=0.45)
-    p.add_argument("--max-det", type=int, default=300)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="runs/detect/exp")
+    p.add_argument("--imgsz", "--img", type=int, nargs="+", help=SHAPE_HELP + " (default 640)")
+    p.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold (default 0.25)")
+    p.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p.add_argument("--max-det", type=int, default=1000, help="maximum detections per image (default 1000)")
+    p.add_argument("--save-txt", action="store_true",
+                   help="also write labels/<image stem>.txt: 'class cx cy w h' normalised, one line per box "
+                        "(images without boxes get no file, as in the official detect.py)")
+    p.add_argument("--save-conf", action="store_true", help="append the confidence to each --save-txt line")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--device", default="cpu", help="PyTorch device for a .pt: cpu or cuda:0 (default cpu)")
+    p.add_argument("--project", default="runs/detect", help="parent folder of run folders (default runs/detect)")
+    p.add_argument("--name", default="exp", help="run folder name (default exp, then exp2, exp3, ...)")
+    p.add_argument("--exist-ok", action="store_true",
+                   help="write into project/name even if it exists (files of the same name are overwritten) "
+                        "instead of the next free name")
+    p.add_argument("--out", help="the run folder itself, instead of --project/--name (also incremented unless "
+                                 "--exist-ok)")
     p.set_defaults(func=cmd_detect)
