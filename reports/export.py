@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -119,6 +120,11 @@ def _meta_value(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v, default=str)
 
 
+def official_names(names: Sequence[Any]) -> str:
+    """Class names as the official YOLOv5 export writes them: str() of an {index: name} dict."""
+    return str({i: str(n) for i, n in enumerate(names)})
+
+
 def build_metadata(model: nn.Module, hw: tuple[int, int], dynamic: str, extra: dict | None) -> dict[str, str]:
     extra = dict(extra or {})
     history = extra.pop("history", None)
@@ -142,11 +148,17 @@ def build_metadata(model: nn.Module, hw: tuple[int, int], dynamic: str, extra: d
             continue
         if isinstance(v, (str, int, float, bool, list, dict)) or v is None:
             md[k] = v
-    return {k: _meta_value(v) for k, v in md.items()}
+    out = {k: _meta_value(v) for k, v in md.items()}
+    out.update(stride=str(md["stride"]), names=official_names(names))  # as official YOLOv5 loaders expect
+    return out
 
 
 def read_metadata(path_or_model: str | Path | onnx.ModelProto) -> dict[str, Any]:
-    """metadata_props of an ONNX file, JSON values decoded (official YOLOv5 dict-literal names too)."""
+    """metadata_props of an ONNX file, JSON values decoded.
+
+    `names` comes back as a list in index order whichever way it was written: the official dict literal
+    ("{0: 'person', ...}", what this tool writes too) or the JSON list of files from earlier versions.
+    """
     import ast
 
     m = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model))
@@ -159,6 +171,9 @@ def read_metadata(path_or_model: str | Path | onnx.ModelProto) -> dict[str, Any]
                 out[p.key] = ast.literal_eval(p.value)
             except (ValueError, SyntaxError):
                 out[p.key] = p.value
+    names = out.get("names")
+    if isinstance(names, dict):
+        out["names"] = [str(names[k]) for k in sorted(names, key=int)]
     return out
 
 
@@ -210,60 +225,16 @@ def export_onnx(
     path = Path(path)
     if path.suffix.lower() != ".onnx":
         path = path.with_suffix(".onnx")
-    stride = max_stride(model)
-    hw = check_imgsz(imgsz, stride)
+    hw = check_imgsz(imgsz, max_stride(model))
     mode = normalise_dynamic(dynamic)
     check_out_dir(path.parent)
-
-    m = export_ready(model)
-    x = torch.zeros(batch, 3, *hw)
-    axes: dict[str, dict[int, str]] | None = None
-    if mode != "none":
-        in_axes = {0: "batch"} if mode in ("batch", "all") else {}
-        if mode in ("hw", "all"):
-            in_axes.update({2: "height", 3: "width"})
-        out_axes = {0: "batch"} if mode in ("batch", "all") else {}
-        if mode in ("hw", "all"):
-            out_axes[1] = "anchors"
-        axes = {INPUT_NAME: in_axes, OUTPUT_NAME: out_axes}
-
     fd, raw_tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".raw.onnx", dir=path.parent)
     os.close(fd)
     fd, final_tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx.tmp", dir=path.parent)
     os.close(fd)
     try:
-        try:
-            with torch.no_grad():
-                torch.onnx.export(
-                    m,
-                    (x,),
-                    raw_tmp,
-                    dynamo=False,
-                    opset_version=opset,
-                    input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
-                    dynamic_axes=axes,
-                    do_constant_folding=True,
-                )
-        except Exception as e:  # the exporter raises many types; re-raise as one, never swallow
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ExportError(f"torch.onnx.export failed at opset {opset}: {first}") from e
-        proto = onnx.load(raw_tmp)
-        if simplify:
-            try:
-                proto = _slim(proto)
-            except Exception as e:  # slimming is an optimisation: fall back, loudly
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                print(f"WARNING: onnxslim failed ({first}); writing the unsimplified graph", file=sys.stderr)
-        del proto.metadata_props[:]
-        for k, v in build_metadata(model, hw, mode, metadata).items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = k, v
-        proto.producer_name = PRODUCER
-        try:
-            onnx.checker.check_model(proto, full_check=True)
-        except onnx.checker.ValidationError as e:
-            raise ExportError(f"exported graph failed onnx.checker: {str(e).splitlines()[0]}") from e
+        _trace(export_ready(model), torch.zeros(batch, 3, *hw), raw_tmp, opset, _dynamic_axes(mode))
+        proto = _finished_graph(onnx.load(raw_tmp), simplify, build_metadata(model, hw, mode, metadata))
         onnx.save(proto, final_tmp)
         os.chmod(final_tmp, 0o644)
         os.replace(final_tmp, path)
@@ -272,6 +243,62 @@ def export_onnx(
     finally:
         _unlink(Path(raw_tmp), Path(final_tmp))
     return path
+
+
+def _dynamic_axes(mode: str) -> dict[str, dict[int, str]] | None:
+    """torch.onnx.export's dynamic_axes for a normalised --dynamic mode (None for a static graph)."""
+    if mode == "none":
+        return None
+    in_axes = {0: "batch"} if mode in ("batch", "all") else {}
+    out_axes = dict(in_axes)
+    if mode in ("hw", "all"):
+        in_axes.update({2: "height", 3: "width"})
+        out_axes[1] = "anchors"
+    return {INPUT_NAME: in_axes, OUTPUT_NAME: out_axes}
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _trace(m: nn.Module, x: torch.Tensor, raw_path: str, opset: int, axes: dict | None) -> None:
+    """torch.onnx.export to `raw_path`. Its TracerWarnings (Detect's shape-dependent grid, expected for a fixed
+    export and checked by the parity run) are silenced for this call only."""
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                m,
+                (x,),
+                raw_path,
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=axes,
+                do_constant_folding=True,
+            )
+    except Exception as e:  # the exporter raises many types; re-raise as one, never swallow
+        raise ExportError(f"torch.onnx.export failed at opset {opset}: {_first_line(e)}") from e
+
+
+def _finished_graph(proto: onnx.ModelProto, simplify: bool, metadata: dict[str, str]) -> onnx.ModelProto:
+    """The traced graph slimmed (when asked and possible), with our metadata, validated by onnx.checker."""
+    if simplify:
+        try:
+            proto = _slim(proto)
+        except Exception as e:  # slimming is an optimisation: fall back, loudly
+            print(f"WARNING: onnxslim failed ({_first_line(e)}); writing the unsimplified graph", file=sys.stderr)
+    del proto.metadata_props[:]
+    for k, v in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    proto.producer_name = PRODUCER
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"exported graph failed onnx.checker: {str(e).splitlines()[0]}") from e
+    return proto
 
 
 # ------------------------------------------------------------------------------------------- parity

@@ -207,3 +207,27 @@ def test_yolov5n_bus_parity(shared_dir, tmp_path):
     rep = check_parity(model, p, [shared_dir / "reference" / "bus.jpg"])
     assert rep.passed and rep.nms_matched >= 4, rep.summary()
     assert read_metadata(Path(p))["names"][5] == "bus"
+
+
+def test_metadata_names_and_stride_as_the_official_export_writes_them(static_onnx, tmp_path):
+    """Official export.py: `meta.value = str(v)` of {"stride": int, "names": {0: 'person', ...}}; read_metadata reads
+    that and the JSON list earlier versions wrote."""
+    raw = {p.key: p.value for p in onnx.load(str(static_onnx)).metadata_props}
+    assert raw["names"] == "{0: 'c0', 1: 'c1', 2: 'c2'}" and raw["stride"] == "32"
+    old = onnx.load(str(static_onnx))
+    next(p for p in old.metadata_props if p.key == "names").value = json.dumps(["a", "b", "c"])
+    onnx.save(old, str(tmp_path / "old.onnx"))
+    assert read_metadata(tmp_path / "old.onnx")["names"] == ["a", "b", "c"]
+    assert OnnxDetector(tmp_path / "old.onnx").names == ["a", "b", "c"]
+    assert OnnxDetector(static_onnx).names == ["c0", "c1", "c2"]
+
+
+def test_export_prints_no_tracer_warnings_and_leaves_filters_alone(model, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        export_onnx(model, tmp_path / "w.onnx", 64)
+        warnings.warn("after the export", torch.jit.TracerWarning, stacklevel=1)
+    tracer = [str(w.message) for w in seen if issubclass(w.category, torch.jit.TracerWarning)]
+    assert tracer == ["after the export"]
