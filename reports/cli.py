@@ -86,6 +86,8 @@ def cmd_export(args: Any) -> int:
         raise
     print(f"exported {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
     print(rep.summary())
+    if not (args.parity_source or data is not None):
+        print("(parity checked on synthetic images: give --parity-source for real ones)")
     if args.int8:
         _export_int8(args, path, data, imgsz if isinstance(imgsz, int) else max(imgsz))
     return 0
@@ -187,9 +189,11 @@ def _print_latency(res: dict) -> None:
 # ----------------------------------------------------------------------------------------------- report
 
 
+CHECK_IMAGES = 8  # report: images the ONNX parity check and the box counts run on
+
+
 def cmd_report(args: Any) -> int:
-    from reports.imaging import list_images
-    from reports.report import build_entries, write_report
+    from reports.report import build_entries, clear_previous_report, write_report
 
     weights = {
         role: w
@@ -207,15 +211,8 @@ def cmd_report(args: Any) -> int:
     if not isinstance(imgsz, int):
         raise ValueError("report: --imgsz takes one integer (models are compared at a square size)")
     run_dir = Path(args.run_dir)
-    extras: dict[str, Any] = {"imgsz": imgsz}  # read before anything is written: a bad path leaves no report folder
-    if args.data:
-        from yolo.data import load_data_yaml
-
-        load_data_yaml(args.data)
-    if args.images:
-        extras["images"] = [str(p) for p in list_images(args.images)[: args.max_images]]
-    if args.sweep:
-        extras["sweep"] = _read_sweep(Path(args.sweep))
+    extras, check_images = _report_inputs(args, imgsz)  # read before anything is written
+    clear_previous_report(run_dir)
     entries = build_entries(
         weights,
         run_dir,
@@ -224,10 +221,33 @@ def cmd_report(args: Any) -> int:
         threads=_threads(args.threads),
         runs=args.runs,
         evaluator=args.evaluator,
+        check_images=check_images,
     )
     paths = write_report(run_dir, entries, args={k: v for k, v in vars(args).items() if k != "func"}, extras=extras)
     print(f"wrote {paths['json']} and {paths['md']}")
     return 0
+
+
+def _report_inputs(args: Any, imgsz: int) -> tuple[dict[str, Any], list | None]:
+    """extras of the report (side-by-side images, sweep rows) and the real images to check models on: up to
+    CHECK_IMAGES of --images, else of --data's val split (None: synthetic ones). Bad paths fail here, before
+    anything is written."""
+    from reports.imaging import list_images
+
+    extras: dict[str, Any] = {"imgsz": imgsz}
+    check: list | None = None
+    if args.data:
+        from yolo.data import load_data_yaml
+
+        data = load_data_yaml(args.data)
+        check = list(data.val or data.train)[:CHECK_IMAGES] or None
+    if args.images:
+        found = list_images(args.images)
+        extras["images"] = [str(p) for p in found[: args.max_images]]
+        check = found[:CHECK_IMAGES]
+    if args.sweep:
+        extras["sweep"] = _read_sweep(Path(args.sweep))
+    return extras, check
 
 
 def _read_sweep(path: Path) -> list:

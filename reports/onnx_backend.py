@@ -9,11 +9,14 @@ for the usual batch of 1, the last chunk padded).
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
@@ -31,6 +34,28 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return so
 
 
+def read_metadata(path_or_model: str | Path | onnx.ModelProto) -> dict[str, Any]:
+    """metadata_props of an ONNX file, JSON values decoded.
+
+    `names` comes back as a list in index order whichever way it was written: the official dict literal
+    ("{0: 'person', ...}", what this tool writes too) or the JSON list of files from earlier versions.
+    """
+    m = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model))
+    out: dict[str, Any] = {}
+    for p in m.metadata_props:
+        try:
+            out[p.key] = json.loads(p.value)
+        except json.JSONDecodeError:
+            try:
+                out[p.key] = ast.literal_eval(p.value)
+            except (ValueError, SyntaxError):
+                out[p.key] = p.value
+    names = out.get("names")
+    if isinstance(names, dict):
+        out["names"] = [str(names[k]) for k in sorted(names, key=int)]
+    return out
+
+
 def _fixed(dim: Any) -> int | None:
     return int(dim) if isinstance(dim, int) and dim > 0 else None
 
@@ -39,8 +64,6 @@ class OnnxDetector:
     """Runs a YOLOv5 ONNX file (ours or official) on the CPU provider."""
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None):
-        from reports.export import read_metadata
-
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX model {self.path} not found")
@@ -61,8 +84,6 @@ class OnnxDetector:
         self.metadata = read_metadata(self.path)
         self.nc = int(out.shape[2]) - 5 if _fixed(out.shape[-1]) else None
         names = self.metadata.get("names")
-        if isinstance(names, dict):
-            names = [names[k] for k in sorted(names, key=int)]
         if not names:
             names = [str(i) for i in range(self.nc or 0)]
         self.names: list[str] = [str(n) for n in names]

@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 
 from reports.imaging import prepare, to_shape
+from reports.onnx_graph import decode_nodes, float_decode_check, keep_head_outputs_float, name_nodes
 
 ACTIVATIONS = {"u8": "QUInt8", "s8": "QInt8"}
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -40,66 +41,6 @@ METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 class QuantizeError(ValueError):
     """Quantisation that cannot be done; one-line cause."""
-
-
-# --------------------------------------------------------------------------------------- graph analysis
-
-
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in graph.node for out in node.output}
-
-
-def decode_nodes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
-    """(names of the nodes between the last convolutions and the outputs, names of those convolutions).
-
-    Walks backwards from every graph output; a Conv stops the walk (it is the branch's last conv), and the
-    walk does not follow the data input of Shape nodes (their value does not depend on it).
-    """
-    graph = model.graph
-    producers = _producers(graph)
-    decode: dict[str, None] = {}
-    convs: dict[str, None] = {}
-    seen: set[str] = set()
-    stack = [o.name for o in graph.output]
-    while stack:
-        tensor = stack.pop()
-        node = producers.get(tensor)
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        if node.op_type == "Conv":
-            convs[node.name] = None
-            continue
-        decode[node.name] = None
-        if node.op_type != "Shape":
-            stack.extend(i for i in node.input if i)
-    return list(decode), list(convs)
-
-
-def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Give every unnamed node a unique name (nodes_to_exclude works on names)."""
-    used = {n.name for n in model.graph.node if n.name}
-    for i, n in enumerate(model.graph.node):
-        if not n.name:
-            name = f"{n.op_type}_{i}"
-            while name in used:
-                name += "_"
-            n.name = name
-            used.add(name)
-    return model
-
-
-def float_decode_check(model: onnx.ModelProto | str | Path) -> list[str]:
-    """Problems with the decode region of a quantised model: any Q/DQ or QLinear node after the last convs."""
-    m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
-    names, _ = decode_nodes(m)
-    by_name = {n.name: n for n in m.graph.node}
-    bad = []
-    for nm in names:
-        op = by_name[nm].op_type
-        if op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear") or op.startswith("QLinear"):
-            bad.append(f"{op} {nm}")
-    return bad
 
 
 # --------------------------------------------------------------------------------------- calibration
@@ -198,7 +139,8 @@ def quantize_int8(
 
     The first `config.images` images are used. Metadata of the fp32 file is carried over as written, plus `int8`.
     """
-    from reports.export import check_out_dir, read_metadata
+    from reports.export import check_out_dir
+    from reports.onnx_backend import read_metadata
 
     cfg = (config or Int8Config()).validate()
     fp32_path, out_path = Path(fp32_path), Path(out_path)
@@ -222,7 +164,7 @@ def quantize_int8(
             exclude += head_convs
         method = _quantize_static(src, tmpdir / "int8.onnx", reader, cfg, exclude)
         q = onnx.load(str(tmpdir / "int8.onnx"))
-        _keep_head_outputs_float(q, head_convs)
+        keep_head_outputs_float(q, head_convs)
         bad = float_decode_check(q)
         if bad:
             raise QuantizeError(f"quantised decode region is not float: {', '.join(bad[:3])}")
@@ -292,35 +234,6 @@ def _save_with_metadata(q: onnx.ModelProto, props: dict[str, str], tmp: Path, ou
     onnx.save(q, str(tmp))
     os.chmod(tmp, 0o644)
     os.replace(tmp, out_path)
-
-
-def _keep_head_outputs_float(model: onnx.ModelProto, head_convs: Sequence[str]) -> None:
-    """Drop any QuantizeLinear -> DequantizeLinear pair on a last convolution's output (float into decode)."""
-    graph = model.graph
-    by_name = {n.name: n for n in graph.node}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    drop = []
-    for cname in head_convs:
-        conv = by_name.get(cname)
-        if conv is None:
-            continue
-        out = conv.output[0]
-        for qn in [c for c in consumers.get(out, []) if c.op_type == "QuantizeLinear"]:
-            for dq in [c for c in consumers.get(qn.output[0], []) if c.op_type == "DequantizeLinear"]:
-                for user in consumers.get(dq.output[0], []):
-                    for k, name in enumerate(user.input):
-                        if name == dq.output[0]:
-                            user.input[k] = out
-                drop.append(dq)
-            drop.append(qn)
-    for n in drop:
-        graph.node.remove(n)
-    used = {i for n in graph.node for i in n.input}
-    for init in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(init)
 
 
 # --------------------------------------------------------------------------------------- selection

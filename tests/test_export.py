@@ -19,9 +19,8 @@ from reports.export import (
     check_parity,
     export_onnx,
     prune_summary,
-    read_metadata,
 )
-from reports.onnx_backend import OnnxDetector
+from reports.onnx_backend import OnnxDetector, read_metadata
 from yolo.model import build_model, load_model_yaml
 
 
@@ -231,3 +230,15 @@ def test_export_prints_no_tracer_warnings_and_leaves_filters_alone(model, tmp_pa
         warnings.warn("after the export", torch.jit.TracerWarning, stacklevel=1)
     tracer = [str(w.message) for w in seen if issubclass(w.category, torch.jit.TracerWarning)]
     assert tracer == ["after the export"]
+
+
+def test_parity_without_detections_says_so_and_compares_the_top_anchors(static_onnx, model):
+    rep = check_parity(model, static_onnx, synthetic_images(2))  # a random tiny model: nothing at conf 0.25
+    assert not rep.nms_checked and rep.nms_matched == 0
+    text = rep.summary()
+    assert "not checked after NMS: no detections at conf 0.25" in text and "0 matched" not in text
+    assert rep.topk == 100 and "top 100 anchors by score" in text
+    assert rep.max_topk_box_diff_px <= rep.max_box_diff_px <= rep.box_tol_px
+    assert rep.to_dict()["nms_checked"] is False
+    with_boxes = check_parity(model, static_onnx, synthetic_images(2), conf_thres=0.001)
+    assert with_boxes.nms_checked and f"after NMS {with_boxes.nms_matched} matched" in with_boxes.summary()

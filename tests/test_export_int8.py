@@ -7,8 +7,8 @@ import onnx
 import pytest
 import torch
 
-from reports.export import export_onnx, read_metadata
-from reports.onnx_backend import OnnxDetector
+from reports.export import export_onnx
+from reports.onnx_backend import OnnxDetector, read_metadata
 from reports.quantize import (
     Int8Config,
     QuantizeError,
