@@ -17,6 +17,7 @@ from prune.config import (
 )
 from prune.runs import increment_path, save_pruned
 from prune.sweep import DEFAULT_RATIOS
+from yolo.fileio import check_writable
 
 __all__ = ["register", "run_prune", "run_sweep", "save_pruned", "calib_loader"]
 
@@ -69,7 +70,7 @@ def _common(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--warn-gamma", type=float, default=DEFAULT_WARN_GAMMA,
                    help=f"warn when a removed channel has |gamma| above this (default {DEFAULT_WARN_GAMMA})")
     p.add_argument("--batch-size", type=int, default=16, help="batch size for calibration / scoring")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="dataloader workers (default 2)")
     p.add_argument("--project", default="runs/prune", help="parent folder of run folders (default runs/prune)")
     p.add_argument("--name", default=name, help=f"run folder name (default {name}, then {name}2, ...)")
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
@@ -135,13 +136,13 @@ def run_prune(args: argparse.Namespace) -> dict:
     from prune.plan import plan_pruning
 
     PruneConfig(ratio=args.ratio, target_flops=args.target_flops, target_params=args.target_params).validate_flags()
+    save_dir = check_writable(increment_path(args.project, args.name, args.exist_ok), "--project/--name")
     model, meta, imgsz, _ = _load(args)
     config = config_from_args(args, imgsz).validate_flags()
     calib = _calib(args, config, model)
     graph = build_graph(model, config.imgsz, config.ignore)
     plan = plan_pruning(graph, config, calib_loader=calib)
     pruned = apply_plan(model, plan, calib_loader=calib)
-    save_dir = increment_path(args.project, args.name, args.exist_ok)
     path = save_pruned(save_dir, pruned, meta, plan.table, config, weights=args.weights)
     console = _console()
     console.print(plan.table.rich_table())
@@ -162,6 +163,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
     bad = [r for r in args.ratios if not 0 <= r < 1]
     if bad:
         raise PruneError(f"--ratios {bad[0]} is outside [0, 1): ratios are fractions of channels REMOVED")
+    save_dir = check_writable(increment_path(args.project, args.name, args.exist_ok), "--project/--name")
     model, meta, imgsz, device = _load(args)
     config = config_from_args(args, imgsz)
     config.ratio = 0.0
@@ -171,7 +173,6 @@ def run_sweep(args: argparse.Namespace) -> dict:
     res = sweep(model, args.ratios, data=args.data, config=config, share=args.share, calib_loader=calib,
                 log=lambda m: print(m, file=sys.stderr), batch_size=args.batch_size, workers=args.workers,
                 device=device)  # fmt: skip
-    save_dir = increment_path(args.project, args.name, args.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
     res.to_csv(save_dir / "sweep.csv")
     res.to_json(save_dir / "sweep.json")

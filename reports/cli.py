@@ -136,8 +136,10 @@ def cmd_benchmark(args: Any) -> int:
     from reports.export import export_onnx
     from reports.latency import add_ratios, benchmark_files
     from yolo.checkpoint import load_model
-    from yolo.fileio import atomic_write_text
+    from yolo.fileio import atomic_write_text, check_writable
 
+    if args.json:
+        check_writable(args.json, "--json", folder=False)
     imgsz = _imgsz(args.imgsz, 640)
     paths: dict[str, Path] = {}
     torch_models: dict[str, Any] = {}
@@ -286,11 +288,17 @@ def cmd_detect(args: Any) -> int:
 
 def register(subparsers) -> None:
     """Add the export / benchmark / report / detect sub-commands to an argparse sub-parsers object."""
-    p = subparsers.add_parser("export", help="export a checkpoint to ONNX (optionally int8), checked against PyTorch")
+    p = subparsers.add_parser(
+        "export",
+        help="export a checkpoint to ONNX (optionally int8), checked against PyTorch",
+        description="Write an ONNX file (BatchNorm folded, simplified, metadata as the official export writes it) and "
+        "check it against PyTorch in ONNX Runtime on real images (--parity-source or --calib-data's val split; "
+        "synthetic ones otherwise). --int8 also writes a static int8 copy when it is faster and holds accuracy.",
+    )
     p.add_argument("--weights", required=True, help="official YOLOv5 .pt or a yolov5-slim checkpoint")
     p.add_argument("--imgsz", "--img", type=int, nargs="+", help=SHAPE_HELP + " (default: the checkpoint's)")
     p.add_argument("--batch", type=int, default=1, help="batch size of the exported input")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument(
         "--dynamic",
         nargs="?",
@@ -310,18 +318,24 @@ def register(subparsers) -> None:
     p.add_argument("--calib-data", help="data.yaml: train images calibrate int8, val images score it")
     p.add_argument("--calib-images", type=int, default=32, help="number of calibration images")
     p.add_argument("--int8-activations", choices=["auto", "u8", "s8"], default="auto", help="auto: time both")
-    p.add_argument("--int8-method", choices=["minmax", "entropy", "percentile"], default="percentile")
+    p.add_argument("--int8-method", choices=["minmax", "entropy", "percentile"], default="percentile",
+                   help="activation calibration (default percentile: the best measured on coco128)")
     p.add_argument("--int8-map-tol", type=float, default=0.01, help="max mAP50-95 loss vs fp32 to keep int8")
     p.add_argument("--int8-rounds", type=int, default=30, help="interleaved latency rounds for int8 vs fp32")
     p.add_argument("--int8-no-eval", action="store_true", help="do not score int8 on the val split")
     p.set_defaults(func=cmd_export)
 
-    p = subparsers.add_parser("benchmark", help="latency of several .pt/.onnx files, timed interleaved")
+    p = subparsers.add_parser(
+        "benchmark",
+        help="latency of several .pt/.onnx files, timed interleaved",
+        description="Time ONNX Runtime (and with --torch, PyTorch) on each model in turn, round-robin, at each "
+        "thread count, so a busy machine slows every model alike; checkpoints are exported to a temporary ONNX.",
+    )
     p.add_argument("files", nargs="+", help=".onnx files or checkpoints (exported to a temporary ONNX)")
     p.add_argument("--imgsz", "--img", type=int, nargs="+", help=SHAPE_HELP + " (for dynamic models / .pt)")
     p.add_argument("--threads", nargs="+", help="thread counts, 'all' = every usable core (default: 1 all)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per model (after --warmup)")
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs per model first (default 5)")
     p.add_argument("--torch", action="store_true", help="also time checkpoints in PyTorch")
     p.add_argument("--device", default="cpu", help="PyTorch device for --torch (cpu or cuda:0)")
     p.add_argument("--io-binding", action="store_true",
@@ -329,7 +343,14 @@ def register(subparsers) -> None:
     p.add_argument("--json", help="write the figures to this JSON file")
     p.set_defaults(func=cmd_benchmark)
 
-    p = subparsers.add_parser("report", help="sizes, latency, mAP and plots of baseline/pruned/fine-tuned/int8")
+    p = subparsers.add_parser(
+        "report",
+        help="sizes, latency, mAP and plots of baseline/pruned/fine-tuned/int8",
+        description="Compare up to four models (sizes, GFLOPs, interleaved latency, mAP with --data, plots, "
+        "side-by-side detections) in report.json, report.md and a table. Checkpoints are exported and checked "
+        "against PyTorch on up to 8 real images (--images, else --data's val split); a model that finds no box "
+        "where the baseline finds some is flagged.",
+    )
     p.add_argument("--baseline", help="baseline .pt or .onnx")
     p.add_argument("--pruned", help="pruned .pt or .onnx")
     p.add_argument("--finetuned", help="pruned + fine-tuned .pt or .onnx")
@@ -344,7 +365,8 @@ def register(subparsers) -> None:
     p.add_argument("--images", help="image file/folder for side-by-side detections")
     p.add_argument("--max-images", type=int, default=3, help="at most this many --images (default 3)")
     p.add_argument("--sweep", help="JSON list of {ratio, map, map50, gflops} rows for the sweep plot")
-    p.add_argument("--run-dir", "--out", dest="run_dir", default="runs/report/exp")
+    p.add_argument("--run-dir", "--out", dest="run_dir", default="runs/report/exp",
+                   help="report folder (default runs/report/exp); an earlier report's files there are replaced")
     p.set_defaults(func=cmd_report)
 
     p = subparsers.add_parser(
