@@ -191,9 +191,6 @@ def _print_latency(res: dict) -> None:
 # ----------------------------------------------------------------------------------------------- report
 
 
-CHECK_IMAGES = 8  # report: images the ONNX parity check and the box counts run on
-
-
 def cmd_report(args: Any) -> int:
     from reports.report import build_entries, clear_previous_report, write_report
 
@@ -235,6 +232,7 @@ def _report_inputs(args: Any, imgsz: int) -> tuple[dict[str, Any], list | None]:
     CHECK_IMAGES of --images, else of --data's val split (None: synthetic ones). Bad paths fail here, before
     anything is written."""
     from reports.imaging import list_images
+    from reports.report import CHECK_IMAGES
 
     extras: dict[str, Any] = {"imgsz": imgsz}
     check: list | None = None

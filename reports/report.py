@@ -356,6 +356,7 @@ def latency_key(threads: int) -> str:
 
 
 CHECK_CONF = 0.25  # detections counted on the check images at this confidence (detect's default)
+CHECK_IMAGES = 8  # real images the exports are checked and the boxes counted on
 
 
 def build_entries(
@@ -375,21 +376,31 @@ def build_entries(
     """Measure models given as role -> .pt (exported to run_dir at a fixed imgsz) or .onnx (used as is).
 
     Sizes for every model; the ONNX export of each checkpoint checked against PyTorch, and every model's boxes
-    counted, on `check_images` (paths or RGB arrays; default two synthetic images, on which a model may find
-    nothing); latency of all ONNX files interleaved at each thread count (None = all usable cores); mAP with
-    yolo.val.evaluate on `data` (a data.yaml path or DataConfig) when given, every model through the same
-    evaluator: 'torch' (modules, rectangular batches: the official protocol) or 'onnx' (ONNX Runtime, fixed
-    square input); 'auto' is 'onnx' as soon as one model exists only as ONNX.
+    counted, on `check_images` (paths or RGB arrays; default: up to CHECK_IMAGES of `data`'s val split, else two
+    synthetic images, on which a model may find nothing); latency of all ONNX files interleaved at each thread
+    count (None = all usable cores); mAP with yolo.val.evaluate on `data` (a data.yaml path or DataConfig) when
+    given, every model through the same evaluator: 'torch' (modules, rectangular batches: the official protocol)
+    or 'onnx' (ONNX Runtime, fixed square input); 'auto' is 'onnx' as soon as one model exists only as ONNX.
     A model whose class count differs from the data's is an error (yolo.val.ScoringError), unless
     skip_other_classes: then it is measured but not scored (a pipeline's transfer-learning start point).
     """
-    images = list(check_images) if check_images else synthetic_images(imgsz, 2)
+    images = list(check_images or _val_images(data)) or synthetic_images(imgsz, 2)
     entries = [_entry(role, Path(w), Path(run_dir), imgsz, images, log) for role, w in weights.items()]
     _count_boxes(entries, images, imgsz, log)
     _measure_latency(entries, threads, imgsz, runs, warmup, log)
     if data is not None:
         _score(entries, data, imgsz, evaluator, eval_kwargs, skip_other_classes, log)
     return entries
+
+
+def _val_images(data: Any) -> list:
+    """Up to CHECK_IMAGES of the data's val (else train) images; none without data."""
+    if data is None:
+        return []
+    from yolo.data import load_data_yaml
+
+    cfg = data if hasattr(data, "names") else load_data_yaml(data)
+    return list(cfg.val or cfg.train)[:CHECK_IMAGES]
 
 
 def synthetic_images(imgsz: int, n: int) -> list:

@@ -6,15 +6,14 @@ import argparse
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from reports.cli import register
 from reports.detect import DetectOptions, detect, yolo_label_lines
 from reports.export import ExportError
 from reports.imaging import resize_linear
+from tests.test_export import tiny_model
 from yolo.checkpoint import save_checkpoint
-from yolo.model import build_model, load_model_yaml
 
 
 def parse(argv: list[str]):
@@ -57,12 +56,7 @@ def test_resize_linear_matches_opencv_on_known_values():
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    cfg = load_model_yaml("yolov5n")
-    cfg.update(width_multiple=0.125, nc=3)
-    torch.manual_seed(0)
-    m = build_model(cfg).eval()
-    m.names = ["circle", "square", "triangle"]
-    return save_checkpoint(tmp_path_factory.mktemp("det") / "tiny.pt", m, {"imgsz": 64})
+    return save_checkpoint(tmp_path_factory.mktemp("det") / "tiny.pt", tiny_model(), {"imgsz": 64})
 
 
 @pytest.fixture
