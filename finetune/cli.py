@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", default="", help="model yaml to start from scratch (e.g. yolo/cfgs/yolov5n.yaml)")
     p.add_argument("--data", default="", help="data.yaml (YOLOv5 format)")
     p.add_argument("--hyp", default=None, help="hyperparameter yaml (default: hyp.scratch-low values)")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=100, help="training epochs (default 100)")
     p.add_argument("--batch-size", type=int, default=16, help="total batch size over all processes")
     p.add_argument("--imgsz", "--img", "--img-size", dest="imgsz", type=int, default=640, help="train/val size")
     p.add_argument("--device", default="", help="cpu, 0 or 0,1 (default: first GPU, else CPU)")
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", choices=CACHE_MODES, default="auto",
                    help="keep the decoded training images in memory: ram, no, or auto (only without --workers, "
                         "when they fit in 1 GiB and a quarter of the free memory)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="SGD")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="SGD", help="optimizer (default SGD)")
     p.add_argument("--cos-lr", action="store_true", help="cosine LR schedule (default linear)")
     p.add_argument("--schedule-epochs", type=int, default=0, metavar="T",
                    help="this run is part of a T-epoch LR schedule (with warm-up) instead of its own: e.g. the "
@@ -44,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule-start", type=int, default=0, metavar="N",
                    help="with --schedule-epochs: this run's first epoch is epoch N of that schedule")
     p.add_argument("--nbs", type=int, default=64, help="nominal batch size (= --batch-size: no accumulation)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--project", default="runs/finetune")
-    p.add_argument("--name", default="exp")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--project", default="runs/finetune", help="parent of run folders (default runs/finetune)")
+    p.add_argument("--name", default="exp", help="run folder name (default exp, then exp2, ...)")
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
     p.add_argument("--resume", nargs="?", const=True, default=False,
                    help="continue a run: its last.pt, its folder, or nothing for the newest run in --project")

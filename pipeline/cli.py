@@ -28,7 +28,7 @@ DEMO_HYP = Path(__file__).resolve().parents[1] / "finetune" / "hyps" / "demo.yam
 
 def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     p.add_argument("--imgsz", "--img", type=int, default=d.imgsz, help=f"train/score size (default {d.imgsz})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size of training and scoring")
     p.add_argument("--device", default=d.device, help="cpu, 0, 0,1 ...")
     p.add_argument("--workers", type=int, default=d.workers,
                    help="loader workers (default: the training stages pick, 0 on a CPU with at most 2 cores, else 8; "
@@ -38,14 +38,14 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
                         "less one per loader worker; --threads is the latency measurement's)")
     p.add_argument("--cache", choices=CACHE_MODES, default=d.cache,
                    help="training stages: keep decoded images in memory (ram, no, auto: only without workers)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed")
     p.add_argument("--hyp", default=d.hyp, help="hyperparameter yaml for the training stages")
     p.add_argument("--finetune-hyp", default=d.finetune_hyp,
                    help="hyperparameter yaml for the fine-tune stage(s) only (default: --hyp); "
                         "finetune/hyps/finetune.yaml: lr0 0.005 without warm-up")
     p.add_argument("--nbs", type=int, default=d.nbs, help="nominal batch (= --batch-size: no accumulation)")
-    p.add_argument("--optimizer", default=d.optimizer, choices=("SGD", "AdamW"))
-    p.add_argument("--cos-lr", action="store_true")
+    p.add_argument("--optimizer", default=d.optimizer, choices=("SGD", "AdamW"), help="training optimizer")
+    p.add_argument("--cos-lr", action="store_true", help="cosine LR schedule (default linear)")
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=("restart", "continuous"),
                    help="restart: the sparse stage and each fine-tune run their own LR schedule; continuous: one "
                         "schedule over all their epochs (the fine-tune picks up the LR where the sparse stage left "
@@ -65,15 +65,15 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     amount.add_argument("--ratio", type=float, default=None, help="fraction of prunable channels REMOVED")
     amount.add_argument("--target-flops", type=float, default=None, help="fraction of FLOPs KEPT (default 0.5)")
     amount.add_argument("--target-params", type=float, default=None, help="fraction of parameters KEPT")
-    p.add_argument("--importance", default=d.importance, choices=IMPORTANCES)
+    p.add_argument("--importance", default=d.importance, choices=IMPORTANCES, help="channel importance (as prune)")
     p.add_argument("--min-keep", type=float, default=d.min_keep, help="per-layer floor (fraction, or count >= 1)")
     p.add_argument("--round-to", type=int, default=d.round_to, help="kept channels rounded to a multiple of N")
     p.add_argument("--ignore", action="append", default=[], help="glob of module names to leave alone (repeatable)")
-    p.add_argument("--compensate", default=d.compensate, choices=("beta", "mean", "none"))
+    p.add_argument("--compensate", default=d.compensate, choices=("beta", "mean", "none"), help="as prune --compensate")
     p.add_argument("--recalibrate", type=int, default=d.recalibrate, help="re-estimate BN stats on N images")
     p.add_argument("--reconstruct", type=int, default=d.reconstruct,
                    help="least-squares re-fit of the convs that lost inputs on N images (prune --reconstruct)")
-    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
+    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="epochs of the fine-tune stage")
     p.add_argument("--rounds", type=int, default=d.rounds,
                    help="iterative mode: N prune -> fine-tune rounds, each a geometric step toward the target "
                         "(--finetune-epochs split between them); default 1")
@@ -89,8 +89,8 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     p.add_argument("--latency-runs", type=int, default=d.latency_runs, help="timed runs per model (interleaved)")
     p.add_argument("--threads", type=int, nargs="+", default=d.threads,
                    help="ORT thread counts to time (0 = all cores); default 1 0")
-    p.add_argument("--project", default=d.project)
-    p.add_argument("--name", default=d.name)
+    p.add_argument("--project", default=d.project, help="parent of run folders")
+    p.add_argument("--name", default=d.name, help="run folder name (resumed if it exists, see --new)")
     p.add_argument("--new", action="store_true", help="start a new run folder (exp2, ...) instead of resuming")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars in the training stages")
 

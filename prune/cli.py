@@ -22,7 +22,7 @@ from prune.runs import save_pruned
 from prune.sweep import DEFAULT_RATIOS, sweep
 from yolo.checkpoint import load_model
 from yolo.device import select_device
-from yolo.fileio import increment_run_dir
+from yolo.fileio import check_writable, increment_run_dir
 
 __all__ = ["register", "run_prune", "run_sweep"]
 
@@ -75,7 +75,7 @@ def _common(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--warn-gamma", type=float, default=DEFAULT_WARN_GAMMA,
                    help=f"warn when a removed channel has |gamma| above this (default {DEFAULT_WARN_GAMMA})")
     p.add_argument("--batch-size", type=int, default=16, help="batch size for calibration / scoring")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="dataloader workers (default 2)")
     p.add_argument("--project", default="runs/prune", help="parent folder of run folders (default runs/prune)")
     p.add_argument("--name", default=name, help=f"run folder name (default {name}, then {name}2, ...)")
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
@@ -121,13 +121,13 @@ def _console():
 
 def run_prune(args: argparse.Namespace) -> dict:
     config_from_args(args)  # bad flags fail here, before the checkpoint loads
+    save_dir = check_writable(increment_run_dir(args.project, args.name, args.exist_ok), "--project/--name")
     model, meta, imgsz, _ = _load(args)
     config = config_from_args(args, imgsz)
     calib = _calib(args, config, model)
     graph = build_graph(model, config.imgsz, config.ignore)
     plan = plan_pruning(graph, config, calib_loader=calib)
     pruned = apply_plan(model, plan, calib_loader=calib)
-    save_dir = increment_run_dir(args.project, args.name, args.exist_ok)
     path = save_pruned(save_dir, pruned, meta, plan.table, config, weights=args.weights)
     console = _console()
     console.print(plan.table.rich_table())
@@ -146,6 +146,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
     bad = [r for r in args.ratios if not 0 <= r < 1]
     if bad:
         raise PruneError(f"--ratios {bad[0]} is outside [0, 1): ratios are fractions of channels REMOVED")
+    save_dir = check_writable(increment_run_dir(args.project, args.name, args.exist_ok), "--project/--name")
     model, meta, imgsz, device = _load(args)
     config = config_from_args(args, imgsz)  # no amount: the sweep supplies each ratio
     calib = _calib(args, config, model)
@@ -153,7 +154,6 @@ def run_sweep(args: argparse.Namespace) -> dict:
     res = sweep(model, args.ratios, data=args.data, config=config, share=args.share, calib_loader=calib,
                 log=lambda m: print(m, file=sys.stderr), batch_size=args.batch_size, workers=args.workers,
                 device=device)  # fmt: skip
-    save_dir = increment_run_dir(args.project, args.name, args.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
     res.to_csv(save_dir / "sweep.csv")
     res.to_json(save_dir / "sweep.json")

@@ -160,7 +160,7 @@ def sweep(
             pruned = apply_plan(model, plan, calib_loader=calib_loader)
             m = _metrics(scorer(pruned))
             row.map50, row.map = m["map50"], m["map"]
-        _log(log, f"ratio {r:g}: {t.summary_line()}" + (f"  mAP50 {row.map50:.4f}" if row.map50 is not None else ""))
+        _log(log, t.summary_line() + (f"  mAP50 {row.map50:.4f}" if row.map50 is not None else ""))  # 'ratio 0.1: ...'
         rows.append(row)
     res = SweepResult(rows, baseline, share, base_cfg.importance, graph.imgsz)
     res.best_ratio = best_ratio(rows, baseline, share)

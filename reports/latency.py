@@ -13,6 +13,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -230,3 +231,30 @@ def add_ratios(results: dict[str, dict[str, Any]], baseline: str) -> None:
     for r in results.values():
         r["ratio_to_baseline"] = r["median_ms"] / base
         r["speedup"] = base / r["median_ms"]
+
+
+PACKAGES = (
+    "yolov5-slim",
+    "torch",
+    "torch-pruning",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "onnxslim",
+    "pycocotools",
+    "Pillow",
+    "PyYAML",
+    "matplotlib",
+    "rich",
+)
+
+
+def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
+    """Installed versions of the packages a report depends on (None when absent), for reproducing it."""
+    out: dict[str, str | None] = {}
+    for n in names:
+        try:
+            out[n] = importlib_metadata.version(n)
+        except importlib_metadata.PackageNotFoundError:
+            out[n] = None
+    return out

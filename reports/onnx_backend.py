@@ -61,8 +61,6 @@ class OnnxDetector:
         self.metadata = read_metadata(self.path)
         self.nc = int(out.shape[2]) - 5 if _fixed(out.shape[-1]) else None
         names = self.metadata.get("names")
-        if isinstance(names, dict):
-            names = [names[k] for k in sorted(names, key=int)]
         if not names:
             names = [str(i) for i in range(self.nc or 0)]
         self.names: list[str] = [str(n) for n in names]

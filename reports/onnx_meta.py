@@ -12,7 +12,11 @@ import onnx
 
 
 def read_metadata(path_or_model: str | Path | onnx.ModelProto) -> dict[str, Any]:
-    """metadata_props of an ONNX file, JSON values decoded (official YOLOv5 dict-literal names too)."""
+    """metadata_props of an ONNX file, JSON values decoded.
+
+    `names` comes back as a list in index order whichever way it was written: the official dict literal
+    ("{0: 'person', ...}", what this tool writes too) or the JSON list of files from earlier versions.
+    """
     m = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model))
     out: dict[str, Any] = {}
     for p in m.metadata_props:
@@ -23,4 +27,7 @@ def read_metadata(path_or_model: str | Path | onnx.ModelProto) -> dict[str, Any]
                 out[p.key] = ast.literal_eval(p.value)
             except (ValueError, SyntaxError):
                 out[p.key] = p.value
+    names = out.get("names")
+    if isinstance(names, dict):
+        out["names"] = [str(names[k]) for k in sorted(names, key=int)]
     return out

@@ -12,6 +12,8 @@ from typing import Any
 
 import matplotlib
 
+from reports.detect import load_predictor, side_by_side
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -159,3 +161,50 @@ def per_class_ap(
     ax.set_title("per-class AP")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------- a report's plots
+
+
+def report_plots(run_dir: Path, entries: Sequence[Any], extras: Mapping[str, Any], base: Any) -> list[Path]:
+    """Every plot a report has data for, written into run_dir. `entries` are reports.report.ModelEntry objects
+    and `base` the one the others are compared with."""
+    out: list[Path | None] = []
+    with_models = {e.role: e.model for e in entries if e.model is not None}
+    gamma_models = dict(extras.get("gamma_models") or {k: m for k, m in with_models.items() if k != "int8"})
+    if gamma_models:
+        out.append(gamma_histogram(gamma_models, run_dir / "gamma_hist.png", extras.get("gamma_threshold")))
+    pruned = next((e for e in entries if e.role != (base.role if base else None) and e.model is not None), None)
+    if base is not None and base.model is not None and pruned is not None:
+        out.append(channels_per_layer(base.model, pruned.model, run_dir / "channels_per_layer.png"))
+    if extras.get("sweep"):
+        out.append(sweep_curve(extras["sweep"], run_dir / "ratio_sweep.png"))
+    lat = {e.role: e.latency for e in entries if e.latency}
+    if lat:
+        out.append(latency_bars(lat, run_dir / "latency.png"))
+    pcs = {e.role: e.metrics.get("per_class") for e in entries if e.metrics.get("per_class")}
+    if pcs:
+        out.append(per_class_ap(pcs, run_dir / "per_class_ap.png"))
+    images = list(extras.get("images") or [])
+    if images:
+        out += detection_panels(run_dir, entries, images, extras)
+    return [p for p in out if p is not None]
+
+
+def detection_panels(run_dir: Path, entries: Sequence[Any], images: Sequence[Any], extras) -> list[Path]:
+    """Baseline vs the other models' detections side by side on a few images."""
+
+    preds = []
+    for e in entries:
+        src = e.model if e.model is not None else (e.onnx_path or e.path)
+        if src is not None:
+            preds.append((e.role, load_predictor(src)))
+    if not preds:
+        return []
+    out = []
+    imgsz = extras.get("imgsz", 640)
+    for i, img in enumerate(images[: int(extras.get("max_images", 4))]):
+        p = run_dir / f"detections_{i}.png"
+        side_by_side(preds, img, imgsz=imgsz, conf_thres=float(extras.get("conf_thres", 0.25))).save(p)
+        out.append(p)
+    return out

@@ -58,7 +58,7 @@ def plot_gamma_histograms(history: Sequence[dict | Sequence[int]], path: str | P
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend choice above
 
     rows = [h if isinstance(h, dict) else {"epoch": i, "hist": h} for i, h in enumerate(history)]
     centres = (HIST_EDGES[:-1] + HIST_EDGES[1:]) / 2

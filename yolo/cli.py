@@ -16,6 +16,7 @@ import torch
 from yolo.checkpoint import load_model
 from yolo.data import data_checks, load_data_yaml
 from yolo.device import choose_threads, select_device, set_torch_threads
+from yolo.fileio import check_writable
 from yolo.val import evaluate, renamed_classes_warning
 
 
@@ -24,19 +25,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Score a .pt (official or ours) or .onnx model on a YOLO-format split.")
     p.add_argument("--weights", required=True, help="model: official YOLOv5 .pt, a yolov5-slim .pt, or .onnx")
     p.add_argument("--data", required=True, help="data.yaml (YOLOv5 format)")
-    p.add_argument("--split", "--task", dest="split", default="val", choices=("val", "train", "test"))
+    p.add_argument("--split", "--task", dest="split", default="val", choices=("val", "train", "test"),
+                   help="split to score")
     p.add_argument("--imgsz", "--img", type=int, default=640, help="long side in pixels (default 640)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--conf-thres", type=float, default=0.001)
-    p.add_argument("--iou-thres", type=float, default=0.6)
-    p.add_argument("--max-det", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold (default 0.001)")
+    p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
+    p.add_argument("--max-det", type=int, default=300, help="detections kept per image (default 300)")
     p.add_argument("--device", default="cpu", help="cpu, 0, 0,1 ... (default cpu)")
     p.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
     p.add_argument("--no-rect", action="store_true", help="square letterbox instead of rectangular batches")
     p.add_argument("--rect-batches", choices=("exact", "yolov5"), default="exact",
                    help="exact: batch images of one shape, scores equal batch 1's at any batch size (default); "
                    "yolov5: pad consecutive groups to one shape as the official val.py (score moves with batch)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="dataloader workers (default 2)")
     p.add_argument("--threads", type=int, default=0,
                    help="intra-op threads of torch (.pt) or ONNX Runtime (.onnx) (default: OMP_NUM_THREADS when "
                         "set, else torch's default / all cores)")
@@ -64,6 +66,11 @@ def load_scorable(
 
 
 def run_val(args: argparse.Namespace) -> dict:
+    save_json = args.save_json
+    if save_json == "auto":
+        save_json = Path(args.weights).with_name(f"{Path(args.weights).stem}_predictions.json")
+    if save_json:
+        check_writable(save_json, "--save-json", folder=False)  # before the scoring, not after it
     device = select_device(args.device)
     data = load_data_yaml(args.data)
     threads = _threads(args.threads, str(args.weights))
@@ -71,9 +78,6 @@ def run_val(args: argparse.Namespace) -> dict:
     warning = renamed_classes_warning(model.names, data.names, args.weights, args.data)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    save_json = args.save_json
-    if save_json == "auto":
-        save_json = Path(args.weights).with_name(f"{Path(args.weights).stem}_predictions.json")
     with data_checks(strict=getattr(args, "strict", False)):
         res = evaluate(model, data, split=args.split, imgsz=args.imgsz, batch_size=args.batch_size,
                        conf_thres=args.conf_thres, iou_thres=args.iou_thres, max_det=args.max_det, device=device,

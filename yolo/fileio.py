@@ -101,3 +101,32 @@ def plain(v: Any, for_json: bool = False) -> Any:
     if hasattr(v, "tolist"):
         return v.tolist()
     return str(v)
+
+
+def check_writable(path: str | Path, flag: str, folder: bool = True) -> Path:
+    """Prove that `path` (a folder, or with folder=False a file) can be created and written, before any work is
+    done for it; nothing is left behind (folders made for the probe are removed again). Raises ValueError with
+    one line naming `flag` otherwise, e.g. '--project /proc/x: cannot create or write there (No such file ...)'."""
+    path = Path(path)
+    target = path if folder else path.parent
+    if not folder and path.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder, expected a file name")
+    missing = []
+    p = target
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    made: list[Path] = []
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            made.append(d)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=target)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot create or write there ({e.strerror or type(e).__name__})") from None
+    finally:
+        for d in reversed(made):
+            d.rmdir()
+    return path
