@@ -63,7 +63,8 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
                         "target below would remove (re-chosen every epoch)")
     amount = p.add_mutually_exclusive_group()
     amount.add_argument("--ratio", type=float, default=None, help="fraction of prunable channels REMOVED")
-    amount.add_argument("--target-flops", type=float, default=None, help="fraction of FLOPs KEPT (default 0.5)")
+    amount.add_argument("--target-flops", type=float, default=None,
+                        help=f"fraction of FLOPs KEPT (default {d.target_flops})")
     amount.add_argument("--target-params", type=float, default=None, help="fraction of parameters KEPT")
     p.add_argument("--importance", default=d.importance, choices=IMPORTANCES, help="channel importance (as prune)")
     p.add_argument("--min-keep", type=float, default=d.min_keep, help="per-layer floor (fraction, or count >= 1)")
@@ -122,7 +123,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def demo_defaults() -> PipelineOptions:
     """The demo's knobs: sized to finish in about ten minutes on two CPU cores."""
     return PipelineOptions(imgsz=128, batch_size=16, nbs=16, sparse_epochs=35, dense_epochs=0, finetune_epochs=10,
-                           sparsity=2e-3, sparsity_schedule="constant", target_flops=0.5, optimizer="AdamW",
+                           sparsity=2e-3, sparsity_schedule="constant", sparsity_mode="uniform", reconstruct=0,
+                           target_flops=0.5, optimizer="AdamW",
                            hyp=str(DEMO_HYP), val_every=5, latency_runs=100, threads=[1], project="runs/demo",
                            workers=None)
 
@@ -131,7 +133,7 @@ def options_from_args(args: argparse.Namespace, base: PipelineOptions | None = N
     base = base or PipelineOptions()
     values = {f.name: getattr(args, f.name) for f in fields(PipelineOptions) if hasattr(args, f.name)}
     if values.get("ratio") is None and values.get("target_flops") is None and values.get("target_params") is None:
-        values["target_flops"] = 0.5
+        values["target_flops"] = base.target_flops
     values["threads"] = list(values.get("threads") or [1])
     opt = PipelineOptions(**{**base.__dict__, **values})
     return opt

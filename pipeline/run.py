@@ -65,17 +65,17 @@ class PipelineOptions:
     seed: int = 0
     hyp: str | None = None
     finetune_hyp: str | None = None  # hyperparameters of the fine-tune stage(s) only (default: hyp)
-    nbs: int = 64
+    nbs: int = 16  # no accumulation: the sparsity rate acts per optimizer step (docs/guide.md, Defaults)
     optimizer: str = "SGD"
     cos_lr: bool = False
     lr_schedule: str = "restart"  # restart: each training stage its own; continuous: one over sparse + fine-tune
     dense_epochs: int = 0  # optional: train the same model without the penalty, for comparison
-    sparse_epochs: int = 30
-    sparsity: float = 1e-3
+    sparse_epochs: int = 10
+    sparsity: float = 0.02
     sparsity_schedule: str = "constant"
-    sparsity_mode: str = "uniform"  # uniform: every BatchNorm; targeted: only what the prune plan would cut
+    sparsity_mode: str = "targeted"  # targeted: only what the prune plan would cut; uniform: every BatchNorm
     ratio: float | None = None
-    target_flops: float | None = 0.5
+    target_flops: float | None = 0.7
     target_params: float | None = None
     importance: str = "slim"
     min_keep: float = 0.1
@@ -83,8 +83,8 @@ class PipelineOptions:
     ignore: list[str] = field(default_factory=list)
     compensate: str = "beta"
     recalibrate: int = 0
-    reconstruct: int = 0
-    finetune_epochs: int = 30
+    reconstruct: int = 128
+    finetune_epochs: int = 80
     rounds: int = 1  # iterative mode: this many prune -> fine-tune rounds, each a geometric step toward the target
     teacher: str = "none"  # none | unpruned (the prune stage's input; alias: baseline) | a checkpoint path
     distill_weight: float | None = None  # hyp distill override for the fine-tune stage (needs a teacher)
@@ -119,7 +119,7 @@ class PipelineOptions:
                 raise PipelineError(f"{flag} {v}: file not found")
         if self.sparsity_mode not in SPARSITY_MODES:
             raise PipelineError(f"--sparsity-mode {self.sparsity_mode}: use one of {', '.join(SPARSITY_MODES)}")
-        if self.sparsity_mode == "targeted" and self.importance != "slim":
+        if self.sparsity_mode == "targeted" and self.sparse_epochs > 0 and self.importance != "slim":
             raise PipelineError("--sparsity-mode targeted pushes BatchNorm gammas, so it needs --importance slim")
         if self.teacher not in TEACHER_CHOICES and not Path(self.teacher).is_file():
             raise PipelineError(f"--teacher {self.teacher}: not none, unpruned or an existing checkpoint file")
