@@ -110,7 +110,7 @@ def markdown(rows: list[dict], summary: dict[str, dict]) -> str:
                       f"{100 * s['worst_gap50']:.1f} | {100 * s['mean_gap']:.1f} |" for k, s in summary.items())
     return ("### Helmets across seeds and recipes: pruned (to 0.5x FLOPs unless the recipe says otherwise) vs the "
             "unpruned model, mAP50 / mAP50-95\n\n"
-            "Gaps in points (unpruned minus pruned); the issue asks for at most 2 in mAP50. A recipe row repeats "
+            "Gaps in points (unpruned minus pruned); the aim is at most 2 in mAP50. A recipe row repeats "
             "the first one with the flags shown; runs from bench/helmets.py (each run's record, with its command, "
             "stage times, checks and bootstrap interval, is the result file in bench/results/helmets_runs/), "
             "gathered by bench/helmets_seeds.py.\n\n"
