@@ -169,21 +169,7 @@ def evaluate(
     timer = Timer()
     with torch.inference_mode(), _progress(progress, len(dataloader), f"scoring {split}") as advance:
         for imgs, targets, paths, shapes in dataloader:
-            t0 = time.perf_counter()
-            x = imgs.to(device, non_blocking=True)
-            x = (x.half() if half and device.type == "cuda" else x.float()) / 255
-            _sync(device)
-            t1 = time.perf_counter()
-            preds = run(x)
-            _sync(device)
-            t2 = time.perf_counter()
-            dets = non_max_suppression(
-                preds.float(), conf_thres, iou_thres, multi_label=True, max_det=max_det
-            )
-            t3 = time.perf_counter()
-            timer.add("pre", t1 - t0)
-            timer.add("inf", t2 - t1)
-            timer.add("nms", t3 - t2)
+            x, dets = _timed_batch(run, imgs, device, half, timer, conf_thres, iou_thres, max_det)
             acc.add_batch(x.shape[2:], dets, targets, paths, shapes)
             advance()
     result = acc.finish(verbose)
@@ -194,6 +180,24 @@ def evaluate(
         _write_json(Path(save_json), acc.json_predictions)
         result["predictions_json"] = str(save_json)
     return result
+
+
+def _timed_batch(run, imgs, device, half, timer, conf_thres, iou_thres, max_det):
+    """One batch through the model and NMS, each stage timed as the official val.py times it (pre, inf, nms)."""
+    t0 = time.perf_counter()
+    x = imgs.to(device, non_blocking=True)
+    x = (x.half() if half and device.type == "cuda" else x.float()) / 255
+    _sync(device)
+    t1 = time.perf_counter()
+    preds = run(x)
+    _sync(device)
+    t2 = time.perf_counter()
+    dets = non_max_suppression(preds.float(), conf_thres, iou_thres, multi_label=True, max_det=max_det)
+    t3 = time.perf_counter()
+    timer.add("pre", t1 - t0)
+    timer.add("inf", t2 - t1)
+    timer.add("nms", t3 - t2)
+    return x, dets
 
 
 class _Accumulator:
