@@ -5,30 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
 
 from yolo.fileio import atomic_write_text
-
-
-def unwritable_reason(folder: str | Path) -> str | None:
-    """Why no run folder can be made inside `folder` (None: it can), found before any work by making and removing
-    an empty folder in its nearest existing parent: permissions, read-only mounts and pseudo file systems (/proc)
-    all show, and nothing is left behind."""
-    base = Path(folder).absolute()
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    if not base.is_dir():
-        return f"{base} is a file, not a folder"
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=base))
-    except OSError as e:
-        return f"cannot create folders in {base}: {e.strerror or e}"
-    return None
 
 
 def write_yaml(path: Path, data: Mapping) -> None:

@@ -17,13 +17,13 @@ from finetune.optim import build_optimizer, nominal_accumulate, warmup_iters
 from finetune.options import TrainError
 from finetune.progress import log
 from finetune.results import target_text
-from finetune.runs import unwritable_reason, write_yaml
+from finetune.runs import write_yaml
 from prune.sparse_target import TargetedSelection, prunable_bn_names
 from sparsity.callback import SparsityCallback
 from yolo.checkpoint import load_model
 from yolo.data import create_dataloader, load_data_yaml
 from yolo.device import set_torch_threads, usable_cores
-from yolo.fileio import increment_run_dir
+from yolo.fileio import check_writable, increment_run_dir
 from yolo.loss import YoloLoss, scale_loss_gains
 from yolo.model import build_model, reset_detect_head
 from yolo.val import build_val_loader, short_names
@@ -60,9 +60,10 @@ class RunSetup:
         if not self.is_main:
             return
         flag, folder = ("--resume", self.resume.run_dir) if self.resume else ("--project", Path(self.opt.project))
-        why = unwritable_reason(folder)
-        if why:
-            raise TrainError(f"{flag} {folder}: the run folder cannot be written there ({why})")
+        try:
+            check_writable(folder, flag)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
 
     def _setup_data(self) -> None:
         self.data_cfg = load_data_yaml(self.opt.data)

@@ -31,6 +31,7 @@ from torch import nn
 from reports.imaging import ImageLike, prepare
 from reports.onnx_backend import OnnxDetector
 from yolo.boxes import box_iou
+from yolo.fileio import check_writable
 from yolo.imgsz import check_imgsz, max_stride, to_shape
 from yolo.nms import non_max_suppression
 
@@ -59,13 +60,11 @@ def check_out_dir(folder: Path) -> Path:
     """Create `folder` if needed and prove it writable with a probe file; one-line error otherwise."""
     folder = Path(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise ExportError(f"output folder {folder} is not writable ({reason})") from None
+        check_writable(folder, "output folder")
+    except ValueError as e:
+        reason = str(e)[str(e).rfind(" (") + 1:]  # check_writable's "(<why>)" at the end
+        raise ExportError(f"output folder {folder} is not writable {reason}") from None
+    folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
