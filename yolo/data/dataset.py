@@ -163,7 +163,8 @@ class DetectionDataset(Dataset):
         self.report = rep
         if not self.im_files:
             where = files[0].parent if files else "the image list"
-            raise DataError(f"{where}: no readable images ({rep.unreadable} unreadable)")
+            first = f"; first: {rep.issues[0].offender()}" if rep.issues else ""
+            raise DataError(f"{where}: no readable images ({rep.unreadable} unreadable{first})")
         self.shapes = np.array(shapes, dtype=np.int64).reshape(-1, 2)
         self.label_files = [img2label_path(f) for f in self.im_files]
 
