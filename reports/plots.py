@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from torch import nn  # noqa: E402
 
+from yolo.modules import bn_gammas  # noqa: E402
+
 COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
 
 
@@ -30,19 +32,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def bn_gammas(model: nn.Module) -> np.ndarray:
-    """|gamma| of every BatchNorm2d of the model, concatenated (empty for a fused model)."""
-    vals = [m.weight.detach().abs().cpu().numpy().ravel() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    return np.concatenate(vals) if vals else np.zeros(0)
-
-
 def conv_channels(model: nn.Module) -> dict[str, int]:
     """Output channels of every Conv2d, by module name, in network order."""
     return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
 
 def gamma_histogram(models: Mapping[str, nn.Module], path: Path, threshold: float | None = None) -> Path | None:
-    data = {k: bn_gammas(m) for k, m in models.items()}
+    data = {k: bn_gammas(m).abs().numpy() for k, m in models.items()}
     data = {k: v for k, v in data.items() if v.size}
     if not data:
         return None
