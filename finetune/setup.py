@@ -26,7 +26,7 @@ from yolo.device import set_torch_threads, usable_cores
 from yolo.fileio import check_writable, increment_run_dir
 from yolo.loss import YoloLoss, scale_loss_gains
 from yolo.model import build_model, reset_detect_head
-from yolo.val import build_val_loader, short_names
+from yolo.val import build_val_loader, has_class_names, short_names
 
 
 class RunSetup:
@@ -96,7 +96,7 @@ class RunSetup:
         if o.new_head:
             log(f"--new-head: a new Detect head for the {nc} classes of {o.data}", self.is_main)
             return True
-        if o.weights and list(model.names) != names:
+        if o.weights and list(model.names) != names and has_class_names(model.names):
             log(f"warning: {o.weights} predicts {short_names(model.names)}; {o.data} names its {nc} classes "
                 f"{short_names(names)}: the trained Detect head is kept and its classes renamed in order "
                 "(--new-head trains a new head for other classes)", self.is_main)

@@ -174,6 +174,6 @@ class Trainer(RunSetup, EpochLoop, RunCheckpoints):
         # resolved here, not saved in the run: a resume on another machine picks its own
         self.workers = resolve_workers(self.opt.workers, self.device, self.dist.world_size)
         n, why = set_training_threads(self.opt.threads, self.device, self.workers, self.dist.world_size)
-        log(f"using {n} torch threads ({why})", self.is_main and not self.opt.quiet)
+        log(f"using {n} torch thread{'' if n == 1 else 's'} ({why})", self.is_main and not self.opt.quiet)
         init_seeds(self.opt.seed + 1 + self.dist.rank)
         self.amp = self.opt.amp and self.device.type == "cuda"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from reports.export import export_ready
+from reports.export import ExportError, export_ready
 from reports.imaging import ImageLike, list_images, prepare, read_rgb
 from reports.onnx_backend import OnnxDetector
 from yolo.boxes import scale_boxes
@@ -169,7 +169,7 @@ def _checked_imgsz(predictor: Any, imgsz: int | Sequence[int]) -> int | Sequence
 
     if getattr(predictor, "input_shape", None):
         return imgsz
-    return check_imgsz(imgsz, int(getattr(predictor, "stride", 32)))
+    return check_imgsz(imgsz, int(getattr(predictor, "stride", 32)), error=ExportError)
 
 
 def _save_one(run: DetectRun, f: Path, det: np.ndarray, rgb: np.ndarray, names: Sequence[str], opt) -> Path:

@@ -73,7 +73,7 @@ def run_val(args: argparse.Namespace) -> dict:
         check_writable(save_json, "--save-json", folder=False)  # before the scoring, not after it
     device = select_device(args.device)
     data = load_data_yaml(args.data)
-    threads = _threads(args.threads, str(args.weights))
+    threads, threads_text = _threads(args.threads, str(args.weights))
     model = load_scorable(args.weights, str(device), threads, getattr(args, "load_onnx", None))
     warning = renamed_classes_warning(model.names, data.names, args.weights, args.data)
     if warning:
@@ -83,19 +83,19 @@ def run_val(args: argparse.Namespace) -> dict:
                        conf_thres=args.conf_thres, iou_thres=args.iou_thres, max_det=args.max_det, device=device,
                        half=args.half, rect=not args.no_rect, verbose=False, save_json=save_json,
                        workers=args.workers, rect_batches=args.rect_batches)
+    res["threads"] = threads_text
     print_results(res, verbose=args.verbose)
     return res
 
 
-def _threads(requested: int, weights: str) -> int:
-    """--threads, else OMP_NUM_THREADS, else the backend's default (0 for ONNX Runtime: all cores); one line."""
+def _threads(requested: int, weights: str) -> tuple[int, str]:
+    """--threads, else OMP_NUM_THREADS, else the backend's default (0 for ONNX Runtime: all cores), and the words
+    that say which and why (printed with the speed line, so a bad-input error stays the only line)."""
     if weights.lower().endswith(".onnx"):
         n, why = choose_threads(requested, 0, "ONNX Runtime's default")
-        print(f"using {n or 'all'} ONNX Runtime threads ({why})", flush=True)
-        return n
+        return n, f"{n or 'all'} ONNX Runtime thread{'' if n == 1 else 's'} ({why})"
     n, why = set_torch_threads(requested, torch.get_num_threads(), "torch's default")
-    print(f"using {n} torch threads ({why})", flush=True)
-    return n
+    return n, f"{n} torch thread{'' if n == 1 else 's'} ({why})"
 
 
 def print_results(res: dict, verbose: bool = False) -> None:
@@ -115,6 +115,8 @@ def print_results(res: dict, verbose: bool = False) -> None:
     console = Console()
     console.print(t)
     s = res["speed_ms"]
-    console.print(f"Speed: {s['pre']:.1f} ms pre-process, {s['inf']:.1f} ms inference, {s['nms']:.1f} ms NMS per image")
+    on = f" on {res['threads']}" if res.get("threads") else ""
+    console.print(f"Speed: {s['pre']:.1f} ms pre-process, {s['inf']:.1f} ms inference, {s['nms']:.1f} ms NMS per image"
+                  f"{on}")
     if res.get("predictions_json"):
         console.print(f"COCO predictions saved to {res['predictions_json']}")

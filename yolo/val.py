@@ -88,10 +88,18 @@ def short_names(names: Sequence[str], limit: int = 6) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def has_class_names(names: Sequence[str]) -> bool:
+    """False for the placeholder names '0', '1', ... a model built without a data.yaml carries."""
+    return [str(n) for n in names] != [str(i) for i in range(len(names))]
+
+
 def renamed_classes_warning(names: Sequence[str], data_names: Sequence[str], model: Any, data: Any) -> str | None:
     """Same class count, other names: scored by class index as if they were the same classes, which is right for
-    a renaming and meaningless for other classes, so `val` says so (None when the names agree)."""
+    a renaming and meaningless for other classes, so `val` says so (None when the names agree, or when the model's
+    names are only its class indices: a model that was never told its classes has nothing to contradict)."""
     if len(names) != len(data_names) or [str(n) for n in names] == [str(n) for n in data_names]:
+        return None
+    if not has_class_names(names):
         return None
     return (f"warning: {model} predicts {short_names(names)}; {data} names its classes {short_names(data_names)}: "
             "scored by class index as the same classes (for other classes, fine-tune with finetune.py --new-head)")
