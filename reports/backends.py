@@ -1,0 +1,191 @@
+"""Which runtime runs an exported file, chosen by its suffix, and what the non-ONNX predictors share.
+
+    load_backend("model.onnx" | "model.xml" | "model.ncnn.param" | "x_openvino_model/" | "x_ncnn_model/", threads)
+
+returns a predictor with the interface `yolo.val.evaluate` and `reports.detect` accept (names, stride,
+input_shape, batch_fixed, `__call__(Bx3xHxW tensor) -> (B, anchors, 5 + nc)`). OpenVINO and ncnn are optional
+extras: a missing package is one line naming the extra to install (MissingExtraError, a ValueError, so the
+command line prints it as `error: ...` and exits 2).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Sequence
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMATS = ("onnx", "openvino", "ncnn")
+EXTRA_MODULES = {"openvino": ("openvino",), "ncnn": ("ncnn", "pnnx")}
+RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "ncnn": "ncnn", "torch": "torch"}
+
+
+class MissingExtraError(ValueError):
+    """An optional runtime package is not installed; the message names the extra that brings it."""
+
+
+def require_extra(extra: str, what: str, modules: Sequence[str] | None = None) -> None:
+    """Import the extra's packages or raise one line: '<what> needs the <extra> extra: pip install .[<extra>]'.
+
+    Called before anything is written, so a missing package never leaves half an export behind.
+    """
+    for name in modules or EXTRA_MODULES[extra]:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise MissingExtraError(f"{what} needs the {extra} extra: pip install .[{extra}]") from None
+
+
+def backend_kind(path: str | Path) -> str | None:
+    """'onnx' | 'openvino' | 'ncnn' for an exported model path (file or export folder), None otherwise."""
+    p = Path(path)
+    name = p.name.lower()
+    if name.endswith(".onnx"):
+        return "onnx"
+    if name.endswith(".xml") or name.endswith("_openvino_model"):
+        return "openvino"
+    if name.endswith(".param") or name.endswith("_ncnn_model"):
+        return "ncnn"
+    if p.is_dir():
+        if any(p.glob("*.xml")):
+            return "openvino"
+        if any(p.glob("*.param")):
+            return "ncnn"
+    return None
+
+
+def load_backend(path: str | Path, threads: int | None = None) -> Any:
+    """The predictor for an exported file, by suffix (see the module docstring); ValueError for other paths."""
+    kind = backend_kind(path)
+    if kind == "onnx":
+        from reports.onnx_backend import OnnxDetector
+
+        return OnnxDetector(path, threads=threads)
+    if kind == "openvino":
+        require_extra("openvino", f"running {Path(path).name}", ("openvino",))
+        from reports.openvino_backend import OpenVinoDetector  # needs the optional openvino package
+
+        return OpenVinoDetector(path, threads=threads)
+    if kind == "ncnn":
+        require_extra("ncnn", f"running {Path(path).name}", ("ncnn",))
+        from reports.ncnn_backend import NcnnDetector  # needs the optional ncnn package
+
+        return NcnnDetector(path, threads=threads)
+    raise ValueError(f"{path}: not an exported model (expected .onnx, an OpenVINO .xml or an ncnn .param)")
+
+
+def runtime_label(kind: str) -> str:
+    """'openvino 2026.4.1' from a runner kind ('onnxruntime-iobinding' -> 'onnxruntime 1.x io-binding')."""
+    base, _, variant = kind.partition("-")
+    package = RUNTIME_PACKAGES.get(base)
+    if package is None:
+        return kind
+    try:
+        version = importlib_metadata.version(package)
+    except importlib_metadata.PackageNotFoundError:
+        version = "?"
+    return f"{base} {version}" + (f" {variant}" if variant else "")
+
+
+def files_size_mb(path: str | Path) -> float:
+    """Size of a model on disk: the file plus its weights file (.xml + .bin, .param + .bin)."""
+    p = Path(path)
+    files = [p] if p.is_file() else []
+    if p.suffix.lower() in (".xml", ".param"):
+        files.append(p.with_suffix(".bin"))
+    return sum(os.path.getsize(f) for f in files if f.is_file()) / 1e6
+
+
+def metadata_names(md: dict[str, Any], nc: int | None) -> list[str]:
+    """Class names from metadata: a list, or an {index: name} dict as the official YOLOv5 export writes."""
+    names = md.get("names")
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names, key=int)]
+    if not names:
+        names = [str(i) for i in range(nc or 0)]
+    return [str(n) for n in names]
+
+
+# ------------------------------------------------------------------------------------------- predictors
+
+
+class FixedInputPredictor:
+    """Shared part of the OpenVINO and ncnn predictors: a static (batch, 3, h, w) input and metadata.
+
+    Subclasses set `path`, `threads`, `metadata`, `input_shape`, `batch_fixed`, `nc`, `kind` and implement
+    `run_numpy(x) -> np.ndarray` for one ready (batch_fixed, 3, h, w) float32 array.
+    """
+
+    kind = "?"
+    path: Path
+    threads: int | None = None
+    input_shape: tuple[int, int] | None = None
+    batch_fixed: int | None = 1
+    nc: int | None = None
+
+    def _set_metadata(self, md: dict[str, Any]) -> None:
+        self.metadata = md
+        self.names: list[str] = metadata_names(md, self.nc)
+        self.stride = int(md.get("stride", 32))
+        imgsz = md.get("imgsz") or (list(self.input_shape) if self.input_shape else [640, 640])
+        self.imgsz: tuple[int, int] = (int(imgsz[0]), int(imgsz[-1])) if isinstance(imgsz, list) else (imgsz, imgsz)
+        self.device = torch.device("cpu")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path.name}, input_shape={self.input_shape}, threads={self.threads})"
+
+    @property
+    def size_mb(self) -> float:
+        return files_size_mb(self.path)
+
+    def run_numpy(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __call__(self, imgs: torch.Tensor | np.ndarray) -> torch.Tensor:
+        x = imgs.detach().cpu().numpy() if isinstance(imgs, torch.Tensor) else np.asarray(imgs)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim == 3:
+            x = x[None]
+        if self.input_shape is not None and tuple(x.shape[2:]) != self.input_shape:
+            raise ValueError(
+                f"{self.path.name} takes fixed {self.input_shape[0]}x{self.input_shape[1]} inputs, "
+                f"got {x.shape[2]}x{x.shape[3]}"
+            )
+        fb = self.batch_fixed or x.shape[0]
+        outs = []
+        for i in range(0, x.shape[0], fb):  # run in chunks of the fixed batch, the last one padded
+            chunk = x[i : i + fb]
+            k = chunk.shape[0]
+            if k < fb:
+                chunk = np.concatenate([chunk, np.zeros((fb - k, *chunk.shape[1:]), chunk.dtype)], 0)
+            outs.append(np.asarray(self.run_numpy(chunk), dtype=np.float32)[:k])
+        return torch.from_numpy(np.concatenate(outs, 0))
+
+    # nn.Module look-alikes so code written for modules does not trip over a predictor
+    def eval(self) -> FixedInputPredictor:
+        return self
+
+    def to(self, *args, **kwargs) -> FixedInputPredictor:
+        return self
+
+
+class PredictorRunner:
+    """A latency runner (see reports.latency.Runner) for any FixedInputPredictor: one random input, run as is."""
+
+    def __init__(self, det: FixedInputPredictor, imgsz: int | Sequence[int] = 640):
+        from reports.imaging import to_shape
+
+        self.det = det
+        self.kind = det.kind
+        self.threads = det.threads
+        shape = det.input_shape or to_shape(imgsz)
+        self.x = np.random.default_rng(0).random((det.batch_fixed or 1, 3, *shape), dtype=np.float32)
+        self.shape = list(self.x.shape)
+
+    def __call__(self) -> None:
+        self.det.run_numpy(self.x)
