@@ -79,23 +79,27 @@ def load_backend(path: str | Path, threads: int | None = None) -> Any:
     raise ValueError(f"{path}: not an exported model (expected .onnx, an OpenVINO .xml or an ncnn .param)")
 
 
+def package_version(name: str) -> str | None:
+    """The installed version of a distribution, None when it is not installed (nothing is imported)."""
+    try:
+        return importlib_metadata.version(name)
+    except importlib_metadata.PackageNotFoundError:
+        return None
+
+
 def runtime_label(kind: str) -> str:
-    """'openvino 2026.4.1' from a runner kind ('onnxruntime-iobinding' -> 'onnxruntime 1.x io-binding')."""
+    """'openvino 2026.4.1' from a runner kind ('onnxruntime-iobinding' -> 'onnxruntime 1.32.0 iobinding')."""
     base, _, variant = kind.partition("-")
     package = RUNTIME_PACKAGES.get(base)
     if package is None:
         return kind
-    try:
-        version = importlib_metadata.version(package)
-    except importlib_metadata.PackageNotFoundError:
-        version = "?"
-    return f"{base} {version}" + (f" {variant}" if variant else "")
+    return f"{base} {package_version(package) or '?'}" + (f" {variant}" if variant else "")
 
 
 def files_size_mb(path: str | Path) -> float:
-    """Size of a model on disk: the file plus its weights file (.xml + .bin, .param + .bin)."""
+    """Size of a model on disk: the file plus its weights file (.xml + .bin, .param + .bin), or a whole folder."""
     p = Path(path)
-    files = [p] if p.is_file() else []
+    files = [f for f in p.iterdir() if f.is_file()] if p.is_dir() else [p]
     if p.suffix.lower() in (".xml", ".param"):
         files.append(p.with_suffix(".bin"))
     return sum(os.path.getsize(f) for f in files if f.is_file()) / 1e6

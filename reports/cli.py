@@ -44,8 +44,10 @@ def _threads(values: list[str] | None) -> list[int | None]:
 def cmd_export(args: Any) -> int:
     from reports.export import ExportError, check_parity, export_onnx
     from reports.imaging import list_images
+    from reports.runtime_export import check_format_request
     from yolo.checkpoint import load_model
 
+    check_format_request(args.format, args.int8)  # a missing extra is one line, before anything is written
     if args.int8 and not args.calib_data:
         raise ValueError("--int8 needs --calib-data DATA.yaml (its train images calibrate the activations)")
     weights = Path(args.weights)
@@ -86,9 +88,21 @@ def cmd_export(args: Any) -> int:
         raise
     print(f"exported {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
     print(rep.summary())
-    if args.int8:
+    if args.format != "onnx":
+        _export_runtime(args, model, path, parity_images, data, imgsz)
+    elif args.int8:
         _export_int8(args, path, data, imgsz if isinstance(imgsz, int) else max(imgsz))
     return 0
+
+
+def _export_runtime(args: Any, model, onnx_path: Path, parity_images: list, data, imgsz) -> None:
+    from reports.runtime_export import Int8Options, export_format
+
+    int8 = None
+    if args.int8:
+        size = imgsz if isinstance(imgsz, int) else max(imgsz)
+        int8 = Int8Options(data, args.calib_images, args.int8_map_tol, not args.int8_no_eval, size)
+    export_format(args.format, model, onnx_path, parity_images, int8=int8, threads=args.threads)
 
 
 def _synthetic_images(imgsz) -> list:
@@ -131,6 +145,7 @@ def _export_int8(args: Any, fp32: Path, data, imgsz: int) -> None:
 def cmd_benchmark(args: Any) -> int:
     import tempfile
 
+    from reports.backends import backend_kind
     from reports.export import export_onnx
     from reports.latency import add_ratios, benchmark_files
     from yolo.checkpoint import load_model
@@ -142,9 +157,9 @@ def cmd_benchmark(args: Any) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         for w in map(Path, args.files):
             name = w.stem if w.stem not in paths else f"{w.stem}-{len(paths)}"
-            if w.suffix.lower() == ".onnx":
-                if not w.is_file():
-                    raise FileNotFoundError(f"ONNX model {w} not found")
+            if backend_kind(w):  # .onnx, OpenVINO .xml, ncnn .param (or their export folders)
+                if not w.exists():
+                    raise FileNotFoundError(f"model {w} not found")
                 paths[name] = w
             else:
                 model, meta = load_model(w)
@@ -176,11 +191,12 @@ def _print_latency(res: dict) -> None:
 
     cpu = res["environment"]["cpu"]
     t = Table(title=f"latency ({cpu['model']}; {', '.join(cpu['flags'])}; ORT {res['environment']['onnxruntime']})")
-    for c in ("model", "threads", "median ms", "p90 ms", "vs first"):
-        t.add_column(c, justify="left" if c == "model" else "right")
+    for c in ("model", "runtime", "threads", "median ms", "p90 ms", "vs first"):
+        t.add_column(c, justify="left" if c in ("model", "runtime") else "right")
     for setting in res["results"].values():
         for name, r in setting.items():
-            t.add_row(name, str(r["threads"]), f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['speedup']:.2f}x")
+            t.add_row(name, r.get("runtime", r.get("kind", "?")), str(r["threads"]), f"{r['median_ms']:.2f}",
+                      f"{r['p90_ms']:.2f}", f"{r['speedup']:.2f}x")
     Console().print(t)
 
 
@@ -279,6 +295,9 @@ def register(subparsers) -> None:
         choices=["none", "batch", "hw", "all"],
         help="dynamic axes (bare --dynamic = batch, height and width)",
     )
+    p.add_argument("--format", choices=["onnx", "openvino", "ncnn"], default="onnx",
+                   help="also convert the checked ONNX to OpenVINO IR (extra: openvino) or ncnn (extra: ncnn); "
+                   "--int8 with openvino quantises with nncf instead of ONNX Runtime")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     p.add_argument(
         "--replace-focus", action="store_true", help="export a Focus stem as the equivalent strided Conv (exact)"
@@ -296,8 +315,9 @@ def register(subparsers) -> None:
     p.add_argument("--int8-no-eval", action="store_true", help="do not score int8 on the val split")
     p.set_defaults(func=cmd_export)
 
-    p = subparsers.add_parser("benchmark", help="latency of several .pt/.onnx files, timed interleaved")
-    p.add_argument("files", nargs="+", help=".onnx files or checkpoints (exported to a temporary ONNX)")
+    p = subparsers.add_parser("benchmark", help="latency of several .pt/.onnx/.xml/.param files, timed interleaved")
+    p.add_argument("files", nargs="+", help=".onnx, OpenVINO .xml or ncnn .param files, or checkpoints "
+                   "(exported to a temporary ONNX)")
     p.add_argument("--imgsz", "--img", type=int, nargs="+", help=SHAPE_HELP + " (for dynamic models / .pt)")
     p.add_argument("--threads", nargs="+", help="thread counts, 'all' = every usable core (default: 1 all)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per model (after --warmup)")
@@ -328,7 +348,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_report)
 
     p = subparsers.add_parser("detect", help="draw a model's detections on images")
-    p.add_argument("--weights", required=True, help=".pt (ours or official) or .onnx")
+    p.add_argument("--weights", required=True, help=".pt (ours or official), .onnx, OpenVINO .xml or ncnn .param")
     p.add_argument("--source", required=True, help="an image file or a folder of images")
     p.add_argument("--imgsz", "--img", type=int, nargs="+", help=SHAPE_HELP)
     p.add_argument("--conf-thres", type=float, default=0.25)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from reports.backends import backend_kind, load_backend
 from reports.imaging import ImageLike, list_images, prepare, to_shape
 
 
@@ -38,16 +39,15 @@ class TorchPredictor:
 
 
 def load_predictor(weights: str | Path | Any, threads: int | None = None, device: str = "cpu"):
-    """An OnnxDetector for .onnx, a TorchPredictor for a checkpoint path or an nn.Module."""
+    """The runtime's predictor for an exported file (reports.backends.load_backend), a TorchPredictor for a
+    checkpoint path or an nn.Module."""
     if isinstance(weights, torch.nn.Module):
         return TorchPredictor(weights, device)
     if not isinstance(weights, (str, Path)):
         return weights  # already a predictor
     p = Path(weights)
-    if p.suffix.lower() == ".onnx":
-        from reports.onnx_backend import OnnxDetector
-
-        return OnnxDetector(p, threads=threads)
+    if backend_kind(p):  # .onnx, OpenVINO .xml, ncnn .param (or their export folders)
+        return load_backend(p, threads=threads)
     from yolo.checkpoint import load_model
 
     model, _ = load_model(p)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from reports import plots
+from reports.backends import backend_kind, files_size_mb, load_backend
 from reports.latency import environment
 
 SCHEMA = "yolov5-slim.report/1"
@@ -84,8 +85,8 @@ class ModelEntry:
             e.gflops = e.gflops if e.gflops is not None else count_gflops(model, imgsz)
         if pt_path and Path(pt_path).is_file():
             e.pt_mb = os.path.getsize(pt_path) / 1e6
-        if onnx_path and Path(onnx_path).is_file():
-            e.onnx_mb = os.path.getsize(onnx_path) / 1e6
+        if onnx_path and Path(onnx_path).exists():
+            e.onnx_mb = files_size_mb(onnx_path)  # .xml / .param count their .bin too
         return e
 
     @property
@@ -235,7 +236,7 @@ def _d(v: float | None, base: bool, sep: str = " ") -> str:
 
 def table_rows(entries: Sequence[ModelEntry], p90: bool = True, sep: str = " ") -> tuple[list[str], list[list[str]]]:
     """Header and rows: absolute values, then the ratio (x) or difference (+/-) to the baseline."""
-    header = ["model", "params", "GFLOPs", ".pt MB", ".onnx MB", "ms", "speed-up", "mAP50", "mAP50-95"]
+    header = ["model", "params", "GFLOPs", ".pt MB", ".onnx MB", "runtime", "ms", "speed-up", "mAP50", "mAP50-95"]
     base = _baseline(entries)
     rows = []
     for e, c in zip(entries, comparisons(entries)):
@@ -251,6 +252,7 @@ def table_rows(entries: Sequence[ModelEntry], p90: bool = True, sep: str = " ") 
                 _fmt(e.gflops, ".2f") + _x(c["gflops_ratio"], b, sep),
                 _fmt(e.pt_mb, ".1f") + _x(c["pt_mb_ratio"], b, sep),
                 _fmt(e.onnx_mb, ".1f") + _x(c["onnx_mb_ratio"], b, sep),
+                _runtime_cell(lat, sep),
                 ms,
                 _fmt(c["speedup"], ".2f") + ("x" if c["speedup"] else ""),
                 _fmt(e.metrics.get("map50"), ".3f") + _d(c["map50_diff"], b, sep),
@@ -258,6 +260,14 @@ def table_rows(entries: Sequence[ModelEntry], p90: bool = True, sep: str = " ") 
             ]
         )
     return header, rows
+
+
+def _runtime_cell(lat: Mapping[str, Any], sep: str = " ") -> str:
+    """'openvino 2026.4.1, 1 thread': what produced the row's latency, and with how many threads."""
+    if not lat.get("runtime"):
+        return "-"
+    n = lat.get("threads")
+    return lat["runtime"] + ("" if n is None else f",{sep}{n} thread{'s' if n != 1 else ''}")
 
 
 def print_table(entries: Sequence[ModelEntry], console=None, title: str = "yolov5-slim report") -> None:
@@ -313,9 +323,9 @@ def markdown(report: dict[str, Any], entries: Sequence[ModelEntry], plot_files: 
     ]
     lat_rows = [(e.role, k, v) for e in entries for k, v in e.latency.items()]
     if lat_rows:
-        lines += ["## Latency", "", "| model | setting | median ms | p90 ms | runs |", "|---|---|---|---|---|"]
+        lines += ["## Latency", "", "| model | setting | runtime | median ms | p90 ms | runs |", "|---" * 6 + "|"]
         lines += [
-            f"| {r} | {k} | {_fmt(v.get('median_ms'), '.2f')} | {_fmt(v.get('p90_ms'), '.2f')} "
+            f"| {r} | {k} | {_runtime_cell(v)} | {_fmt(v.get('median_ms'), '.2f')} | {_fmt(v.get('p90_ms'), '.2f')} "
             f"| {_fmt(v.get('runs'))} |"
             for r, k, v in lat_rows
         ]
@@ -416,17 +426,16 @@ def build_entries(
     import numpy as np
 
     from reports.export import check_parity, export_onnx
-    from reports.latency import OnnxRunner, benchmark, cpu_info
-    from reports.onnx_backend import OnnxDetector
+    from reports.latency import benchmark, cpu_info, file_runner
     from yolo.checkpoint import load_model
 
     run_dir = Path(run_dir)
     entries: list[ModelEntry] = []
     for role, w in weights.items():
         w = Path(w)
-        if w.suffix.lower() == ".onnx":
+        if backend_kind(w):  # an exported file (.onnx, OpenVINO .xml, ncnn .param): measured as it is
             e = ModelEntry.measure(role, onnx_path=w, imgsz=imgsz)
-            e.notes["from"] = "onnx"
+            e.notes["from"] = backend_kind(w)
         else:
             model, meta = load_model(w)
             onnx_path = export_onnx(model, run_dir / f"{role}.onnx", imgsz, metadata=meta)
@@ -448,7 +457,7 @@ def build_entries(
     cores = cpu_info()["usable_cores"]
     for t in threads:
         n = int(t or cores)
-        runners = {e.role: OnnxRunner(e.onnx_path, threads=n, imgsz=imgsz) for e in entries if e.onnx_path}
+        runners = {e.role: file_runner(e.onnx_path, threads=n, imgsz=imgsz) for e in entries if e.onnx_path}
         if not runners:
             break
         res = benchmark(runners, runs=runs, warmup=warmup)
@@ -469,15 +478,16 @@ def build_entries(
             raise ValueError(f"evaluator {evaluator!r}: expected auto, torch or onnx")
         data_cfg = data if hasattr(data, "names") else load_data_yaml(data)
         for e in entries:
-            src = e.model if evaluator == "torch" else OnnxDetector(e.onnx_path)
+            src = e.model if evaluator == "torch" else load_backend(e.onnx_path)
             nc = len(src.names)
             if skip_other_classes and nc != data_cfg.nc:
                 e.notes["not_scored"] = f"predicts {nc} classes, the data has {data_cfg.nc}"
                 log(f"{e.role}: not scored ({e.notes['not_scored']})")
                 continue
             e.metrics = evaluate(src, data_cfg, imgsz=imgsz, **kw)
+            runtime = getattr(src, "kind", "ONNX Runtime")  # OnnxDetector has no kind; OpenVINO / ncnn do
             e.notes["evaluated_with"] = (
-                "PyTorch module, rectangular batches" if evaluator == "torch" else "ONNX Runtime, fixed square input"
+                "PyTorch module, rectangular batches" if evaluator == "torch" else f"{runtime}, fixed square input"
             )
             log(f"{e.role}: mAP50 {e.metrics['map50']:.4f} mAP50-95 {e.metrics['map']:.4f}")
     return entries

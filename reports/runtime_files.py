@@ -12,10 +12,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from reports.backends import package_version
 from reports.export import check_out_dir, read_metadata
 
 SKIP_KEYS = ("dynamic",)  # the runtimes here take a fixed input
@@ -45,13 +45,6 @@ def publish_dir(tmp: Path, folder: Path) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return folder
-
-
-def package_version(name: str) -> str | None:
-    try:
-        return importlib_metadata.version(name)
-    except importlib_metadata.PackageNotFoundError:
-        return None
 
 
 def runtime_metadata(

@@ -10,7 +10,8 @@ from typing import Any
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("val", help="score a model with pycocotools (official YOLOv5 val protocol)",
                        description="Score a .pt (official or ours) or .onnx model on a YOLO-format split.")
-    p.add_argument("--weights", required=True, help="model: official YOLOv5 .pt, a yolov5-slim .pt, or .onnx")
+    p.add_argument("--weights", required=True,
+                   help="model: official YOLOv5 .pt, a yolov5-slim .pt, .onnx, OpenVINO .xml or ncnn .param")
     p.add_argument("--data", required=True, help="data.yaml (YOLOv5 format)")
     p.add_argument("--split", "--task", dest="split", default="val", choices=("val", "train", "test"))
     p.add_argument("--imgsz", "--img", type=int, default=640, help="long side in pixels (default 640)")
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="exact: batch images of one shape, scores equal batch 1's at any batch size (default); "
                    "yolov5: pad consecutive groups to one shape as the official val.py (score moves with batch)")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime / OpenVINO / ncnn threads (0 = all cores)")
     p.add_argument("--save-json", nargs="?", const="auto", default=None,
                    help="write COCO-format predictions (default path: <weights stem>_predictions.json)")
     p.add_argument("--verbose", action="store_true", help="per-class AP table")
@@ -33,12 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def load_scorable(weights: str | Path, device: str = "cpu", threads: int = 0) -> Any:
-    """A torch model or an ONNX Runtime predictor, chosen by file suffix."""
-    weights = Path(weights)
-    if weights.suffix.lower() == ".onnx":
-        from reports.onnx_backend import OnnxDetector
+    """A torch model or an exported file's predictor (ONNX Runtime, OpenVINO, ncnn), chosen by file suffix."""
+    from reports.backends import backend_kind, load_backend
 
-        return OnnxDetector(weights, threads=threads)
+    weights = Path(weights)
+    if backend_kind(weights):
+        return load_backend(weights, threads=threads)
     from yolo.checkpoint import load_model
 
     model, _ = load_model(weights, device)
