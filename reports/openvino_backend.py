@@ -147,7 +147,10 @@ def read_ir_metadata(xml: Path, model: ov.Model | None = None) -> dict[str, Any]
                 raise ValueError(f"{side}: expected a mapping of metadata")
             return md
     if model is not None and model.has_rt_info(RT_INFO_KEY):
-        return json.loads(str(model.get_rt_info(RT_INFO_KEY)))
+        md = json.loads(model.get_rt_info(RT_INFO_KEY).astype(str))
+        if isinstance(md.get("names"), dict):  # JSON made the class indices strings
+            md["names"] = {int(k): v for k, v in md["names"].items()}
+        return md
     return {}
 
 

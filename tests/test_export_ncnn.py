@@ -1,0 +1,95 @@
+"""`export --format ncnn` (pnnx) on a tiny model: parity, files, metadata, and the commands that load the .param.
+Skipped when the ncnn extra is not installed (pip install .[ncnn])."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ncnn")
+pytest.importorskip("pnnx")
+
+from reports.backends import load_backend  # noqa: E402
+from reports.export import ExportError  # noqa: E402
+from tests import runtime_helpers as rh  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("ncnn")
+    rh.export_cli(rh.make_checkpoint(d), d / "out", "ncnn")
+    return d
+
+
+@pytest.fixture(scope="module")
+def param(work) -> Path:
+    return work / "out" / "tiny_ncnn_model" / "model.ncnn.param"
+
+
+@pytest.fixture(scope="module")
+def data(work) -> Path:
+    return rh.make_data(work)
+
+
+def test_files_written_and_nothing_else(work, param):
+    out = work / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["tiny.onnx", "tiny_ncnn_model"]
+    assert sorted(p.name for p in param.parent.iterdir()) == ["metadata.yaml", "model.ncnn.bin", "model.ncnn.param"]
+    assert rh.hidden_leftovers(out) == []
+
+
+def test_metadata_read_back(param):
+    rh.check_metadata(param)
+    rh.check_metadata(param.parent)  # the export folder itself is accepted
+    assert load_backend(param).metadata["converter"]["pnnx"]
+
+
+def test_parity_with_torch(param):
+    rh.check_parity(param)
+    rh.check_parity_can_fail(param)
+
+
+def test_val_detect_benchmark_report_accept_the_param(param, data, tmp_path):
+    rh.check_val(param, data)
+    rh.check_detect(param, data, tmp_path / "det")
+    rh.check_benchmark(param, param.parents[1] / "tiny.onnx", tmp_path / "lat.json", "ncnn")
+    rh.check_report(param, param.parents[1] / "tiny.onnx", tmp_path / "rep", data, "ncnn")
+
+
+@pytest.mark.parametrize("module", ["ncnn", "pnnx"])
+def test_missing_extra_is_one_line(work, tmp_path, monkeypatch, capsys, module):
+    rh.check_missing_extra(work / "tiny.pt", tmp_path / "out", "ncnn", module, monkeypatch, capsys)
+
+
+def test_int8_is_refused_before_writing(work, tmp_path):
+    args = rh.parse(["export", "--weights", str(work / "tiny.pt"), "--format", "ncnn", "--int8",
+                     "--out", str(tmp_path)])  # fmt: skip
+    with pytest.raises(ValueError, match="ncnn2table"):
+        args.func(args)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_conversion_keeps_the_previous_folder(work, param, monkeypatch):
+    import reports.ncnn_backend as nb
+
+    before = {p.name: p.read_bytes() for p in param.parent.iterdir()}
+
+    def broken(onnx_copy, shape):
+        raise ExportError("pnnx could not convert model.onnx to ncnn: forced")
+
+    monkeypatch.setattr(nb, "_run_pnnx", broken)
+    with pytest.raises(ExportError, match="forced"):
+        rh.export_cli(work / "tiny.pt", work / "out", "ncnn")
+    assert {p.name: p.read_bytes() for p in param.parent.iterdir()} == before
+    assert rh.hidden_leftovers(work / "out") == []
+
+
+def test_a_missing_bin_is_one_line(param, tmp_path):
+    import shutil
+
+    copy = tmp_path / "m"
+    shutil.copytree(param.parent, copy)
+    (copy / "model.ncnn.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="model.ncnn.bin not found"):
+        load_backend(copy / "model.ncnn.param")
