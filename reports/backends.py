@@ -105,6 +105,19 @@ def files_size_mb(path: str | Path) -> float:
     return sum(os.path.getsize(f) for f in files if f.is_file()) / 1e6
 
 
+def find_model_file(path: str | Path, suffix: str, what: str) -> Path:
+    """The model file of a path that is the file itself or an export folder holding one (`suffix`: '.xml')."""
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob(f"*{suffix}"))
+        if not found:
+            raise FileNotFoundError(f"{p}: no {what} {suffix} in this folder")
+        return found[0]
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} model {p} not found")
+    return p
+
+
 def metadata_names(md: dict[str, Any], nc: int | None) -> list[str]:
     """Class names from metadata: a list, or an {index: name} dict as the official YOLOv5 export writes."""
     names = md.get("names")

@@ -24,7 +24,7 @@ import ncnn
 import numpy as np
 import yaml
 
-from reports.backends import FixedInputPredictor
+from reports.backends import FixedInputPredictor, find_model_file
 from reports.export import ExportError
 from reports.runtime_files import publish_dir, runtime_metadata, staging_dir
 
@@ -76,19 +76,6 @@ def export_ncnn(onnx_path: str | Path, out_dir: str | Path | None = None,
     return folder / PARAM
 
 
-def find_param(path: str | Path) -> Path:
-    """The .param of a path that is the .param itself or an export folder holding one."""
-    p = Path(path)
-    if p.is_dir():
-        found = sorted(p.glob("*.param"))
-        if not found:
-            raise FileNotFoundError(f"{p}: no ncnn .param in this folder")
-        return found[0]
-    if not p.is_file():
-        raise FileNotFoundError(f"ncnn model {p} not found")
-    return p
-
-
 def read_ncnn_metadata(param: Path) -> dict[str, Any]:
     """metadata.yaml (or <stem>.yaml) next to the .param; {} when there is none."""
     for side in (param.parent / META, param.parent / f"{param.name.split('.')[0]}.yaml"):
@@ -118,7 +105,7 @@ class NcnnDetector(FixedInputPredictor):
     kind = "ncnn"
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        self.path = find_param(path)
+        self.path = find_model_file(path, ".param", "ncnn")
         self.threads = threads
         bin_path = self.path.with_suffix(".bin")
         if not bin_path.is_file():

@@ -25,7 +25,7 @@ import numpy as np
 import openvino as ov
 import yaml
 
-from reports.backends import FixedInputPredictor
+from reports.backends import FixedInputPredictor, find_model_file
 from reports.export import ExportError
 from reports.runtime_files import publish_dir, runtime_metadata, staging_dir
 
@@ -125,19 +125,6 @@ def export_openvino(
     return folder / f"{stem}.xml"
 
 
-def find_xml(path: str | Path) -> Path:
-    """The .xml of a path that is the .xml itself or an export folder holding one."""
-    p = Path(path)
-    if p.is_dir():
-        found = sorted(p.glob("*.xml"))
-        if not found:
-            raise FileNotFoundError(f"{p}: no OpenVINO .xml in this folder")
-        return found[0]
-    if not p.is_file():
-        raise FileNotFoundError(f"OpenVINO model {p} not found")
-    return p
-
-
 def read_ir_metadata(xml: Path, model: ov.Model | None = None) -> dict[str, Any]:
     """The sidecar <stem>.yaml (or metadata.yaml) next to the .xml, else the IR's rt_info, else {}."""
     for side in (xml.with_suffix(".yaml"), xml.parent / "metadata.yaml"):
@@ -160,7 +147,7 @@ class OpenVinoDetector(FixedInputPredictor):
     kind = "openvino"
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        self.path = find_xml(path)
+        self.path = find_model_file(path, ".xml", "OpenVINO")
         self.threads = threads
         core = ov.Core()
         model = core.read_model(str(self.path))

@@ -24,6 +24,29 @@ from yolo.model import build_model, load_model_yaml
 from yolo.synthetic import SYNTH_NAMES, make_synthetic_dataset
 
 IMGSZ = 64
+EXPORTED = {"openvino": "tiny_openvino_model/tiny.xml", "ncnn": "tiny_ncnn_model/model.ncnn.param"}
+
+
+# fixtures for a test module that sets FORMAT = "openvino" | "ncnn" and imports these three
+
+
+@pytest.fixture(scope="module")
+def work(request, tmp_path_factory) -> Path:
+    """A folder holding tiny.pt and out/ (tiny.onnx and the module's FORMAT export, made through the CLI)."""
+    fmt = request.module.FORMAT
+    d = tmp_path_factory.mktemp(fmt)
+    export_cli(make_checkpoint(d), d / "out", fmt)
+    return d
+
+
+@pytest.fixture(scope="module")
+def exported(request, work) -> Path:
+    return work / "out" / EXPORTED[request.module.FORMAT]
+
+
+@pytest.fixture(scope="module")
+def data(work) -> Path:
+    return make_data(work)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -72,6 +95,14 @@ def check_parity(path: Path) -> None:
 def hidden_leftovers(folder: Path) -> list[str]:
     """Temp folders/files an interrupted or finished export must not leave behind."""
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def check_files(work: Path, exported: Path, files: list[str]) -> None:
+    """out/ holds the .onnx and the export folder, the folder exactly `files`, and no temp folder is left."""
+    out = work / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["tiny.onnx", exported.parent.name]
+    assert sorted(p.name for p in exported.parent.iterdir()) == files
+    assert hidden_leftovers(out) == []
 
 
 def check_metadata(path: Path) -> None:

@@ -3,8 +3,6 @@ Skipped when the ncnn extra is not installed (pip install .[ncnn])."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("ncnn")
@@ -13,48 +11,33 @@ pytest.importorskip("pnnx")
 from reports.backends import load_backend  # noqa: E402
 from reports.export import ExportError  # noqa: E402
 from tests import runtime_helpers as rh  # noqa: E402
+from tests.runtime_helpers import data as data  # noqa: E402, F401  (fixture)
+from tests.runtime_helpers import exported as exported  # noqa: E402, F401  (fixture)
+from tests.runtime_helpers import work as work  # noqa: E402, F401  (fixture)
+
+FORMAT = "ncnn"
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("ncnn")
-    rh.export_cli(rh.make_checkpoint(d), d / "out", "ncnn")
-    return d
+def test_files_written_and_nothing_else(work, exported):
+    rh.check_files(work, exported, ["metadata.yaml", "model.ncnn.bin", "model.ncnn.param"])
 
 
-@pytest.fixture(scope="module")
-def param(work) -> Path:
-    return work / "out" / "tiny_ncnn_model" / "model.ncnn.param"
+def test_metadata_read_back(exported):
+    rh.check_metadata(exported)
+    rh.check_metadata(exported.parent)  # the export folder itself is accepted
+    assert load_backend(exported).metadata["converter"]["pnnx"]
 
 
-@pytest.fixture(scope="module")
-def data(work) -> Path:
-    return rh.make_data(work)
+def test_parity_with_torch(exported):
+    rh.check_parity(exported)
+    rh.check_parity_can_fail(exported)
 
 
-def test_files_written_and_nothing_else(work, param):
-    out = work / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["tiny.onnx", "tiny_ncnn_model"]
-    assert sorted(p.name for p in param.parent.iterdir()) == ["metadata.yaml", "model.ncnn.bin", "model.ncnn.param"]
-    assert rh.hidden_leftovers(out) == []
-
-
-def test_metadata_read_back(param):
-    rh.check_metadata(param)
-    rh.check_metadata(param.parent)  # the export folder itself is accepted
-    assert load_backend(param).metadata["converter"]["pnnx"]
-
-
-def test_parity_with_torch(param):
-    rh.check_parity(param)
-    rh.check_parity_can_fail(param)
-
-
-def test_val_detect_benchmark_report_accept_the_param(param, data, tmp_path):
-    rh.check_val(param, data)
-    rh.check_detect(param, data, tmp_path / "det")
-    rh.check_benchmark(param, param.parents[1] / "tiny.onnx", tmp_path / "lat.json", "ncnn")
-    rh.check_report(param, param.parents[1] / "tiny.onnx", tmp_path / "rep", data, "ncnn")
+def test_val_detect_benchmark_report_accept_the_param(exported, data, tmp_path):
+    rh.check_val(exported, data)
+    rh.check_detect(exported, data, tmp_path / "det")
+    rh.check_benchmark(exported, exported.parents[1] / "tiny.onnx", tmp_path / "lat.json", "ncnn")
+    rh.check_report(exported, exported.parents[1] / "tiny.onnx", tmp_path / "rep", data, "ncnn")
 
 
 @pytest.mark.parametrize("module", ["ncnn", "pnnx"])
@@ -70,10 +53,10 @@ def test_int8_is_refused_before_writing(work, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_conversion_keeps_the_previous_folder(work, param, monkeypatch):
+def test_failed_conversion_keeps_the_previous_folder(work, exported, monkeypatch):
     import reports.ncnn_backend as nb
 
-    before = {p.name: p.read_bytes() for p in param.parent.iterdir()}
+    before = {p.name: p.read_bytes() for p in exported.parent.iterdir()}
 
     def broken(onnx_copy, shape):
         raise ExportError("pnnx could not convert model.onnx to ncnn: forced")
@@ -81,15 +64,15 @@ def test_failed_conversion_keeps_the_previous_folder(work, param, monkeypatch):
     monkeypatch.setattr(nb, "_run_pnnx", broken)
     with pytest.raises(ExportError, match="forced"):
         rh.export_cli(work / "tiny.pt", work / "out", "ncnn")
-    assert {p.name: p.read_bytes() for p in param.parent.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in exported.parent.iterdir()} == before
     assert rh.hidden_leftovers(work / "out") == []
 
 
-def test_a_missing_bin_is_one_line(param, tmp_path):
+def test_a_missing_bin_is_one_line(exported, tmp_path):
     import shutil
 
     copy = tmp_path / "m"
-    shutil.copytree(param.parent, copy)
+    shutil.copytree(exported.parent, copy)
     (copy / "model.ncnn.bin").unlink()
     with pytest.raises(FileNotFoundError, match="model.ncnn.bin not found"):
         load_backend(copy / "model.ncnn.param")

@@ -3,8 +3,6 @@ the .xml. Skipped when the openvino extra is not installed (pip install .[openvi
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("openvino")
@@ -13,67 +11,52 @@ from reports.backends import load_backend  # noqa: E402
 from reports.export import ExportError  # noqa: E402
 from reports.runtime_export import check_runtime_parity  # noqa: E402
 from tests import runtime_helpers as rh  # noqa: E402
+from tests.runtime_helpers import data as data  # noqa: E402, F401  (fixture)
+from tests.runtime_helpers import exported as exported  # noqa: E402, F401  (fixture)
+from tests.runtime_helpers import work as work  # noqa: E402, F401  (fixture)
+
+FORMAT = "openvino"
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("ov")
-    rh.export_cli(rh.make_checkpoint(d), d / "out", "openvino")
-    return d
+def test_files_written_and_nothing_else(work, exported):
+    rh.check_files(work, exported, ["tiny.bin", "tiny.xml", "tiny.yaml"])
 
 
-@pytest.fixture(scope="module")
-def xml(work) -> Path:
-    return work / "out" / "tiny_openvino_model" / "tiny.xml"
+def test_metadata_read_back(exported):
+    rh.check_metadata(exported)
+    rh.check_metadata(exported.parent)  # the export folder itself is accepted
+    assert load_backend(exported).metadata["converter"]["openvino"]
 
 
-@pytest.fixture(scope="module")
-def data(work) -> Path:
-    return rh.make_data(work)
-
-
-def test_files_written_and_nothing_else(work, xml):
-    out = work / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["tiny.onnx", "tiny_openvino_model"]
-    assert sorted(p.name for p in xml.parent.iterdir()) == ["tiny.bin", "tiny.xml", "tiny.yaml"]
-    assert rh.hidden_leftovers(out) == []
-
-
-def test_metadata_read_back(xml):
-    rh.check_metadata(xml)
-    rh.check_metadata(xml.parent)  # the export folder itself is accepted
-    assert load_backend(xml).metadata["converter"]["openvino"]
-
-
-def test_metadata_from_rt_info_without_the_yaml(xml, tmp_path):
+def test_metadata_from_rt_info_without_the_yaml(exported, tmp_path):
     import shutil
 
     copy = tmp_path / "copy"
-    shutil.copytree(xml.parent, copy)
+    shutil.copytree(exported.parent, copy)
     (copy / "tiny.yaml").unlink()
     rh.check_metadata(copy / "tiny.xml")
 
 
-def test_parity_with_torch(xml):
-    rh.check_parity(xml)
-    rh.check_parity_can_fail(xml)
+def test_parity_with_torch(exported):
+    rh.check_parity(exported)
+    rh.check_parity_can_fail(exported)
 
 
-def test_val_detect_benchmark_report_accept_the_xml(xml, data, tmp_path):
-    rh.check_val(xml, data)
-    rh.check_detect(xml, data, tmp_path / "det")
-    rh.check_benchmark(xml, xml.parents[1] / "tiny.onnx", tmp_path / "lat.json", "openvino")
-    rh.check_report(xml, xml.parents[1] / "tiny.onnx", tmp_path / "rep", data, "openvino")
+def test_val_detect_benchmark_report_accept_the_xml(exported, data, tmp_path):
+    rh.check_val(exported, data)
+    rh.check_detect(exported, data, tmp_path / "det")
+    rh.check_benchmark(exported, exported.parents[1] / "tiny.onnx", tmp_path / "lat.json", "openvino")
+    rh.check_report(exported, exported.parents[1] / "tiny.onnx", tmp_path / "rep", data, "openvino")
 
 
 def test_missing_extra_is_one_line(work, tmp_path, monkeypatch, capsys):
     rh.check_missing_extra(work / "tiny.pt", tmp_path / "out", "openvino", "openvino", monkeypatch, capsys)
 
 
-def test_failed_write_keeps_the_previous_folder(work, xml, monkeypatch):
+def test_failed_write_keeps_the_previous_folder(work, exported, monkeypatch):
     import openvino as ov
 
-    before = {p.name: p.read_bytes() for p in xml.parent.iterdir()}
+    before = {p.name: p.read_bytes() for p in exported.parent.iterdir()}
 
     def broken(*a, **k):
         raise OSError(28, "No space left on device")
@@ -81,7 +64,7 @@ def test_failed_write_keeps_the_previous_folder(work, xml, monkeypatch):
     monkeypatch.setattr(ov, "save_model", broken)
     with pytest.raises(OSError):
         rh.export_cli(work / "tiny.pt", work / "out", "openvino")
-    assert {p.name: p.read_bytes() for p in xml.parent.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in exported.parent.iterdir()} == before
     assert rh.hidden_leftovers(work / "out") == []
 
 
