@@ -333,7 +333,7 @@ def register(subparsers) -> None:
     p.add_argument("--baseline", help="baseline .pt or .onnx")
     p.add_argument("--pruned", help="pruned .pt or .onnx")
     p.add_argument("--finetuned", help="pruned + fine-tuned .pt or .onnx")
-    p.add_argument("--int8", help="int8 .onnx")
+    p.add_argument("--int8", help="int8 .onnx or OpenVINO int8 .xml (any role takes .onnx/.xml/.param)")
     p.add_argument("--data", help="data.yaml to score every model on its val split")
     p.add_argument("--evaluator", choices=["auto", "torch", "onnx"], default="auto",
                    help="score every model the same way: torch (the official protocol) or onnx; auto = torch "
