@@ -96,7 +96,8 @@ def build_formats(model, onnx_path: Path, formats: list[str], calib: list, parit
 
 def measure(built: dict[str, dict], args: argparse.Namespace, data) -> dict[str, dict]:
     """Latency (interleaved, every format in one process), size and mAP of every built format."""
-    from reports.backends import files_size_mb, load_backend
+    from reports.backends import load_backend
+    from reports.runtime_common import files_size_mb
     from reports.cli import _threads
     from reports.latency import add_ratios, benchmark_files
     from yolo.val import evaluate

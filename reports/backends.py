@@ -1,4 +1,4 @@
-"""Which runtime runs an exported file, chosen by its suffix, and what the non-ONNX predictors share.
+"""Which runtime runs an exported file, chosen by its suffix; a missing optional runtime as one line.
 
     load_backend("model.onnx" | "model.xml" | "model.ncnn.param" | "x_openvino_model/" | "x_ncnn_model/", threads)
 
@@ -11,14 +11,11 @@ command line prints it as `error: ...` and exits 2).
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Sequence
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from reports.runtime_common import package_version
 
 FORMATS = ("onnx", "openvino", "ncnn")
 EXTRA_MODULES = {"openvino": ("openvino",), "ncnn": ("ncnn", "pnnx")}
@@ -79,14 +76,6 @@ def load_backend(path: str | Path, threads: int | None = None) -> Any:
     raise ValueError(f"{path}: not an exported model (expected .onnx, an OpenVINO .xml or an ncnn .param)")
 
 
-def package_version(name: str) -> str | None:
-    """The installed version of a distribution, None when it is not installed (nothing is imported)."""
-    try:
-        return importlib_metadata.version(name)
-    except importlib_metadata.PackageNotFoundError:
-        return None
-
-
 def runtime_label(kind: str) -> str:
     """'openvino 2026.4.1' from a runner kind ('onnxruntime-iobinding' -> 'onnxruntime 1.32.0 iobinding')."""
     base, _, variant = kind.partition("-")
@@ -94,115 +83,3 @@ def runtime_label(kind: str) -> str:
     if package is None:
         return kind
     return f"{base} {package_version(package) or '?'}" + (f" {variant}" if variant else "")
-
-
-def files_size_mb(path: str | Path) -> float:
-    """Size of a model on disk: the file plus its weights file (.xml + .bin, .param + .bin), or a whole folder."""
-    p = Path(path)
-    files = [f for f in p.iterdir() if f.is_file()] if p.is_dir() else [p]
-    if p.suffix.lower() in (".xml", ".param"):
-        files.append(p.with_suffix(".bin"))
-    return sum(os.path.getsize(f) for f in files if f.is_file()) / 1e6
-
-
-def find_model_file(path: str | Path, suffix: str, what: str) -> Path:
-    """The model file of a path that is the file itself or an export folder holding one (`suffix`: '.xml')."""
-    p = Path(path)
-    if p.is_dir():
-        found = sorted(p.glob(f"*{suffix}"))
-        if not found:
-            raise FileNotFoundError(f"{p}: no {what} {suffix} in this folder")
-        return found[0]
-    if not p.is_file():
-        raise FileNotFoundError(f"{what} model {p} not found")
-    return p
-
-
-def metadata_names(md: dict[str, Any], nc: int | None) -> list[str]:
-    """Class names from metadata: a list, or an {index: name} dict as the official YOLOv5 export writes."""
-    names = md.get("names")
-    if isinstance(names, dict):
-        names = [names[k] for k in sorted(names, key=int)]
-    if not names:
-        names = [str(i) for i in range(nc or 0)]
-    return [str(n) for n in names]
-
-
-# ------------------------------------------------------------------------------------------- predictors
-
-
-class FixedInputPredictor:
-    """Shared part of the OpenVINO and ncnn predictors: a static (batch, 3, h, w) input and metadata.
-
-    Subclasses set `path`, `threads`, `metadata`, `input_shape`, `batch_fixed`, `nc`, `kind` and implement
-    `run_numpy(x) -> np.ndarray` for one ready (batch_fixed, 3, h, w) float32 array.
-    """
-
-    kind = "?"
-    path: Path
-    threads: int | None = None
-    input_shape: tuple[int, int] | None = None
-    batch_fixed: int | None = 1
-    nc: int | None = None
-
-    def _set_metadata(self, md: dict[str, Any]) -> None:
-        self.metadata = md
-        self.names: list[str] = metadata_names(md, self.nc)
-        self.stride = int(md.get("stride", 32))
-        imgsz = md.get("imgsz") or (list(self.input_shape) if self.input_shape else [640, 640])
-        self.imgsz: tuple[int, int] = (int(imgsz[0]), int(imgsz[-1])) if isinstance(imgsz, list) else (imgsz, imgsz)
-        self.device = torch.device("cpu")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.path.name}, input_shape={self.input_shape}, threads={self.threads})"
-
-    @property
-    def size_mb(self) -> float:
-        return files_size_mb(self.path)
-
-    def run_numpy(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def __call__(self, imgs: torch.Tensor | np.ndarray) -> torch.Tensor:
-        x = imgs.detach().cpu().numpy() if isinstance(imgs, torch.Tensor) else np.asarray(imgs)
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim == 3:
-            x = x[None]
-        if self.input_shape is not None and tuple(x.shape[2:]) != self.input_shape:
-            raise ValueError(
-                f"{self.path.name} takes fixed {self.input_shape[0]}x{self.input_shape[1]} inputs, "
-                f"got {x.shape[2]}x{x.shape[3]}"
-            )
-        fb = self.batch_fixed or x.shape[0]
-        outs = []
-        for i in range(0, x.shape[0], fb):  # run in chunks of the fixed batch, the last one padded
-            chunk = x[i : i + fb]
-            k = chunk.shape[0]
-            if k < fb:
-                chunk = np.concatenate([chunk, np.zeros((fb - k, *chunk.shape[1:]), chunk.dtype)], 0)
-            outs.append(np.asarray(self.run_numpy(chunk), dtype=np.float32)[:k])
-        return torch.from_numpy(np.concatenate(outs, 0))
-
-    # nn.Module look-alikes so code written for modules does not trip over a predictor
-    def eval(self) -> FixedInputPredictor:
-        return self
-
-    def to(self, *args, **kwargs) -> FixedInputPredictor:
-        return self
-
-
-class PredictorRunner:
-    """A latency runner (see reports.latency.Runner) for any FixedInputPredictor: one random input, run as is."""
-
-    def __init__(self, det: FixedInputPredictor, imgsz: int | Sequence[int] = 640):
-        from reports.imaging import to_shape
-
-        self.det = det
-        self.kind = det.kind
-        self.threads = det.threads
-        shape = det.input_shape or to_shape(imgsz)
-        self.x = np.random.default_rng(0).random((det.batch_fixed or 1, 3, *shape), dtype=np.float32)
-        self.shape = list(self.x.shape)
-
-    def __call__(self) -> None:
-        self.det.run_numpy(self.x)

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from reports.backends import package_version, runtime_label
+from reports.backends import runtime_label
+from reports.runtime_common import package_version
 
 CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "f16c")
 
@@ -208,7 +209,8 @@ def benchmark(
 def file_runner(path: str | Path, threads: int | None, imgsz: int | Sequence[int] = 640,
                 io_binding: bool = False) -> Runner:
     """The runner for an exported file by suffix: OnnxRunner for .onnx, else the OpenVINO / ncnn predictor's."""
-    from reports.backends import PredictorRunner, backend_kind, load_backend
+    from reports.backends import backend_kind, load_backend
+    from reports.runtime_common import PredictorRunner
 
     if backend_kind(path) == "onnx":
         return OnnxRunner(path, threads=threads, imgsz=imgsz, io_binding=io_binding)

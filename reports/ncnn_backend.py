@@ -24,8 +24,8 @@ import ncnn
 import numpy as np
 import yaml
 
-from reports.backends import FixedInputPredictor, find_model_file
 from reports.export import ExportError
+from reports.runtime_common import FixedInputPredictor, find_model_file
 from reports.runtime_files import publish_dir, runtime_metadata, staging_dir
 
 PARAM, BIN, META = "model.ncnn.param", "model.ncnn.bin", "metadata.yaml"

@@ -25,8 +25,8 @@ import numpy as np
 import openvino as ov
 import yaml
 
-from reports.backends import FixedInputPredictor, find_model_file
 from reports.export import ExportError
+from reports.runtime_common import FixedInputPredictor, find_model_file
 from reports.runtime_files import publish_dir, runtime_metadata, staging_dir
 
 RT_INFO_KEY = ["model_info", "yolov5_slim"]

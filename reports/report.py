@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from reports import plots
-from reports.backends import backend_kind, files_size_mb, load_backend
+from reports.backends import backend_kind, load_backend
 from reports.latency import environment
+from reports.runtime_common import files_size_mb
 
 SCHEMA = "yolov5-slim.report/1"
 ROLE_ORDER = ("baseline", "pruned", "finetuned", "int8")
