@@ -97,12 +97,12 @@ def build_formats(model, onnx_path: Path, formats: list[str], calib: list, parit
 def measure(built: dict[str, dict], args: argparse.Namespace, data) -> dict[str, dict]:
     """Latency (interleaved, every format in one process), size and mAP of every built format."""
     from reports.backends import load_backend
-    from reports.runtime_common import files_size_mb
-    from reports.cli import _threads
     from reports.latency import add_ratios, benchmark_files
+    from reports.runtime_common import files_size_mb
     from yolo.val import evaluate
 
-    lat = benchmark_files({k: v["path"] for k, v in built.items()}, threads=_threads(args.threads), runs=args.runs,
+    threads = [None if t == "all" else int(t) for t in args.threads]
+    lat = benchmark_files({k: v["path"] for k, v in built.items()}, threads=threads, runs=args.runs,
                           warmup=args.warmup, imgsz=args.imgsz)  # fmt: skip
     for setting in lat["results"].values():
         add_ratios(setting, "onnx-fp32")
