@@ -47,7 +47,7 @@ def cmd_export(args: Any) -> int:
     from reports.runtime_export import check_format_request
     from yolo.checkpoint import load_model
 
-    check_format_request(args.format, args.int8)  # a missing extra is one line, before anything is written
+    check_format_request(args.format, args.int8, args.dynamic)  # one line, before anything is written
     if args.int8 and not args.calib_data:
         raise ValueError("--int8 needs --calib-data DATA.yaml (its train images calibrate the activations)")
     weights = Path(args.weights)

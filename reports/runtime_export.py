@@ -27,10 +27,12 @@ from reports.imaging import ImageLike, prepare
 REL_TOL = 1e-3
 
 
-def check_format_request(fmt: str, int8: bool = False) -> None:
+def check_format_request(fmt: str, int8: bool = False, dynamic: str = "none") -> None:
     """Raise before anything is written: a missing extra (one line naming it) or a combination not offered."""
     if fmt == "onnx":
         return
+    if dynamic not in ("none", None, False):
+        raise ValueError(f"--format {fmt} takes a fixed input size: export without --dynamic")
     if fmt == "openvino":
         require_extra("openvino", "--format openvino", ("openvino", "nncf") if int8 else ("openvino",))
     elif fmt == "ncnn":

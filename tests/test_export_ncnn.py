@@ -45,10 +45,11 @@ def test_missing_extra_is_one_line(work, tmp_path, monkeypatch, capsys, module):
     rh.check_missing_extra(work / "tiny.pt", tmp_path / "out", "ncnn", module, monkeypatch, capsys)
 
 
-def test_int8_is_refused_before_writing(work, tmp_path):
-    args = rh.parse(["export", "--weights", str(work / "tiny.pt"), "--format", "ncnn", "--int8",
+@pytest.mark.parametrize("flag, match", [("--int8", "ncnn2table"), ("--dynamic", "fixed input size")])
+def test_int8_and_dynamic_are_refused_before_writing(work, tmp_path, flag, match):
+    args = rh.parse(["export", "--weights", str(work / "tiny.pt"), "--format", "ncnn", flag,
                      "--out", str(tmp_path)])  # fmt: skip
-    with pytest.raises(ValueError, match="ncnn2table"):
+    with pytest.raises(ValueError, match=match):
         args.func(args)
     assert list(tmp_path.iterdir()) == []
 
