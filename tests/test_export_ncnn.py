@@ -34,10 +34,7 @@ def test_parity_with_torch(exported):
 
 
 def test_val_detect_benchmark_report_accept_the_param(exported, data, tmp_path):
-    rh.check_val(exported, data)
-    rh.check_detect(exported, data, tmp_path / "det")
-    rh.check_benchmark(exported, exported.parents[1] / "tiny.onnx", tmp_path / "lat.json", "ncnn")
-    rh.check_report(exported, exported.parents[1] / "tiny.onnx", tmp_path / "rep", data, "ncnn")
+    rh.check_commands_in_a_subprocess(exported, data, tmp_path, "ncnn")
 
 
 @pytest.mark.parametrize("module", ["ncnn", "pnnx"])

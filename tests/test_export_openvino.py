@@ -43,10 +43,7 @@ def test_parity_with_torch(exported):
 
 
 def test_val_detect_benchmark_report_accept_the_xml(exported, data, tmp_path):
-    rh.check_val(exported, data)
-    rh.check_detect(exported, data, tmp_path / "det")
-    rh.check_benchmark(exported, exported.parents[1] / "tiny.onnx", tmp_path / "lat.json", "openvino")
-    rh.check_report(exported, exported.parents[1] / "tiny.onnx", tmp_path / "rep", data, "openvino")
+    rh.check_commands_in_a_subprocess(exported, data, tmp_path, "openvino")
 
 
 def test_missing_extra_is_one_line(work, tmp_path, monkeypatch, capsys):
