@@ -2,7 +2,8 @@
 """yolov5-slim command line: `python prune.py <command> ...`.
 
 Commands: prune (the default when the first argument is a flag), sweep, val, export, benchmark, report,
-detect, pipeline, demo, reparam. Each command lives in its package; this file only dispatches.
+detect, pipeline, demo, reparam. Each command lives in its package; this file only dispatches. Training
+(sparse and fine-tuning) is finetune.py. `--help` names the usual order of the steps (USUAL_ORDER).
 """
 
 from __future__ import annotations
@@ -13,12 +14,27 @@ import os
 import sys
 
 COMMAND_MODULES = ("prune.cli", "yolo.cli", "yolo.transforms_cli", "reports.cli", "pipeline.cli")
+USUAL_ORDER = """the usual order (S = a starting checkpoint, e.g. yolov5s.pt; D = your data.yaml):
+  1. prune.py val --weights S --data D                    score the starting model
+  2. finetune.py --weights S --data D --sparsity 1e-3     sparse training: drives BatchNorm scales towards 0
+  3. prune.py sweep --weights runs/finetune/exp/weights/last.pt --data D
+                                                          what each ratio costs before fine-tuning
+  4. prune.py prune --weights runs/finetune/exp/weights/last.pt --target-flops 0.5
+                                                          cut the channels (runs/prune/exp/pruned.pt)
+  5. finetune.py --weights runs/prune/exp/pruned.pt --data D      recover the accuracy
+  6. prune.py export --weights runs/finetune/exp2/weights/best.pt  ONNX, checked against PyTorch (--int8)
+  7. prune.py report --baseline S --finetuned runs/finetune/exp2/weights/best.pt --data D
+or all of it into one run folder: prune.py pipeline --weights S --data D --target-flops 0.5
+(prune.py demo runs that on synthetic data). `prune.py COMMAND --help` and `finetune.py --help` for options."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prune.py",
-        description="Shrink YOLOv5 detectors: sparse training, DepGraph channel pruning, slicing, export, reports.",
+        description="Shrink YOLOv5 detectors: sparse training (finetune.py), DepGraph channel pruning, slicing, "
+        "fine-tuning (finetune.py), export, reports.",
+        epilog=USUAL_ORDER,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name in COMMAND_MODULES:
@@ -29,7 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    if "val" in sub.choices:  # yolo/ runs no exported model itself: the predictors live in reports/
+        sub.choices["val"].set_defaults(load_exported=exported_predictor)
     return parser
+
+
+def exported_predictor(path, threads: int = 0):
+    """`val` on an exported file (.onnx, OpenVINO .xml, ncnn .param): its runtime's predictor from reports/."""
+    # start-up: reports.backends (and onnxruntime / openvino / ncnn) load only when an exported file is scored
+    from reports.backends import load_backend
+
+    return load_backend(path, threads=threads)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,8 +15,8 @@ import time
 import torch
 from common import markdown_table, need_shared, write_result
 
-from finetune.hyp import load_hyp
 from yolo.data import create_dataloader, load_data_yaml
+from yolo.hyp import load_hyp
 
 
 def seconds_per_batch(data_yaml, imgsz: int, cache: str, batches: int) -> tuple[float, float]:

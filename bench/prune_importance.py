@@ -19,7 +19,7 @@ from common import SHARED, markdown_table, need_shared, write_result
 
 from prune import PruneConfig, build_graph, plan_pruning
 from prune.apply import apply_plan
-from prune.cli import calib_loader
+from prune.calib import calib_loader
 from prune.importance import group_scores
 from yolo.checkpoint import load_model
 from yolo.val import evaluate

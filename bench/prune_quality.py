@@ -24,7 +24,7 @@ import torch
 from common import REPO, SHARED, write_result
 
 from prune import PruneConfig, build_graph, prune_model
-from prune.cli import calib_loader
+from prune.calib import calib_loader
 from prune.importance import group_scores
 from prune.sweep import sweep
 from yolo.checkpoint import load_model

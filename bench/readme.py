@@ -1,71 +1,55 @@
-"""Regenerate the README's results section from bench/results/*.md (written by the benchmark scripts).
+"""Render docs/results.md (every table in bench/results/) and the README's key-results block from the records.
 
-    python bench/readme.py
+docs/results.md is written whole; in README.md only the text between `<!-- results:start -->` and
+`<!-- results:end -->` is replaced (at most 200 words: the demo's headline figures and the helmets summary).
+Nothing is measured: the figures are the records' own.
+
+    python bench/readme.py                 # rewrite docs/results.md and the README block
+    python bench/readme.py --check         # exit 1 if either differs from what the records give; writes nothing
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
+from pathlib import Path
 
-from common import REPO, RESULTS, cpu_isa
-from helmets_seeds import collect
-
-START, END = "<!-- results:start -->", "<!-- results:end -->"
-ORDER = ("val_parity", "demo", "prune_speed", "prune_quality", "prune_importance", "latency", "latency_round8",
-         "latency_round1", "int8", "train_throughput", "data_throughput", "cache_memory", "finetune_parity",
-         "families", "helmets_seeds", "helmets_sizes", "helmets", "recovery")
-LINKED = "helmets_"  # per-run helmets records: the seeds table above sums them up; the README links each one
+from benchlib import readme_block, results_doc
+from common import REPO, RESULTS
 
 
-def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, not a rewrite
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{readme}: markers {START} / {END} not found")
-    names = sorted(p.stem for p in RESULTS.glob("*.md"))
-    linked = [n for n in names if n.startswith(LINKED) and n not in ORDER]
-    names = [n for n in ORDER if n in names] + [n for n in names if n not in ORDER and n not in linked]
-    body = "\n\n".join(f"{(RESULTS / f'{n}.md').read_text().strip()}\n\n{host_line(n)}" for n in names)
-    if linked:
-        body += "\n\n" + linked_runs(linked)
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{body}\n{END}{tail}")
-    print(f"README results section: {len(names)} tables ({', '.join(names)}), {len(linked)} linked")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the records (default bench/results)")
+    ap.add_argument("--docs", type=Path, default=REPO / "docs" / "results.md", help="the tables' page")
+    ap.add_argument("--readme", type=Path, default=REPO / "README.md", help="the README holding the markers")
+    ap.add_argument("--check", action="store_true", help="compare instead of writing (exit 1 when stale)")
+    return ap.parse_args(argv)
 
 
-def linked_runs(names: list[str]) -> str:
-    """One line per helmets run that is not pasted: seed, recipe, host and the link to its own table."""
-    rows = {r["file"]: r for r in collect()}
-    lines = []
-    for n in names:
-        r = rows.get(f"{n}.json")
-        what = f"seed {r['seed']}, {r['recipe']}, {r['host']}" if r else "(no comparison with an unpruned model)"
-        lines.append(f"- [`{n}`](bench/results/{n}.md): {what}")
-    return ("### Every helmets run\n\nEach record has its command, stage times, checks and bootstrap interval; "
-            "the seeds table above sums them up.\n\n" + "\n".join(lines))
+def main(argv: list[str] | None = None) -> int:
+    from yolo.fileio import atomic_write_text
 
-
-def host_line(name: str) -> str:
-    """Which CPU a table was measured on: the VMs differ (AVX2 / AVX-512 kernels round and time differently)."""
-    path = RESULTS / f"{name}.json"
-    if not path.exists():
-        return "_Host: not recorded._"
-    doc = json.loads(path.read_text())
-    cpu = doc.get("machine", {}).get("cpu", {})
-    if isinstance(cpu, str):  # older records: the model name only
-        cpu = {"model": cpu, "logical_cores": doc["machine"].get("logical_cores")}
-    isa = cpu_isa(cpu)
-    parts = [cpu.get("model") or "unknown CPU"]
-    if isa:
-        parts[0] += f" ({isa})"
-    if cpu.get("logical_cores"):
-        parts.append(f"{cpu['logical_cores']} cores")
-    date = str(doc.get("date", ""))[:10]
-    return f"_Host: {', '.join(parts)}" + (f"; {date}" if date else "") + "._"
+    args = parse_args(argv)
+    if not args.readme.is_file():
+        sys.exit(f"--readme {args.readme}: no such file")
+    block = readme_block.render(args.results)
+    if readme_block.word_count(block) > readme_block.MAX_WORDS:
+        sys.exit(f"the README block is {readme_block.word_count(block)} words, over {readme_block.MAX_WORDS}")
+    wanted = {args.docs: results_doc.render(args.results),
+              args.readme: readme_block.replace_block(args.readme.read_text(), block, str(args.readme))}
+    stale = [p for p, text in wanted.items() if not p.is_file() or p.read_text() != text]
+    if args.check:
+        print("\n".join(f"{p}: not what bench/results/ gives (run python bench/readme.py)" for p in stale)
+              or "docs/results.md and the README block match bench/results/")
+        return 1 if stale else 0
+    for path in stale:
+        atomic_write_text(path, wanted[path])
+    names = results_doc.table_names(args.results)
+    print(f"{args.docs}: {len(names)} tables ({', '.join(names)}); {args.readme}: results block "
+          f"{readme_block.word_count(block)} words" + ("" if stale else " (both unchanged)"))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,13 +10,12 @@ points of the run without it; with --sparsity 0 that fraction stays near 0.
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import REPO, RESULTS, write_result
+from common import REPO, write_attachment, write_result
 
 from finetune.runs import read_results
 from pipeline.cli import DEMO_HYP, demo_model_cfg
@@ -65,7 +64,7 @@ def main() -> None:
         runs = [finish(proc, tmp, sr, args.epochs) for proc, sr in procs]
         hist = Path(runs[0]["histogram"])
         if hist.is_file():
-            shutil.copyfile(hist, RESULTS / HIST_PNG)
+            write_attachment(hist, HIST_PNG)
             runs[0]["histogram"] = f"bench/results/{HIST_PNG}"
     sparse, dense = runs
     figures = {"runs": runs, "map50_difference": sparse["map50"] - dense["map50"]}

@@ -7,8 +7,11 @@ import os
 import sys
 
 from finetune.optim import OPTIMIZERS
+from finetune.trainer import NonFiniteLossError, train
 from sparsity.bn_l1 import LAYER_CHOICES, SCHEDULES
-from yolo.data import CACHE_MODES
+from sparsity.targeted import parse_target
+from yolo.data import CACHE_MODES, data_checks
+from yolo.errors import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,17 +23,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", default="", help="model yaml to start from scratch (e.g. yolo/cfgs/yolov5n.yaml)")
     p.add_argument("--data", default="", help="data.yaml (YOLOv5 format)")
     p.add_argument("--hyp", default=None, help="hyperparameter yaml (default: hyp.scratch-low values)")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=100, help="training epochs (default 100)")
     p.add_argument("--batch-size", type=int, default=16, help="total batch size over all processes")
     p.add_argument("--imgsz", "--img", "--img-size", dest="imgsz", type=int, default=640, help="train/val size")
     p.add_argument("--device", default="", help="cpu, 0 or 0,1 (default: first GPU, else CPU)")
     p.add_argument("--workers", type=int, default=None,
                    help="dataloader workers per process (default: 0 when training on a CPU with at most 2 cores, "
                         "where the training step needs them; else 8)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch intra-op threads (default: OMP_NUM_THREADS when set, else on a CPU the usable cores "
+                        "less one per loader worker)")
     p.add_argument("--cache", choices=CACHE_MODES, default="auto",
                    help="keep the decoded training images in memory: ram, no, or auto (only without --workers, "
                         "when they fit in 1 GiB and a quarter of the free memory)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="SGD")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="SGD", help="optimizer (default SGD)")
     p.add_argument("--cos-lr", action="store_true", help="cosine LR schedule (default linear)")
     p.add_argument("--schedule-epochs", type=int, default=0, metavar="T",
                    help="this run is part of a T-epoch LR schedule (with warm-up) instead of its own: e.g. the "
@@ -38,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule-start", type=int, default=0, metavar="N",
                    help="with --schedule-epochs: this run's first epoch is epoch N of that schedule")
     p.add_argument("--nbs", type=int, default=64, help="nominal batch size (= --batch-size: no accumulation)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--project", default="runs/finetune")
-    p.add_argument("--name", default="exp")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--project", default="runs/finetune", help="parent of run folders (default runs/finetune)")
+    p.add_argument("--name", default="exp", help="run folder name (default exp, then exp2, ...)")
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
     p.add_argument("--resume", nargs="?", const=True, default=False,
                    help="continue a run: its last.pt, its folder, or nothing for the newest run in --project")
@@ -51,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BatchNorms use their running statistics while training (their scale and shift still learn)")
     p.add_argument("--freeze", nargs="+", type=int, default=[0],
                    help="freeze layers: N = first N layers, or a list of layer indices")
+    p.add_argument("--new-head", action="store_true",
+                   help="train a new Detect head for the data's classes even when the model has as many (a model "
+                        "for other classes; without it the trained head is kept and only renamed)")
     p.add_argument("--label-smoothing", type=float, default=None, help="overrides hyp label_smoothing")
     p.add_argument("--sparsity", type=float, default=0.0,
                    help="sparse training: L1 rate on BatchNorm scales (e.g. 0.001); 0 = plain training")
@@ -75,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "so the LR schedule still completes")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars")
+    p.add_argument("--strict", action="store_true",
+                   help="stop (exit 2) on any bad label row, clipped box, unreadable image or non-image file in the "
+                        "train or val split, instead of a warning that counts what was skipped")
     return p
 
 
@@ -82,8 +94,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.sparsity_target:
-        from sparsity.targeted import parse_target
-
         try:
             args.sparsity_target = parse_target(args.sparsity_target)
         except ValueError as e:
@@ -101,9 +111,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from finetune.trainer import NonFiniteLossError
-    from yolo.errors import run_cli
-
     args = parse_args(argv)
     debug = bool(os.environ.get("YOLO_SLIM_DEBUG"))
     try:
@@ -113,9 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from finetune.trainer import train
-
-    result = train(args)
+    with data_checks(strict=args.strict):
+        result = train(args)
     if result.run_dir is not None:
         m = result.metrics
         print(f"done: {result.epochs} epochs, {result.optimizer_steps} optimizer steps; "

@@ -39,7 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from yolo.checkpoint import load_model
 from yolo.loss import scale_loss_gains
+from yolo.model import detect_convs_pattern
 
 LOSS_NAME = "train/distill_loss"
 
@@ -58,8 +60,6 @@ def _detect(model: nn.Module) -> nn.Module:
 
 def load_teacher(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> nn.Module:
     """The teacher as a frozen fp32 model in eval mode (BatchNorm running statistics, no dropout)."""
-    from yolo.checkpoint import load_model
-
     try:
         model, _meta = load_model(path, device=device)
     except (ValueError, OSError) as e:
@@ -89,8 +89,6 @@ def check_same_detect_inputs(teacher: nn.Module, student: nn.Module, name: str =
     """Feature imitation compares the Detect inputs channel for channel: a pruned student must have kept them."""
     t, s = ([c.in_channels for c in _detect(m).m] for m in (teacher, student))
     if t != s:
-        from yolo.model import detect_convs_pattern
-
         keep = detect_convs_pattern(student)
         raise TeacherError(
             f"--teacher {name or 'the teacher'}: feature imitation (hyp distill_feat > 0) needs the student's Detect "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
 
 def is_tty() -> bool:
     return sys.stdout.isatty()
@@ -21,8 +23,6 @@ class EpochProgress:
 
     def __enter__(self) -> EpochProgress:
         if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(bar_width=24),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from yolo.fileio import atomic_write_text, increment_run_dir  # noqa: F401  (re-exported)
+from yolo.fileio import atomic_write_text
 
 
 def write_yaml(path: Path, data: Mapping) -> None:
@@ -84,10 +84,12 @@ PLOT_KEYS = (
 
 def plot_results(rows: Sequence[Mapping], path: Path) -> Path:
     """Loss and mAP curves by epoch (matplotlib Agg)."""
+    # imported here, not at the top: pyplot must load after the Agg backend is chosen, and choosing it at import
+    # time would be a side effect on every importer of this module
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend on import
 
     fig, axes = plt.subplots(2, 3, figsize=(10, 5.5))
     epochs = [r["epoch"] for r in rows]

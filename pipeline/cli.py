@@ -6,10 +6,14 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
+import yaml
+
 from pipeline.run import SPARSITY_MODES, PipelineOptions, run_pipeline
 from prune.config import IMPORTANCES
 from sparsity.bn_l1 import SCHEDULES
-from yolo.data import CACHE_MODES
+from yolo.data import CACHE_MODES, check_splits, data_checks
+from yolo.model import load_model_yaml
+from yolo.synthetic import make_synthetic_dataset
 
 DEMO_MODEL = {
     # YOLOv5n itself (from scratch, 3 classes): it learns the demo shapes in a few minutes on two cores at 128 px
@@ -24,21 +28,24 @@ DEMO_HYP = Path(__file__).resolve().parents[1] / "finetune" / "hyps" / "demo.yam
 
 def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     p.add_argument("--imgsz", "--img", type=int, default=d.imgsz, help=f"train/score size (default {d.imgsz})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size of training and scoring")
     p.add_argument("--device", default=d.device, help="cpu, 0, 0,1 ...")
     p.add_argument("--workers", type=int, default=d.workers,
                    help="loader workers (default: the training stages pick, 0 on a CPU with at most 2 cores, else 8; "
                         "scoring uses 2)")
+    p.add_argument("--train-threads", type=int, default=d.train_threads, metavar="N",
+                   help="training stages' torch threads (default: OMP_NUM_THREADS when set, else the usable cores "
+                        "less one per loader worker; --threads is the latency measurement's)")
     p.add_argument("--cache", choices=CACHE_MODES, default=d.cache,
                    help="training stages: keep decoded images in memory (ram, no, auto: only without workers)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed")
     p.add_argument("--hyp", default=d.hyp, help="hyperparameter yaml for the training stages")
     p.add_argument("--finetune-hyp", default=d.finetune_hyp,
                    help="hyperparameter yaml for the fine-tune stage(s) only (default: --hyp); "
                         "finetune/hyps/finetune.yaml: lr0 0.005 without warm-up")
     p.add_argument("--nbs", type=int, default=d.nbs, help="nominal batch (= --batch-size: no accumulation)")
-    p.add_argument("--optimizer", default=d.optimizer, choices=("SGD", "AdamW"))
-    p.add_argument("--cos-lr", action="store_true")
+    p.add_argument("--optimizer", default=d.optimizer, choices=("SGD", "AdamW"), help="training optimizer")
+    p.add_argument("--cos-lr", action="store_true", help="cosine LR schedule (default linear)")
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=("restart", "continuous"),
                    help="restart: the sparse stage and each fine-tune run their own LR schedule; continuous: one "
                         "schedule over all their epochs (the fine-tune picks up the LR where the sparse stage left "
@@ -56,17 +63,18 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
                         "target below would remove (re-chosen every epoch)")
     amount = p.add_mutually_exclusive_group()
     amount.add_argument("--ratio", type=float, default=None, help="fraction of prunable channels REMOVED")
-    amount.add_argument("--target-flops", type=float, default=None, help="fraction of FLOPs KEPT (default 0.5)")
+    amount.add_argument("--target-flops", type=float, default=None,
+                        help=f"fraction of FLOPs KEPT (default {d.target_flops})")
     amount.add_argument("--target-params", type=float, default=None, help="fraction of parameters KEPT")
-    p.add_argument("--importance", default=d.importance, choices=IMPORTANCES)
+    p.add_argument("--importance", default=d.importance, choices=IMPORTANCES, help="channel importance (as prune)")
     p.add_argument("--min-keep", type=float, default=d.min_keep, help="per-layer floor (fraction, or count >= 1)")
     p.add_argument("--round-to", type=int, default=d.round_to, help="kept channels rounded to a multiple of N")
     p.add_argument("--ignore", action="append", default=[], help="glob of module names to leave alone (repeatable)")
-    p.add_argument("--compensate", default=d.compensate, choices=("beta", "mean", "none"))
+    p.add_argument("--compensate", default=d.compensate, choices=("beta", "mean", "none"), help="as prune --compensate")
     p.add_argument("--recalibrate", type=int, default=d.recalibrate, help="re-estimate BN stats on N images")
     p.add_argument("--reconstruct", type=int, default=d.reconstruct,
                    help="least-squares re-fit of the convs that lost inputs on N images (prune --reconstruct)")
-    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
+    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="epochs of the fine-tune stage")
     p.add_argument("--rounds", type=int, default=d.rounds,
                    help="iterative mode: N prune -> fine-tune rounds, each a geometric step toward the target "
                         "(--finetune-epochs split between them); default 1")
@@ -82,8 +90,8 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     p.add_argument("--latency-runs", type=int, default=d.latency_runs, help="timed runs per model (interleaved)")
     p.add_argument("--threads", type=int, nargs="+", default=d.threads,
                    help="ORT thread counts to time (0 = all cores); default 1 0")
-    p.add_argument("--project", default=d.project)
-    p.add_argument("--name", default=d.name)
+    p.add_argument("--project", default=d.project, help="parent of run folders")
+    p.add_argument("--name", default=d.name, help="run folder name (resumed if it exists, see --new)")
     p.add_argument("--new", action="store_true", help="start a new run folder (exp2, ...) instead of resuming")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars in the training stages")
 
@@ -95,6 +103,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="", help="starting checkpoint: official YOLOv5 .pt or a yolov5-slim .pt")
     p.add_argument("--cfg", default="", help="or a model yaml to train from scratch in the sparse stage")
     p.add_argument("--data", required=True, help="data.yaml")
+    p.add_argument("--strict", action="store_true",
+                   help="stop (exit 2) on any bad label row, clipped box, unreadable image or non-image file in the "
+                        "data, instead of a warning that counts what was skipped")
     _add_common(p, d)
     p.set_defaults(func=run_pipeline_cli)
 
@@ -112,7 +123,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def demo_defaults() -> PipelineOptions:
     """The demo's knobs: sized to finish in about ten minutes on two CPU cores."""
     return PipelineOptions(imgsz=128, batch_size=16, nbs=16, sparse_epochs=35, dense_epochs=0, finetune_epochs=10,
-                           sparsity=2e-3, sparsity_schedule="constant", target_flops=0.5, optimizer="AdamW",
+                           sparsity=2e-3, sparsity_schedule="constant", sparsity_mode="uniform", reconstruct=0,
+                           target_flops=0.5, optimizer="AdamW",
                            hyp=str(DEMO_HYP), val_every=5, latency_runs=100, threads=[1], project="runs/demo",
                            workers=None)
 
@@ -121,29 +133,26 @@ def options_from_args(args: argparse.Namespace, base: PipelineOptions | None = N
     base = base or PipelineOptions()
     values = {f.name: getattr(args, f.name) for f in fields(PipelineOptions) if hasattr(args, f.name)}
     if values.get("ratio") is None and values.get("target_flops") is None and values.get("target_params") is None:
-        values["target_flops"] = 0.5
+        values["target_flops"] = base.target_flops
     values["threads"] = list(values.get("threads") or [1])
     opt = PipelineOptions(**{**base.__dict__, **values})
     return opt
 
 
 def run_pipeline_cli(args: argparse.Namespace) -> dict:
-    return run_pipeline(options_from_args(args), new=args.new)
+    with data_checks(strict=getattr(args, "strict", False)):
+        if getattr(args, "strict", False):
+            check_splits(args.data)  # before the run folder is made
+        return run_pipeline(options_from_args(args), new=args.new)
 
 
 def demo_model_cfg() -> dict:
-    from yolo.model import load_model_yaml
-
     cfg = load_model_yaml(DEMO_MODEL["base"])
     cfg.update(width_multiple=DEMO_MODEL["width_multiple"], depth_multiple=DEMO_MODEL["depth_multiple"])
     return cfg
 
 
 def run_demo(args: argparse.Namespace) -> dict:
-    import yaml
-
-    from yolo.synthetic import make_synthetic_dataset
-
     data_dir = Path(args.data_dir)
     data_yaml = data_dir / "data.yaml"
     if not data_yaml.is_file():

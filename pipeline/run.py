@@ -13,19 +13,31 @@ and `--distill-weight` are part of the fine-tune stage's key, so changing them r
 
 from __future__ import annotations
 
-import hashlib
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from finetune.trainer import TrainOptions, finished_run, train
 from pipeline.state import PipelineState, stage_key
+from prune.api import prune_model
+from prune.calib import calib_loader
+from prune.config import PruneConfig, PruneError
+from prune.graph import resolve_ignore
+from prune.runs import save_pruned
+from yolo.checkpoint import load_model, strip_checkpoint
+from yolo.data import load_data_yaml
 from yolo.errors import raise_if_terminated
-from yolo.fileio import atomic_write_text
+from yolo.fileio import atomic_write_text, file_sha256, increment_run_dir
+from yolo.flops import model_info
+from yolo.hyp import load_hyp
+from yolo.model import build_model
+from yolo.val import evaluate
 
 if TYPE_CHECKING:
-    from prune.config import PruneConfig
+    from reports.report import ModelEntry
 
 TEACHER_CHOICES = ("none", "unpruned", "baseline")
 SPARSITY_MODES = ("uniform", "targeted")
@@ -48,21 +60,22 @@ class PipelineOptions:
     batch_size: int = 16
     device: str = "cpu"
     workers: int | None = None  # training stages: None lets finetune pick (0 on a small CPU); scoring: 2
+    train_threads: int | None = None  # training stages' torch threads (None: finetune picks; see finetune.py)
     cache: str = "auto"  # training stages: decoded images in memory (auto, ram, no); results do not depend on it
     seed: int = 0
     hyp: str | None = None
     finetune_hyp: str | None = None  # hyperparameters of the fine-tune stage(s) only (default: hyp)
-    nbs: int = 64
+    nbs: int = 16  # no accumulation: the sparsity rate acts per optimizer step (docs/guide.md, Defaults)
     optimizer: str = "SGD"
     cos_lr: bool = False
     lr_schedule: str = "restart"  # restart: each training stage its own; continuous: one over sparse + fine-tune
     dense_epochs: int = 0  # optional: train the same model without the penalty, for comparison
-    sparse_epochs: int = 30
-    sparsity: float = 1e-3
+    sparse_epochs: int = 10
+    sparsity: float = 0.02
     sparsity_schedule: str = "constant"
-    sparsity_mode: str = "uniform"  # uniform: every BatchNorm; targeted: only what the prune plan would cut
+    sparsity_mode: str = "targeted"  # targeted: only what the prune plan would cut; uniform: every BatchNorm
     ratio: float | None = None
-    target_flops: float | None = 0.5
+    target_flops: float | None = 0.7
     target_params: float | None = None
     importance: str = "slim"
     min_keep: float = 0.1
@@ -70,8 +83,8 @@ class PipelineOptions:
     ignore: list[str] = field(default_factory=list)
     compensate: str = "beta"
     recalibrate: int = 0
-    reconstruct: int = 0
-    finetune_epochs: int = 30
+    reconstruct: int = 128
+    finetune_epochs: int = 80
     rounds: int = 1  # iterative mode: this many prune -> fine-tune rounds, each a geometric step toward the target
     teacher: str = "none"  # none | unpruned (the prune stage's input; alias: baseline) | a checkpoint path
     distill_weight: float | None = None  # hyp distill override for the fine-tune stage (needs a teacher)
@@ -106,7 +119,7 @@ class PipelineOptions:
                 raise PipelineError(f"{flag} {v}: file not found")
         if self.sparsity_mode not in SPARSITY_MODES:
             raise PipelineError(f"--sparsity-mode {self.sparsity_mode}: use one of {', '.join(SPARSITY_MODES)}")
-        if self.sparsity_mode == "targeted" and self.importance != "slim":
+        if self.sparsity_mode == "targeted" and self.sparse_epochs > 0 and self.importance != "slim":
             raise PipelineError("--sparsity-mode targeted pushes BatchNorm gammas, so it needs --importance slim")
         if self.teacher not in TEACHER_CHOICES and not Path(self.teacher).is_file():
             raise PipelineError(f"--teacher {self.teacher}: not none, unpruned or an existing checkpoint file")
@@ -121,22 +134,18 @@ class PipelineOptions:
             raise PipelineError(f"--distill-weight {self.distill_weight} must be >= 0")
         if self.close_mosaic < 0:
             raise PipelineError(f"--close-mosaic {self.close_mosaic} must be >= 0 (0 = mosaic to the end)")
-        from prune.config import PruneError
-
         try:  # now, not after the sparse stage
             self.prune_config({"ratio": self.ratio, "target_flops": self.target_flops,
-                               "target_params": self.target_params}).validate_flags()
+                               "target_params": self.target_params})
         except PruneError as e:
             raise PipelineError(str(e)) from None
         return self
 
     def prune_config(self, amount: dict) -> PruneConfig:
         """The prune stage's settings, with `amount` (one round's ratio or target)."""
-        from prune.config import PruneConfig  # torch stays unimported until a stage needs it
-
-        return PruneConfig(**amount, importance=self.importance, min_keep=self.min_keep, round_to=self.round_to,
-                           ignore=tuple(self.ignore), compensate=self.compensate, recalibrate=self.recalibrate,
-                           reconstruct=self.reconstruct, imgsz=self.imgsz)
+        return PruneConfig.from_flags(**amount, importance=self.importance, min_keep=self.min_keep,
+                                      round_to=self.round_to, ignore=tuple(self.ignore), compensate=self.compensate,
+                                      recalibrate=self.recalibrate, reconstruct=self.reconstruct, imgsz=self.imgsz)
 
     def teacher_path(self, prunable: str) -> str:
         """The fine-tune stage's teacher checkpoint ('' = none); `prunable` is the prune stage's input."""
@@ -151,7 +160,7 @@ def _train_args(opt: PipelineOptions, run_dir: Path, name: str, epochs: int, **k
         "data": opt.data, "imgsz": opt.imgsz, "batch_size": opt.batch_size, "device": opt.device,
         "workers": opt.workers, "cache": opt.cache, "seed": opt.seed, "hyp": opt.hyp, "nbs": opt.nbs,
         "optimizer": opt.optimizer, "cos_lr": opt.cos_lr, "epochs": epochs, "project": str(run_dir), "name": name,
-        "exist_ok": True, "quiet": opt.quiet, "val_every": opt.val_every,
+        "exist_ok": True, "quiet": opt.quiet, "val_every": opt.val_every, "threads": opt.train_threads,
     }
     args.update(kw)
     return args
@@ -196,9 +205,6 @@ class Pipeline:
         return outputs
 
     def _train(self, stage: str, resume: bool, **kw: Any) -> dict:
-        from finetune.trainer import TrainOptions, finished_run, train
-        from yolo.checkpoint import strip_checkpoint
-
         args = _train_args(self.opt, self.run_dir, stage, **kw)
         last = self.run_dir / stage / "weights" / "last.pt"
         if resume and last.is_file():
@@ -309,11 +315,6 @@ class Pipeline:
         o = self.opt
         if not o.weights:
             return {"note": f"training from scratch ({o.cfg}): no starting model to score"}
-        from yolo.checkpoint import load_model
-        from yolo.data import load_data_yaml
-        from yolo.flops import model_info
-        from yolo.val import evaluate
-
         model, meta = load_model(o.weights)
         data = load_data_yaml(o.data)
         info = model_info(model, o.imgsz)
@@ -331,12 +332,6 @@ class Pipeline:
 
     def _prune(self, weights: str, original: str, r: int = 1) -> dict:
         """Prune `weights`; in round r of R, toward the target's r/R geometric step measured on `original`."""
-        from prune.api import prune_model
-        from prune.cli import save_pruned
-        from yolo.checkpoint import load_model
-        from yolo.data import load_data_yaml
-        from yolo.val import evaluate
-
         o = self.opt
         model, meta = load_model(weights)
         amount = round_amount(o, r, model, original)
@@ -358,6 +353,7 @@ class Pipeline:
         return {"weights": str(path), "metrics": _brief(res)}
 
     def _report(self, models: dict[str, str]) -> dict:
+        # start-up: reports/ loads matplotlib and onnx, which only the report stage needs
         from reports.report import build_entries, write_report
 
         o = self.opt
@@ -371,7 +367,8 @@ class Pipeline:
         paths = write_report(out, entries, args=asdict(o), extras={})
         return {k: str(v) for k, v in paths.items()}
 
-    def _int8_entry(self, weights: str, out: Path):
+    def _int8_entry(self, weights: str, out: Path) -> ModelEntry:
+        # start-up: onnxruntime.quantization and matplotlib load only for --int8 (see _report)
         from reports.quantize import quantize_best
         from reports.report import ModelEntry
 
@@ -392,9 +389,6 @@ def round_amount(o: PipelineOptions, r: int, model, original: str) -> dict:
         return {"ratio": o.ratio, "target_flops": o.target_flops, "target_params": o.target_params}
     if o.ratio is not None:
         return {"ratio": 1 - (1 - o.ratio) ** (1 / o.rounds)}
-    from yolo.checkpoint import load_model
-    from yolo.flops import model_info
-
     key, target = ("gflops", o.target_flops) if o.target_flops is not None else ("params", o.target_params)
     base = model_info(load_model(original)[0], o.imgsz)[key]
     now = model_info(model, o.imgsz)[key]
@@ -404,8 +398,6 @@ def round_amount(o: PipelineOptions, r: int, model, original: str) -> dict:
 
 
 def _calib_loader(data, o: PipelineOptions, cfg):
-    from prune.cli import calib_loader
-
     return calib_loader(data, o.imgsz, cfg.images_needed, batch_size=8)
 
 
@@ -422,11 +414,7 @@ def _file_id(path: str | None) -> str | None:
     p = Path(path)
     if not p.is_file():
         return str(path)
-    digest = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"{p.resolve()}:{p.stat().st_size}:{digest.hexdigest()[:16]}"
+    return f"{p.resolve()}:{p.stat().st_size}:{file_sha256(p)[:16]}"
 
 
 def _save_json(path: Path, obj: Any) -> None:
@@ -434,15 +422,11 @@ def _save_json(path: Path, obj: Any) -> None:
 
 
 def _clear_dir(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path)
 
 
 def resolve_run_dir(project: str, name: str, new: bool = False) -> Path:
     """Re-use project/name when it holds a pipeline (so re-running resumes it); --new makes exp2, exp3, ..."""
-    from finetune.runs import increment_run_dir
-
     base = Path(project) / name
     if not new and (base / "pipeline.json").is_file():
         return base
@@ -456,12 +440,6 @@ def check_inputs(opt: PipelineOptions) -> None:
     """Read every input file once before a run folder exists: the data.yaml, the checkpoint or model yaml, the
     hyp files, a teacher, and match the --ignore globs. A bad one stops the run with its own one-line error
     instead of leaving a folder with a stage marked running, or failing a later stage after the sparse training."""
-    from finetune.hyp import load_hyp
-    from prune.graph import resolve_ignore
-    from yolo.checkpoint import load_model
-    from yolo.data import load_data_yaml
-    from yolo.model import build_model
-
     load_data_yaml(opt.data)
     model = load_model(opt.weights)[0] if opt.weights else build_model(opt.cfg)
     for hyp in (opt.hyp, opt.finetune_hyp):

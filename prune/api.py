@@ -19,7 +19,6 @@ def prune_model(
     model: nn.Module, config: PruneConfig, calib_loader=None, graph: PruneGraph | None = None
 ) -> tuple[nn.Module, PruneTable]:
     """Plan and apply in one call; returns (pruned copy, prune table). The input model is not changed."""
-    config.validate()
     if config.needs_images and calib_loader is None:
         raise PruneError(CALIB_NEEDED)
     plan = plan_pruning(graph if graph is not None else model, config, calib_loader=calib_loader)

@@ -23,7 +23,8 @@ from torch import nn
 
 from prune.config import CALIB_NEEDED, COMPENSATIONS, PruneError
 from prune.graph import one_thread, raw_head
-from prune.plan import PrunePlan
+from prune.plan import PrunePlan, kept_indices, removals
+from prune.reconstruct import reconstruct_consumers
 from yolo.model import de_parallel
 
 
@@ -58,8 +59,6 @@ def apply_plan(
             compensate_removed(work, plan, compensate, calib_loader)
         slice_model(work, plan)
     if reconstruct:
-        from prune.reconstruct import reconstruct_consumers
-
         p = next(work.parameters())
         reconstruct_consumers(base, work, plan, list(image_batches(calib_loader, reconstruct, p)))
     if recalibrate:
@@ -82,17 +81,6 @@ def check_fits(model: nn.Module, plan: PrunePlan) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ removals
-
-
-def removals(plan: PrunePlan) -> dict[tuple[str, str], np.ndarray]:
-    """(module name, 'out' | 'in' | 'bn' | 'dw') -> module channel indices to remove (union over groups)."""
-    acc: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
-    for gp in plan.groups:
-        if len(gp.removed) == 0:
-            continue
-        for m in gp.info.members:
-            acc[(m.name, m.kind)].append(gp.member_removed(m))
-    return {k: np.unique(np.concatenate(v)) for k, v in acc.items()}
 
 
 # ------------------------------------------------------------------------------------------------ compensation
@@ -190,16 +178,10 @@ def slice_model(work: nn.Module, plan: PrunePlan) -> None:
     for name, kinds in per_module.items():
         m = work.get_submodule(name)
         if isinstance(m, nn.BatchNorm2d):
-            _slice_bn(m, _keep(m.num_features, kinds.get("bn")))
+            _slice_bn(m, kept_indices(m.num_features, kinds.get("bn")))
         else:
             _slice_conv(m, kinds)
     _update_layer_params(work)
-
-
-def _keep(n: int, removed) -> torch.Tensor:
-    if removed is None or len(removed) == 0:
-        return torch.arange(n)
-    return torch.as_tensor(np.setdiff1d(np.arange(n), removed))
 
 
 def _param(old: nn.Parameter, new: torch.Tensor) -> nn.Parameter:
@@ -208,12 +190,12 @@ def _param(old: nn.Parameter, new: torch.Tensor) -> nn.Parameter:
 
 def _slice_conv(m: nn.Conv2d, kinds: dict[str, np.ndarray]) -> None:
     if "dw" in kinds:
-        keep = _keep(m.out_channels, kinds["dw"])
+        keep = kept_indices(m.out_channels, kinds["dw"])
         m.weight = _param(m.weight, m.weight.data[keep.to(m.weight.device)])
         m.in_channels = m.out_channels = m.groups = len(keep)
     else:
-        ko = _keep(m.out_channels, kinds.get("out")).to(m.weight.device)
-        ki = _keep(m.in_channels, kinds.get("in")).to(m.weight.device)
+        ko = kept_indices(m.out_channels, kinds.get("out")).to(m.weight.device)
+        ki = kept_indices(m.in_channels, kinds.get("in")).to(m.weight.device)
         m.weight = _param(m.weight, m.weight.data[ko][:, ki])
         m.out_channels, m.in_channels = len(ko), len(ki)
         keep = ko

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
+from prune.apply import apply_plan
+from prune.calib import calib_loader
 from prune.config import (
     DEFAULT_MIN_KEEP,
     DEFAULT_ROUND_TO,
@@ -15,10 +16,15 @@ from prune.config import (
     PruneConfig,
     PruneError,
 )
-from prune.runs import increment_path, save_pruned
-from prune.sweep import DEFAULT_RATIOS
+from prune.graph import build_graph
+from prune.plan import plan_pruning
+from prune.runs import save_pruned
+from prune.sweep import DEFAULT_RATIOS, sweep
+from yolo.checkpoint import load_model
+from yolo.device import select_device
+from yolo.fileio import check_writable, increment_run_dir
 
-__all__ = ["register", "run_prune", "run_sweep", "save_pruned", "calib_loader"]
+__all__ = ["register", "run_prune", "run_sweep"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,43 +75,26 @@ def _common(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--warn-gamma", type=float, default=DEFAULT_WARN_GAMMA,
                    help=f"warn when a removed channel has |gamma| above this (default {DEFAULT_WARN_GAMMA})")
     p.add_argument("--batch-size", type=int, default=16, help="batch size for calibration / scoring")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="dataloader workers (default 2)")
     p.add_argument("--project", default="runs/prune", help="parent folder of run folders (default runs/prune)")
     p.add_argument("--name", default=name, help=f"run folder name (default {name}, then {name}2, ...)")
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
     p.add_argument("--device", default="cpu", help="cpu, 0, cuda:0 ... (default cpu)")
 
 
-def config_from_args(args: argparse.Namespace, imgsz: int) -> PruneConfig:
-    return PruneConfig(
+def config_from_args(args: argparse.Namespace, imgsz: int | None = None) -> PruneConfig:
+    """The flags as a PruneConfig (checked as it is built; an error names the flag). `imgsz` defaults to
+    --imgsz, else 640, until the checkpoint's own size is known."""
+    return PruneConfig.from_flags(
         ratio=getattr(args, "ratio", None), target_flops=getattr(args, "target_flops", None),
         target_params=getattr(args, "target_params", None), importance=args.importance, min_keep=args.min_keep,
         round_to=args.round_to, ignore=tuple(args.ignore or ()), compensate=args.compensate,
         recalibrate=int(getattr(args, "recalibrate", 0) or 0), reconstruct=int(getattr(args, "reconstruct", 0) or 0),
-        calib_images=args.calib_images,
-        warn_gamma=args.warn_gamma, imgsz=imgsz,
+        calib_images=args.calib_images, warn_gamma=args.warn_gamma, imgsz=imgsz or args.imgsz or 640,
     )  # fmt: skip
 
 
-def calib_loader(data: Any, imgsz: int, n_images: int, batch_size: int = 16, stride: int = 32, workers: int = 0):
-    """Training images (evenly spaced over the split), letterboxed, no augmentation: for 'mean' and BN stats."""
-    from yolo.data import create_dataloader, load_data_yaml
-
-    cfg = data if hasattr(data, "train") else load_data_yaml(data)
-    files = list(cfg.train)
-    if not files:
-        raise PruneError(f"{getattr(cfg, 'yaml_path', data)}: no training images for calibration")
-    step = max(1, len(files) // max(n_images, 1))
-    files = files[::step][:n_images]
-    loader, _ = create_dataloader(files, imgsz, min(batch_size, len(files)), stride=stride, names=cfg.names,
-                                  augment=False, rect=False, workers=workers, shuffle=False)  # fmt: skip
-    return loader
-
-
 def _load(args: argparse.Namespace):
-    from yolo.checkpoint import load_model
-    from yolo.device import select_device
-
     device = select_device(args.device)
     model, meta = load_model(args.weights, device)
     imgsz = int(args.imgsz or meta.get("imgsz") or 640)
@@ -124,24 +113,21 @@ def _calib(args, config: PruneConfig, model):
 
 
 def _console():
+    # start-up: rich loads only when a command prints (prune.py imports every command module)
     from rich.console import Console
 
     return Console(width=None if sys.stdout.isatty() else 140)
 
 
 def run_prune(args: argparse.Namespace) -> dict:
-    from prune.apply import apply_plan
-    from prune.graph import build_graph
-    from prune.plan import plan_pruning
-
-    PruneConfig(ratio=args.ratio, target_flops=args.target_flops, target_params=args.target_params).validate_flags()
+    config_from_args(args)  # bad flags fail here, before the checkpoint loads
+    save_dir = check_writable(increment_run_dir(args.project, args.name, args.exist_ok), "--project/--name")
     model, meta, imgsz, _ = _load(args)
-    config = config_from_args(args, imgsz).validate_flags()
+    config = config_from_args(args, imgsz)
     calib = _calib(args, config, model)
     graph = build_graph(model, config.imgsz, config.ignore)
     plan = plan_pruning(graph, config, calib_loader=calib)
     pruned = apply_plan(model, plan, calib_loader=calib)
-    save_dir = increment_path(args.project, args.name, args.exist_ok)
     path = save_pruned(save_dir, pruned, meta, plan.table, config, weights=args.weights)
     console = _console()
     console.print(plan.table.rich_table())
@@ -155,23 +141,19 @@ def run_prune(args: argparse.Namespace) -> dict:
 
 
 def run_sweep(args: argparse.Namespace) -> dict:
-    from prune.sweep import sweep
-
     if not 0 < args.share <= 1:
         raise PruneError(f"--share {args.share} must be in (0, 1]")
     bad = [r for r in args.ratios if not 0 <= r < 1]
     if bad:
         raise PruneError(f"--ratios {bad[0]} is outside [0, 1): ratios are fractions of channels REMOVED")
+    save_dir = check_writable(increment_run_dir(args.project, args.name, args.exist_ok), "--project/--name")
     model, meta, imgsz, device = _load(args)
-    config = config_from_args(args, imgsz)
-    config.ratio = 0.0
-    config.validate_flags()
+    config = config_from_args(args, imgsz)  # no amount: the sweep supplies each ratio
     calib = _calib(args, config, model)
     console = _console()
     res = sweep(model, args.ratios, data=args.data, config=config, share=args.share, calib_loader=calib,
                 log=lambda m: print(m, file=sys.stderr), batch_size=args.batch_size, workers=args.workers,
                 device=device)  # fmt: skip
-    save_dir = increment_path(args.project, args.name, args.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
     res.to_csv(save_dir / "sweep.csv")
     res.to_json(save_dir / "sweep.json")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 IMPORTANCES = ("slim", "l1", "l2", "taylor")
 COMPENSATIONS = ("beta", "mean", "none")
@@ -21,6 +23,8 @@ COMPENSATIONS = ("beta", "mean", "none")
 DEFAULT_MIN_KEEP = 0.1
 DEFAULT_ROUND_TO = 8
 DEFAULT_WARN_GAMMA = 0.05
+EXACTLY_ONE = ("give exactly one of ratio (fraction of channels REMOVED), target_flops or target_params "
+               "(fraction KEPT)")
 CALIB_NEEDED = ("importance 'taylor', compensate='mean', recalibrate and reconstruct need calibration images "
                 "(--data / calib_loader)")
 
@@ -70,31 +74,60 @@ class PruneConfig:
     warn_gamma: float = DEFAULT_WARN_GAMMA
     imgsz: int = 640
 
-    def validate(self) -> PruneConfig:
-        amounts = {k: v for k, v in self.amount_items() if v is not None}
-        if len(amounts) != 1:
-            given = ", ".join(amounts) or "none"
-            raise PruneError(
-                f"give exactly one of ratio (fraction of channels REMOVED), target_flops or target_params "
-                f"(fraction KEPT); got {given}"
-            )
+    def __post_init__(self) -> None:
+        """Every setting is checked here, once, whoever builds the config; the amount may be left out (a sweep
+        supplies its own), but not given twice."""
+        self.ignore = (self.ignore,) if isinstance(self.ignore, str) else tuple(self.ignore)
+        amounts = [k for k, v in self.amount_items() if v is not None]
+        if len(amounts) > 1:
+            raise PruneError(f"{EXACTLY_ONE}; got {', '.join(amounts)}")
         if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
             raise PruneError(f"ratio {self.ratio} is outside [0, 1): it is the fraction of channels REMOVED")
         for name in ("target_flops", "target_params"):
             v = getattr(self, name)
             if v is not None and not 0.0 < v <= 1.0:
                 raise PruneError(f"{name} {v} is outside (0, 1]: it is the fraction KEPT")
-        self._validate_choices()
-        return self
+        self._check_choices()
 
-    def validate_flags(self) -> PruneConfig:
-        """validate() for a command line: the error names the flags (--target-flops), not the fields."""
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PruneConfig:
+        """A config from a mapping (a saved config, a caller's settings); an unknown key is one line, not a
+        TypeError."""
+        cls._refuse_unknown(values)
+        return cls(**values)
+
+    @classmethod
+    def from_flags(cls, **values: Any) -> PruneConfig:
+        """from_dict for a command line: a bad value's error names the flag (--target-flops), not the field."""
+        cls._refuse_unknown(values)
         try:
-            return self.validate()
+            return cls(**values)
         except PruneError as e:
             raise PruneError(_FIELD.sub(lambda m: "--" + m.group(1).replace("_", "-"), str(e))) from None
 
-    def _validate_choices(self) -> None:
+    @classmethod
+    def _refuse_unknown(cls, values: Mapping[str, Any]) -> None:
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in values if k not in known]
+        if unknown:
+            raise PruneError(f"unknown prune setting {unknown[0]!r}; known: {', '.join(known)}")
+
+    def validate(self) -> PruneConfig:
+        """Check again after fields were changed in place (construction checks them already) and require an
+        amount; returns self."""
+        self.__post_init__()
+        _ = self.amount
+        return self
+
+    @property
+    def amount(self) -> tuple[str, float]:
+        """(field, value) of the one amount given: what planning needs and a sweep replaces."""
+        given = [(k, v) for k, v in self.amount_items() if v is not None]
+        if not given:
+            raise PruneError(f"{EXACTLY_ONE}; got none")
+        return given[0]
+
+    def _check_choices(self) -> None:
         if self.importance not in IMPORTANCES:
             raise PruneError(f"importance {self.importance!r} unknown; use one of {', '.join(IMPORTANCES)}")
         if self.compensate not in COMPENSATIONS:
@@ -107,8 +140,6 @@ class PruneConfig:
             raise PruneError("recalibrate and reconstruct must be >= 0 and calib_images >= 1")
         if self.imgsz < 32:
             raise PruneError(f"imgsz {self.imgsz} is too small")
-        if isinstance(self.ignore, str):
-            self.ignore = (self.ignore,)
 
     @property
     def needs_images(self) -> bool:

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch_pruning.dependency.index_mapping import update_concat_index_mapping
 
 from prune.config import PruneError
+from yolo.imgsz import check_imgsz, max_stride
 from yolo.model import DetectionModel, de_parallel
 from yolo.modules import C3, SPP, SPPF, Bottleneck, BottleneckCSP, Concat, Conv, Detect, DWConv, Focus
 from yolo.repvgg import RepVGG
@@ -160,13 +162,6 @@ def input_channels(model: nn.Module) -> int:
     return first.in_channels if first is not None else 3
 
 
-def max_stride(model: nn.Module) -> int:
-    det = next((m for m in model.modules() if isinstance(m, Detect)), None)
-    if det is not None and det.stride is not None:
-        return int(max(det.stride.tolist()))
-    return 32
-
-
 def layer_of(model: nn.Module, name: str) -> tuple[int, str]:
     """(yaml layer index, yaml type) of a module name like 'model.4.cv1.conv'."""
     m = re.match(r"model\.(\d+)(\.|$)", name)
@@ -204,7 +199,7 @@ def build_graph(model: nn.Module, imgsz: int = 640, ignore=(), verbose: bool = F
     ignored = resolve_ignore(work, ignore)
     in_ch, stride = input_channels(work), max_stride(work)
     probe = 2 * stride
-    imgsz = check_imgsz(imgsz, stride)
+    imgsz = check_imgsz(imgsz, stride, round_up=True)[0]
     dg, unknown, outputs, probe_hw, mismapped = _trace(work, torch.zeros(1, in_ch, probe, probe))
     names = {m: n for n, m in work.named_modules()}
     ctx = _Context(dg, names, ignored, unknown, outputs, _keep_out(work), mismapped)
@@ -220,11 +215,6 @@ def build_graph(model: nn.Module, imgsz: int = 640, ignore=(), verbose: bool = F
         for name, why in protected:
             print(f"protected: {name}: {why}")
     return graph
-
-
-def check_imgsz(imgsz: int, stride: int) -> int:
-    """imgsz rounded up to a multiple of the largest stride, as YOLOv5 does."""
-    return int(-(-int(imgsz) // stride) * stride)
 
 
 def _trace(work: nn.Module, example: torch.Tensor) -> tuple[tp.DependencyGraph, dict, set, dict[str, int], dict]:
@@ -288,8 +278,6 @@ def _remap_concats(dg: tp.DependencyGraph, true_sizes: dict) -> dict:
     reshape (ShuffleNet blocks) it gets them wrong, which would shift every channel index mapped through the concat
     (silently wrong pruning on the other inputs). Give it the counts measured while tracing and re-derive the
     mapping; a concat still not mapped as measured is returned (grad_fn -> reason) and groups through it protected."""
-    from torch_pruning.dependency.index_mapping import update_concat_index_mapping
-
     bad = {}
     for node in list(dg.module2node.values()):
         sizes = true_sizes.get(node.grad_fn)

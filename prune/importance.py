@@ -21,6 +21,9 @@ import torch
 
 from prune.config import IMPORTANCES, PruneError
 from prune.graph import GroupInfo, PruneGraph
+from yolo.hyp import load_hyp
+from yolo.loss import YoloLoss, scale_loss_gains
+from yolo.modules import Detect
 
 TAYLOR_NEEDS_DATA = "importance 'taylor' needs labelled calibration images (--data / calib_loader)"
 
@@ -72,10 +75,6 @@ def taylor_scores(graph: PruneGraph, loader: Iterable) -> list[np.ndarray]:
 
 def _detection_loss(model: torch.nn.Module, loader: Iterable, imgsz: int):
     """YOLOv5's loss with the default gains; the data's classes must be the model's (the loss reads class ids)."""
-    from finetune.hyp import load_hyp
-    from yolo.loss import YoloLoss, scale_loss_gains
-    from yolo.modules import Detect
-
     detect = model.model[-1] if isinstance(getattr(model, "model", None), torch.nn.Sequential) else None
     if not isinstance(detect, Detect):
         raise PruneError("importance 'taylor' needs a YOLOv5 detection model (its loss scores the channels)")

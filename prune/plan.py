@@ -9,9 +9,11 @@ largest cost that is still <= the target.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from torch import nn
 
 from prune.config import PruneConfig, PruneError
@@ -113,19 +115,17 @@ def plan_pruning(
 ) -> PrunePlan:
     """Decide which channels to remove. `model` may be a PruneGraph already built (see build_graph); the taylor
     importance reads labelled images from `calib_loader`."""
-    config.validate()
+    amount, value = config.amount
     graph = model if isinstance(model, PruneGraph) else build_graph(model, config.imgsz, config.ignore)
     if tuple(config.ignore) != graph.ignore:
         raise PruneError(f"the graph was built with ignore={list(graph.ignore)}, the config says {list(config.ignore)}")
     if scores is None:
         scores = group_scores(graph, config.importance, calib_loader)
     sel = Selector(graph, scores, config)
-    if config.ratio is not None:
-        k = sel.k_for_ratio(config.ratio)
-    elif config.target_flops is not None:
-        k = sel.k_for_target("flops", config.target_flops)
+    if amount == "ratio":
+        k = sel.k_for_ratio(value)
     else:
-        k = sel.k_for_target("params", config.target_params)
+        k = sel.k_for_target("flops" if amount == "target_flops" else "params", value)
     return _make_plan(graph, sel, k)
 
 
@@ -187,3 +187,21 @@ def _warnings(table: PruneTable, c: PruneConfig) -> list[str]:
             + ("." if c.reconstruct else "; --reconstruct N re-fits the layers after the cut to win part of it back.")
         ]
     return []
+
+
+def removals(plan: PrunePlan) -> dict[tuple[str, str], np.ndarray]:
+    """(module name, 'out' | 'in' | 'bn' | 'dw') -> module channel indices to remove (union over groups)."""
+    acc: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
+    for gp in plan.groups:
+        if len(gp.removed) == 0:
+            continue
+        for m in gp.info.members:
+            acc[(m.name, m.kind)].append(gp.member_removed(m))
+    return {k: np.unique(np.concatenate(v)) for k, v in acc.items()}
+
+
+def kept_indices(n: int, removed) -> torch.Tensor:
+    """0..n-1 without the `removed` indices (a tensor, for index_select)."""
+    if removed is None or len(removed) == 0:
+        return torch.arange(n)
+    return torch.as_tensor(np.setdiff1d(np.arange(n), removed))

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prune.graph import raw_head
-from prune.plan import PrunePlan
+from prune.plan import PrunePlan, kept_indices, removals
 
 
 class _Reached(Exception):
@@ -39,9 +39,7 @@ class _Reached(Exception):
 
 def kept_outputs(plan: PrunePlan, name: str, n_out: int) -> torch.Tensor:
     """Indices (in the unpruned conv) of the output channels the pruned conv still has."""
-    from prune.apply import _keep, removals
-
-    return _keep(n_out, removals(plan).get((name, "out")))
+    return kept_indices(n_out, removals(plan).get((name, "out")))
 
 
 def execution_order(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> list[str]:

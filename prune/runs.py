@@ -10,7 +10,6 @@ from prune.config import PruneConfig
 from prune.table import PruneTable
 from yolo.checkpoint import save_checkpoint
 from yolo.fileio import atomic_write_text
-from yolo.fileio import increment_run_dir as increment_path  # noqa: F401  (re-exported)
 
 CHECKPOINT_NAME = "pruned.pt"
 

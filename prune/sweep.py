@@ -18,7 +18,9 @@ from prune.config import PruneConfig, PruneError
 from prune.graph import build_graph
 from prune.importance import group_scores
 from prune.plan import plan_pruning
+from yolo.data import load_data_yaml
 from yolo.fileio import atomic_write_text
+from yolo.val import build_val_loader, evaluate
 
 DEFAULT_RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 
@@ -64,6 +66,7 @@ class SweepResult:
         return atomic_write_text(path, json.dumps(d, indent=2) + "\n")
 
     def rich_table(self):
+        # start-up: rich loads only when a table is printed (prune.py imports every command module to build its parser)
         from rich.table import Table
 
         has_map = any(r.map50 is not None for r in self.rows)
@@ -85,10 +88,11 @@ class SweepResult:
         return t
 
     def plot(self, path: str | Path) -> Path:
+        # matplotlib (slow to import) loads only when the sweep is plotted
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend on import
 
         x = [0.0] + [r.ratio for r in self.rows]
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
@@ -138,7 +142,7 @@ def sweep(
     ratios = sorted(float(r) for r in ratios)
     if not ratios or any(not 0 <= r < 1 for r in ratios):
         raise PruneError(f"sweep ratios must lie in [0, 1) (fraction of channels REMOVED), got {ratios}")
-    base_cfg = replace(config or PruneConfig(), ratio=0.0, target_flops=None, target_params=None).validate()
+    base_cfg = replace(config or PruneConfig(), ratio=0.0, target_flops=None, target_params=None)
     scorer = evaluate_fn or (_default_evaluator(data, base_cfg.imgsz, **eval_kwargs) if data is not None else None)
     graph = build_graph(model, base_cfg.imgsz, base_cfg.ignore)
     scores = group_scores(graph, base_cfg.importance, calib_loader)
@@ -156,7 +160,7 @@ def sweep(
             pruned = apply_plan(model, plan, calib_loader=calib_loader)
             m = _metrics(scorer(pruned))
             row.map50, row.map = m["map50"], m["map"]
-        _log(log, f"ratio {r:g}: {t.summary_line()}" + (f"  mAP50 {row.map50:.4f}" if row.map50 is not None else ""))
+        _log(log, t.summary_line() + (f"  mAP50 {row.map50:.4f}" if row.map50 is not None else ""))  # 'ratio 0.1: ...'
         rows.append(row)
     res = SweepResult(rows, baseline, share, base_cfg.importance, graph.imgsz)
     res.best_ratio = best_ratio(rows, baseline, share)
@@ -182,9 +186,6 @@ def _log(log, msg: str) -> None:
 
 def _default_evaluator(data: Any, imgsz: int, **kw) -> Callable[[nn.Module], dict]:
     """yolo.val.evaluate on the val split, with its dataloader built once for all ratios."""
-    from yolo.data import load_data_yaml
-    from yolo.val import build_val_loader, evaluate
-
     cfg = data if hasattr(data, "names") else load_data_yaml(data)
     bs, workers = int(kw.pop("batch_size", 16)), int(kw.pop("workers", 0))
     loader_cache: dict = {}

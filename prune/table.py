@@ -122,6 +122,7 @@ class PruneTable:
         return atomic_write_text(path, buf.getvalue())
 
     def rich_table(self):
+        # start-up: rich loads only when a table is printed (prune.py imports every command module to build its parser)
         from rich.table import Table
 
         thr = f"{self.threshold:.4g}" if math.isfinite(self.threshold) else "inf"
@@ -143,6 +144,7 @@ class PruneTable:
         return t
 
     def render_text(self, width: int = 140) -> str:
+        # start-up: rich loads only when a table is printed (prune.py imports every command module to build its parser)
         from rich.console import Console
 
         console = Console(file=io.StringIO(), width=width, record=True)

@@ -15,11 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from reports.onnx_backend import OnnxDetector
 from reports.runtime_common import package_version
 
 FORMATS = ("onnx", "openvino", "ncnn")
 EXTRA_MODULES = {"openvino": ("openvino",), "ncnn": ("ncnn", "pnnx")}
 RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "ncnn": "ncnn", "torch": "torch"}
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "ncnn": "ncnn"}  # a predictor's kind, said
 
 
 class MissingExtraError(ValueError):
@@ -60,8 +62,6 @@ def load_backend(path: str | Path, threads: int | None = None) -> Any:
     """The predictor for an exported file, by suffix (see the module docstring); ValueError for other paths."""
     kind = backend_kind(path)
     if kind == "onnx":
-        from reports.onnx_backend import OnnxDetector
-
         return OnnxDetector(path, threads=threads)
     if kind == "openvino":
         require_extra("openvino", f"running {Path(path).name}", ("openvino",))

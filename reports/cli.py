@@ -10,8 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from reports.imaging import list_images
+from yolo.checkpoint import load_model
+from yolo.data import load_data_yaml
+from yolo.fileio import atomic_write_text, check_writable
+from yolo.imgsz import to_shape
+from yolo.transforms import replace_focus
 
 SHAPE_HELP = "inference size: one int (square) or two ints h w; each a multiple of the model's max stride"
 
@@ -42,10 +54,9 @@ def _threads(values: list[str] | None) -> list[int | None]:
 
 
 def cmd_export(args: Any) -> int:
+    # start-up: onnx and onnxruntime (1.6 s of a 1.9 s prune.py start, measured) load only for the command that runs
     from reports.export import ExportError, check_parity, export_onnx
-    from reports.imaging import list_images
     from reports.runtime_export import check_format_request
-    from yolo.checkpoint import load_model
 
     check_format_request(args.format, args.int8, args.dynamic)  # one line, before anything is written
     if args.int8 and not args.calib_data:
@@ -53,7 +64,6 @@ def cmd_export(args: Any) -> int:
     weights = Path(args.weights)
     model, meta = load_model(weights)
     if getattr(args, "replace_focus", False):  # exact rewrite: no Slice/Concat stem in the graph
-        from yolo.transforms import replace_focus
 
         replace_focus(model)
     imgsz = _imgsz(args.imgsz, int(meta.get("imgsz") or 640))
@@ -62,7 +72,6 @@ def cmd_export(args: Any) -> int:
         out = out / f"{weights.stem}.onnx"
     data = None  # read before the export, so a bad --calib-data / --parity-source leaves no file behind
     if args.calib_data:
-        from yolo.data import load_data_yaml
 
         data = load_data_yaml(args.calib_data)
     if args.parity_source:
@@ -88,6 +97,8 @@ def cmd_export(args: Any) -> int:
         raise
     print(f"exported {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
     print(rep.summary())
+    if not (args.parity_source or data is not None):
+        print("(parity checked on synthetic images: give --parity-source for real ones)")
     if args.format != "onnx":
         _export_runtime(args, model, path, parity_images, data, imgsz)
     elif args.int8:
@@ -96,6 +107,8 @@ def cmd_export(args: Any) -> int:
 
 
 def _export_runtime(args: Any, model, onnx_path: Path, parity_images: list, data, imgsz) -> None:
+    """--format openvino|ncnn: the checked ONNX converted (and with --int8, quantised) for that runtime."""
+    # start-up: onnx, onnxruntime and torch.onnx load only for the command that runs (see cmd_export)
     from reports.runtime_export import Int8Options, export_format
 
     int8 = None
@@ -106,9 +119,7 @@ def _export_runtime(args: Any, model, onnx_path: Path, parity_images: list, data
 
 
 def _synthetic_images(imgsz) -> list:
-    import numpy as np
 
-    from reports.imaging import to_shape
 
     h, w = to_shape(imgsz)
     rng = np.random.default_rng(0)
@@ -116,7 +127,9 @@ def _synthetic_images(imgsz) -> list:
 
 
 def _export_int8(args: Any, fp32: Path, data, imgsz: int) -> None:
+    # start-up: onnx and onnxruntime (1.6 s of a 1.9 s prune.py start, measured) load only for the command that runs
     from reports.quantize import quantize_best
+
 
     explicit = args.int8_activations != "auto"
     res = quantize_best(
@@ -143,14 +156,15 @@ def _export_int8(args: Any, fp32: Path, data, imgsz: int) -> None:
 
 
 def cmd_benchmark(args: Any) -> int:
-    import tempfile
-
+    # start-up: onnx and onnxruntime (1.6 s of a 1.9 s prune.py start, measured) load only for the command that runs
     from reports.backends import backend_kind
     from reports.export import export_onnx
     from reports.latency import add_ratios, benchmark_files
-    from yolo.checkpoint import load_model
-    from yolo.fileio import atomic_write_text
 
+
+
+    if args.json:
+        check_writable(args.json, "--json", folder=False)
     imgsz = _imgsz(args.imgsz, 640)
     paths: dict[str, Path] = {}
     torch_models: dict[str, Any] = {}
@@ -186,8 +200,6 @@ def cmd_benchmark(args: Any) -> int:
 
 
 def _print_latency(res: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     cpu = res["environment"]["cpu"]
     t = Table(title=f"latency ({cpu['model']}; {', '.join(cpu['flags'])}; ORT {res['environment']['onnxruntime']})")
@@ -204,8 +216,9 @@ def _print_latency(res: dict) -> None:
 
 
 def cmd_report(args: Any) -> int:
-    from reports.imaging import list_images
-    from reports.report import build_entries, write_report
+    # start-up: onnx and onnxruntime (1.6 s of a 1.9 s prune.py start, measured) load only for the command that runs
+    from reports.report import build_entries, clear_previous_report, write_report
+
 
     weights = {
         role: w
@@ -223,15 +236,8 @@ def cmd_report(args: Any) -> int:
     if not isinstance(imgsz, int):
         raise ValueError("report: --imgsz takes one integer (models are compared at a square size)")
     run_dir = Path(args.run_dir)
-    extras: dict[str, Any] = {"imgsz": imgsz}  # read before anything is written: a bad path leaves no report folder
-    if args.data:
-        from yolo.data import load_data_yaml
-
-        load_data_yaml(args.data)
-    if args.images:
-        extras["images"] = [str(p) for p in list_images(args.images)[: args.max_images]]
-    if args.sweep:
-        extras["sweep"] = _read_sweep(Path(args.sweep))
+    extras, check_images = _report_inputs(args, imgsz)  # read before anything is written
+    clear_previous_report(run_dir)
     entries = build_entries(
         weights,
         run_dir,
@@ -240,10 +246,34 @@ def cmd_report(args: Any) -> int:
         threads=_threads(args.threads),
         runs=args.runs,
         evaluator=args.evaluator,
+        check_images=check_images,
     )
     paths = write_report(run_dir, entries, args={k: v for k, v in vars(args).items() if k != "func"}, extras=extras)
     print(f"wrote {paths['json']} and {paths['md']}")
     return 0
+
+
+def _report_inputs(args: Any, imgsz: int) -> tuple[dict[str, Any], list | None]:
+    """extras of the report (side-by-side images, sweep rows) and the real images to check models on: up to
+    CHECK_IMAGES of --images, else of --data's val split (None: synthetic ones). Bad paths fail here, before
+    anything is written."""
+    # start-up: onnx and onnxruntime (1.6 s of a 1.9 s prune.py start, measured) load only for the command that runs
+    from reports.report import CHECK_IMAGES
+
+
+    extras: dict[str, Any] = {"imgsz": imgsz}
+    check: list | None = None
+    if args.data:
+
+        data = load_data_yaml(args.data)
+        check = list(data.val or data.train)[:CHECK_IMAGES] or None
+    if args.images:
+        found = list_images(args.images)
+        extras["images"] = [str(p) for p in found[: args.max_images]]
+        check = found[:CHECK_IMAGES]
+    if args.sweep:
+        extras["sweep"] = _read_sweep(Path(args.sweep))
+    return extras, check
 
 
 def _read_sweep(path: Path) -> list:
@@ -260,20 +290,22 @@ def _read_sweep(path: Path) -> list:
 
 
 def cmd_detect(args: Any) -> int:
-    from reports.detect import detect
+    # start-up: onnx and onnxruntime (1.6 s of a 1.9 s prune.py start, measured) load only for the command that runs
+    from reports.detect import DetectOptions, detect
 
-    files = detect(
-        args.weights,
-        args.source,
-        args.out,
+
+    options = DetectOptions(
         imgsz=_imgsz(args.imgsz, 640),
         conf_thres=args.conf_thres,
         iou_thres=args.iou_thres,
         max_det=args.max_det,
-        threads=args.threads,
-        device=args.device,
+        save_txt=args.save_txt,
+        save_conf=args.save_conf,
+        exist_ok=args.exist_ok,
     )
-    print(f"{len(files)} image(s) written to {args.out}")
+    out = Path(args.out) if args.out else Path(args.project) / args.name
+    run = detect(args.weights, args.source, out, options, threads=args.threads, device=args.device)
+    print(run.summary())
     return 0
 
 
@@ -282,11 +314,17 @@ def cmd_detect(args: Any) -> int:
 
 def register(subparsers) -> None:
     """Add the export / benchmark / report / detect sub-commands to an argparse sub-parsers object."""
-    p = subparsers.add_parser("export", help="export a checkpoint to ONNX (optionally int8), checked against PyTorch")
+    p = subparsers.add_parser(
+        "export",
+        help="export a checkpoint to ONNX (optionally int8), checked against PyTorch",
+        description="Write an ONNX file (BatchNorm folded, simplified, metadata as the official export writes it) and "
+        "check it against PyTorch in ONNX Runtime on real images (--parity-source or --calib-data's val split; "
+        "synthetic ones otherwise). --int8 also writes a static int8 copy when it is faster and holds accuracy.",
+    )
     p.add_argument("--weights", required=True, help="official YOLOv5 .pt or a yolov5-slim checkpoint")
     p.add_argument("--imgsz", "--img", type=int, nargs="+", help=SHAPE_HELP + " (default: the checkpoint's)")
     p.add_argument("--batch", type=int, default=1, help="batch size of the exported input")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument(
         "--dynamic",
         nargs="?",
@@ -309,19 +347,26 @@ def register(subparsers) -> None:
     p.add_argument("--calib-data", help="data.yaml: train images calibrate int8, val images score it")
     p.add_argument("--calib-images", type=int, default=32, help="number of calibration images")
     p.add_argument("--int8-activations", choices=["auto", "u8", "s8"], default="auto", help="auto: time both")
-    p.add_argument("--int8-method", choices=["minmax", "entropy", "percentile"], default="percentile")
+    p.add_argument("--int8-method", choices=["minmax", "entropy", "percentile"], default="percentile",
+                   help="activation calibration (default percentile: the best measured on coco128)")
     p.add_argument("--int8-map-tol", type=float, default=0.01, help="max mAP50-95 loss vs fp32 to keep int8")
     p.add_argument("--int8-rounds", type=int, default=30, help="interleaved latency rounds for int8 vs fp32")
     p.add_argument("--int8-no-eval", action="store_true", help="do not score int8 on the val split")
     p.set_defaults(func=cmd_export)
 
-    p = subparsers.add_parser("benchmark", help="latency of several .pt/.onnx/.xml/.param files, timed interleaved")
+    p = subparsers.add_parser(
+        "benchmark",
+        help="latency of several .pt/.onnx/.xml/.param files, timed interleaved",
+        description="Time ONNX Runtime, OpenVINO or ncnn (and with --torch, PyTorch) on each model in turn, "
+        "round-robin, at each thread count, so a busy machine slows every model alike; checkpoints are exported "
+        "to a temporary ONNX.",
+    )
     p.add_argument("files", nargs="+", help=".onnx, OpenVINO .xml or ncnn .param files, or checkpoints "
                    "(exported to a temporary ONNX)")
     p.add_argument("--imgsz", "--img", type=int, nargs="+", help=SHAPE_HELP + " (for dynamic models / .pt)")
     p.add_argument("--threads", nargs="+", help="thread counts, 'all' = every usable core (default: 1 all)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per model (after --warmup)")
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs per model first (default 5)")
     p.add_argument("--torch", action="store_true", help="also time checkpoints in PyTorch")
     p.add_argument("--device", default="cpu", help="PyTorch device for --torch (cpu or cuda:0)")
     p.add_argument("--io-binding", action="store_true",
@@ -329,7 +374,14 @@ def register(subparsers) -> None:
     p.add_argument("--json", help="write the figures to this JSON file")
     p.set_defaults(func=cmd_benchmark)
 
-    p = subparsers.add_parser("report", help="sizes, latency, mAP and plots of baseline/pruned/fine-tuned/int8")
+    p = subparsers.add_parser(
+        "report",
+        help="sizes, latency, mAP and plots of baseline/pruned/fine-tuned/int8",
+        description="Compare up to four models (sizes, GFLOPs, interleaved latency, mAP with --data, plots, "
+        "side-by-side detections) in report.json, report.md and a table. Checkpoints are exported and checked "
+        "against PyTorch on up to 8 real images (--images, else --data's val split); a model that finds no box "
+        "where the baseline finds some is flagged.",
+    )
     p.add_argument("--baseline", help="baseline .pt or .onnx")
     p.add_argument("--pruned", help="pruned .pt or .onnx")
     p.add_argument("--finetuned", help="pruned + fine-tuned .pt or .onnx")
@@ -344,17 +396,36 @@ def register(subparsers) -> None:
     p.add_argument("--images", help="image file/folder for side-by-side detections")
     p.add_argument("--max-images", type=int, default=3, help="at most this many --images (default 3)")
     p.add_argument("--sweep", help="JSON list of {ratio, map, map50, gflops} rows for the sweep plot")
-    p.add_argument("--run-dir", "--out", dest="run_dir", default="runs/report/exp")
+    p.add_argument("--run-dir", "--out", dest="run_dir", default="runs/report/exp",
+                   help="report folder (default runs/report/exp); an earlier report's files there are replaced")
     p.set_defaults(func=cmd_report)
 
-    p = subparsers.add_parser("detect", help="draw a model's detections on images")
+    p = subparsers.add_parser(
+        "detect",
+        help="draw a model's detections on images",
+        description="Run a .pt, .onnx, OpenVINO .xml or ncnn .param model on an image or a folder and save the "
+        "images with their boxes drawn (and, with --save-txt, YOLO-format labels) in runs/detect/exp, exp2, ... "
+        "Pre- and post-processing are the official detect.py's, so the boxes are the official ones. An unreadable "
+        "image is reported and skipped.",
+    )
     p.add_argument("--weights", required=True, help=".pt (ours or official), .onnx, OpenVINO .xml or ncnn .param")
     p.add_argument("--source", required=True, help="an image file or a folder of images")
-    p.add_argument("--imgsz", "--img", type=int, nargs="+", help=SHAPE_HELP)
-    p.add_argument("--conf-thres", type=float, default=0.25)
-    p.add_argument("--iou-thres", type=float, default=0.45)
-    p.add_argument("--max-det", type=int, default=300)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="runs/detect/exp")
+    p.add_argument("--imgsz", "--img", type=int, nargs="+", help=SHAPE_HELP + " (default 640)")
+    p.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold (default 0.25)")
+    p.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p.add_argument("--max-det", type=int, default=1000, help="maximum detections per image (default 1000)")
+    p.add_argument("--save-txt", action="store_true",
+                   help="also write labels/<image stem>.txt: 'class cx cy w h' normalised, one line per box "
+                        "(images without boxes get no file, as in the official detect.py)")
+    p.add_argument("--save-conf", action="store_true", help="append the confidence to each --save-txt line")
+    p.add_argument("--threads", type=int, default=None,
+                   help="ONNX Runtime / OpenVINO / ncnn threads (default: all cores)")
+    p.add_argument("--device", default="cpu", help="PyTorch device for a .pt: cpu or cuda:0 (default cpu)")
+    p.add_argument("--project", default="runs/detect", help="parent folder of run folders (default runs/detect)")
+    p.add_argument("--name", default="exp", help="run folder name (default exp, then exp2, exp3, ...)")
+    p.add_argument("--exist-ok", action="store_true",
+                   help="write into project/name even if it exists (files of the same name are overwritten) "
+                        "instead of the next free name")
+    p.add_argument("--out", help="the run folder itself, instead of --project/--name (also incremented unless "
+                                 "--exist-ok)")
     p.set_defaults(func=cmd_detect)

@@ -1,12 +1,15 @@
-"""Draw a model's detections on images: `.pt` (ours or official YOLOv5) or `.onnx`, a file or a folder.
+"""Draw a model's detections on images: `.pt` (ours or official YOLOv5), `.onnx`, OpenVINO `.xml` or ncnn `.param`, a
+file or a folder.
 
-detect(weights, source, out) -> list of written images (same names as the inputs, as .jpg/.png)
+detect(weights, source, out, DetectOptions(...)) -> DetectRun (the run folder, the images written - same names
+as the inputs, as .jpg/.png - and the unreadable files). Pre- and post-processing are the official detect.py's.
 """
 
 from __future__ import annotations
 
 import colorsys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +18,19 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from reports.backends import backend_kind, load_backend
-from reports.imaging import ImageLike, list_images, prepare, to_shape
+from reports.export import export_ready
+from reports.imaging import ImageLike, list_images, prepare, read_rgb
+from yolo.boxes import scale_boxes
+from yolo.checkpoint import load_model
+from yolo.fileio import atomic_write_text, increment_run_dir
+from yolo.imgsz import check_imgsz, max_stride, to_shape
+from yolo.nms import non_max_suppression
 
 
 class TorchPredictor:
     """A DetectionModel behind the predictor interface OnnxDetector has (fused, eval, CPU or CUDA)."""
 
     def __init__(self, model: torch.nn.Module, device: str = "cpu"):
-        from reports.export import export_ready, max_stride
 
         self.device = torch.device(device)
         self.model = export_ready(model).to(self.device)
@@ -48,7 +56,6 @@ def load_predictor(weights: str | Path | Any, threads: int | None = None, device
     p = Path(weights)
     if backend_kind(p):  # .onnx, OpenVINO .xml, ncnn .param (or their export folders)
         return load_backend(p, threads=threads)
-    from yolo.checkpoint import load_model
 
     model, _ = load_model(p)
     return TorchPredictor(model, device)
@@ -60,20 +67,35 @@ def predict(
     imgsz: int | Sequence[int] = 640,
     conf_thres: float = 0.25,
     iou_thres: float = 0.45,
-    max_det: int = 300,
+    max_det: int = 1000,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(detections (n, 6) xyxy conf cls in original-image pixels, the RGB original)."""
-    from yolo.boxes import scale_boxes
-    from yolo.nms import non_max_suppression
+    """(detections (n, 6) xyxy conf cls in original-image pixels, the RGB original), as the official detect.py.
+
+    Same preprocessing (OpenCV's bilinear resize, minimum-rectangle letterbox for a dynamic model, the fixed
+    input of a static ONNX) and the same post-processing: boxes mapped back from the letterbox shapes and
+    rounded to whole pixels.
+    """
 
     fixed = getattr(predictor, "input_shape", None)
     shape, auto = (fixed, False) if fixed else (to_shape(imgsz), True)
-    x, hw0, ratio_pad, rgb = prepare(img, shape, auto=auto, stride=int(getattr(predictor, "stride", 32)))
+    stride = int(getattr(predictor, "stride", 32))
+    x, hw0, _, rgb = prepare(img, shape, auto=auto, stride=stride, opencv=True)
     pred = predictor(torch.from_numpy(x))
     det = non_max_suppression(pred, conf_thres, iou_thres, max_det=max_det)[0]
     if len(det):
-        det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], hw0, ratio_pad)
+        det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], hw0).round()
     return det.numpy(), rgb
+
+
+def yolo_label_lines(det: np.ndarray, hw0: Sequence[int], with_conf: bool = False) -> list[str]:
+    """One 'class cx cy w h [conf]' line per detection, normalised to the image size, as the official --save-txt."""
+    h, w = hw0[0], hw0[1]
+    lines = []
+    for x1, y1, x2, y2, conf, cls in det.tolist():
+        vals = [int(cls), (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h]
+        vals += [conf] if with_conf else []
+        lines.append(" ".join(f"{v:g}" for v in vals))
+    return lines
 
 
 def class_colour(i: int) -> tuple[int, int, int]:
@@ -112,37 +134,100 @@ def draw_detections(rgb: np.ndarray, det: np.ndarray, names: Sequence[str], titl
     return im
 
 
+@dataclass
+class DetectOptions:
+    """How `detect` runs and what it writes (the official detect.py's defaults)."""
+
+    imgsz: int | Sequence[int] = 640
+    conf_thres: float = 0.25
+    iou_thres: float = 0.45
+    max_det: int = 1000
+    save_txt: bool = False  # labels/<stem>.txt, YOLO format (class cx cy w h, normalised), for images with boxes
+    save_conf: bool = False  # append the confidence to each label line
+    exist_ok: bool = False  # write into an existing `out` instead of the next free name (exp2, exp3, ...)
+
+
+@dataclass
+class DetectRun:
+    """What `detect` did: the run folder, the images written, and the files it could not read."""
+
+    out: Path
+    written: list[Path] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # 'file: reason'
+
+    def summary(self) -> str:
+        n = len(self.written) + len(self.unreadable)
+        where = f" -> {self.out}" if self.written else " (nothing written)"
+        return f"{plural(n, 'image')}, {len(self.unreadable)} unreadable{where}"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _checked_imgsz(predictor: Any, imgsz: int | Sequence[int]) -> int | Sequence[int]:
+    """--imgsz against the model's stride before any image is read (a static ONNX has its own input size)."""
+
+    if getattr(predictor, "input_shape", None):
+        return imgsz
+    return check_imgsz(imgsz, int(getattr(predictor, "stride", 32)))
+
+
+def _save_one(run: DetectRun, f: Path, det: np.ndarray, rgb: np.ndarray, names: Sequence[str], opt) -> Path:
+    """The drawn image (and its label file): the run folder is made here, at the first write."""
+    run.out.mkdir(parents=True, exist_ok=True)
+    target = run.out / (f.stem + (".png" if f.suffix.lower() == ".png" else ".jpg"))
+    draw_detections(rgb, det, names).save(target, quality=92)
+    if opt.save_txt and len(det):
+
+        lines = yolo_label_lines(det, rgb.shape[:2], opt.save_conf)
+        atomic_write_text(run.out / "labels" / f"{f.stem}.txt", "\n".join(lines) + "\n")
+    return target
+
+
+def _counts(det: np.ndarray, names: Sequence[str]) -> str:
+    counts: dict[str, int] = {}
+    for c in det[:, 5].astype(int).tolist():
+        name = names[c] if c < len(names) else str(c)
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in counts.items()) or "no detections"
+
+
 def detect(
     weights: str | Path | Any,
     source: str | Path | Sequence[str | Path],
-    out: str | Path = "runs/detect",
-    imgsz: int | Sequence[int] = 640,
-    conf_thres: float = 0.25,
-    iou_thres: float = 0.45,
-    max_det: int = 300,
+    out: str | Path = "runs/detect/exp",
+    options: DetectOptions | None = None,
     threads: int | None = None,
     device: str = "cpu",
     log=print,
-) -> list[Path]:
-    """Draw detections of `weights` on every image of `source`; returns the written files in `out`."""
-    from reports.export import check_out_dir
+) -> DetectRun:
+    """Draw detections of `weights` on every image of `source` into the run folder `out`.
 
+    `out` is incremented (exp, exp2, ...) unless options.exist_ok; it is created at the first image written.
+    An unreadable image is one line in the log and counted; the others are still processed.
+    """
+
+    opt = options or DetectOptions()
     files = list_images(source)
-    out = check_out_dir(Path(out))
     predictor = load_predictor(weights, threads=threads, device=device)
+    imgsz = _checked_imgsz(predictor, opt.imgsz)
+    out = Path(out)
+    run = DetectRun(increment_run_dir(out.parent, out.name, opt.exist_ok))
     names = list(predictor.names)
-    written = []
     for f in files:
-        det, rgb = predict(predictor, f, imgsz, conf_thres, iou_thres, max_det)
-        target = out / (f.stem + (".png" if f.suffix.lower() == ".png" else ".jpg"))
-        draw_detections(rgb, det, names).save(target, quality=92)
-        counts: dict[str, int] = {}
-        for c in det[:, 5].astype(int).tolist():
-            counts[names[c]] = counts.get(names[c], 0) + 1
-        summary = ", ".join(f"{n} {k}" for k, n in counts.items()) or "no detections"
-        log(f"{f.name}: {summary} -> {target}")
-        written.append(target)
-    return written
+        try:
+            rgb = read_rgb(f)
+        except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            run.unreadable.append(f"{f}: {reason}")
+            log(f"{f}: unreadable image, skipped ({reason})")
+            continue
+        det, rgb = predict(predictor, rgb, imgsz, opt.conf_thres, opt.iou_thres, opt.max_det)
+        target = _save_one(run, f, det, rgb, names, opt)
+        log(f"{f.name}: {_counts(det, names)} -> {target}")
+        run.written.append(target)
+    return run
 
 
 def side_by_side(

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,10 +24,16 @@ from typing import Any, Union
 
 import numpy as np
 import onnx
+import onnxslim
 import torch
 from torch import nn
 
-from reports.imaging import ImageLike, prepare, to_shape
+from reports.imaging import ImageLike, prepare
+from reports.onnx_backend import OnnxDetector
+from yolo.boxes import box_iou
+from yolo.fileio import check_writable
+from yolo.imgsz import check_imgsz, max_stride, to_shape
+from yolo.nms import non_max_suppression
 
 PRODUCER = "yolov5-slim"
 INPUT_NAME = "images"
@@ -49,40 +56,15 @@ class ExportError(ValueError):
 # ------------------------------------------------------------------------------------------- helpers
 
 
-def max_stride(model: nn.Module) -> int:
-    stride = getattr(model, "stride", None)
-    if stride is None:
-        return 32
-    return int(torch.as_tensor(stride).max().item())
-
-
-def check_imgsz(imgsz: int | Sequence[int], stride: int, flag: str = "--imgsz") -> tuple[int, int]:
-    """(h, w) of the export; each side must be a positive multiple of the model's max stride."""
-    try:
-        h, w = to_shape(imgsz)
-    except (TypeError, ValueError) as e:
-        raise ExportError(f"{flag}: {e}") from None
-    bad = [s for s in (h, w) if s <= 0 or s % stride]
-    if bad:
-        shown = " ".join(str(v) for v in ((h,) if h == w else (h, w)))
-        raise ExportError(
-            f"{flag} {shown}: {bad[0]} is not a multiple of the model's max stride {stride} "
-            f"(use e.g. {max(stride, round(bad[0] / stride) * stride)})"
-        )
-    return h, w
-
-
 def check_out_dir(folder: Path) -> Path:
     """Create `folder` if needed and prove it writable with a probe file; one-line error otherwise."""
     folder = Path(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise ExportError(f"output folder {folder} is not writable ({reason})") from None
+        check_writable(folder, "output folder")
+    except ValueError as e:
+        reason = str(e)[str(e).rfind(" (") + 1:]  # check_writable's "(<why>)" at the end
+        raise ExportError(f"output folder {folder} is not writable {reason}") from None
+    folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
@@ -119,6 +101,11 @@ def _meta_value(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v, default=str)
 
 
+def official_names(names: Sequence[Any]) -> str:
+    """Class names as the official YOLOv5 export writes them: str() of an {index: name} dict."""
+    return str({i: str(n) for i, n in enumerate(names)})
+
+
 def build_metadata(model: nn.Module, hw: tuple[int, int], dynamic: str, extra: dict | None) -> dict[str, str]:
     extra = dict(extra or {})
     history = extra.pop("history", None)
@@ -142,23 +129,8 @@ def build_metadata(model: nn.Module, hw: tuple[int, int], dynamic: str, extra: d
             continue
         if isinstance(v, (str, int, float, bool, list, dict)) or v is None:
             md[k] = v
-    return {k: _meta_value(v) for k, v in md.items()}
-
-
-def read_metadata(path_or_model: str | Path | onnx.ModelProto) -> dict[str, Any]:
-    """metadata_props of an ONNX file, JSON values decoded (official YOLOv5 dict-literal names too)."""
-    import ast
-
-    m = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model))
-    out: dict[str, Any] = {}
-    for p in m.metadata_props:
-        try:
-            out[p.key] = json.loads(p.value)
-        except json.JSONDecodeError:
-            try:
-                out[p.key] = ast.literal_eval(p.value)
-            except (ValueError, SyntaxError):
-                out[p.key] = p.value
+    out = {k: _meta_value(v) for k, v in md.items()}
+    out.update(stride=str(md["stride"]), names=official_names(names))  # as official YOLOv5 loaders expect
     return out
 
 
@@ -182,7 +154,6 @@ def _unlink(*paths: Path | None) -> None:
 
 
 def _slim(model_proto: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxslim
 
     slimmed = onnxslim.slim(model_proto)
     if not isinstance(slimmed, onnx.ModelProto):
@@ -210,60 +181,16 @@ def export_onnx(
     path = Path(path)
     if path.suffix.lower() != ".onnx":
         path = path.with_suffix(".onnx")
-    stride = max_stride(model)
-    hw = check_imgsz(imgsz, stride)
+    hw = check_imgsz(imgsz, max_stride(model), error=ExportError)
     mode = normalise_dynamic(dynamic)
     check_out_dir(path.parent)
-
-    m = export_ready(model)
-    x = torch.zeros(batch, 3, *hw)
-    axes: dict[str, dict[int, str]] | None = None
-    if mode != "none":
-        in_axes = {0: "batch"} if mode in ("batch", "all") else {}
-        if mode in ("hw", "all"):
-            in_axes.update({2: "height", 3: "width"})
-        out_axes = {0: "batch"} if mode in ("batch", "all") else {}
-        if mode in ("hw", "all"):
-            out_axes[1] = "anchors"
-        axes = {INPUT_NAME: in_axes, OUTPUT_NAME: out_axes}
-
     fd, raw_tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".raw.onnx", dir=path.parent)
     os.close(fd)
     fd, final_tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx.tmp", dir=path.parent)
     os.close(fd)
     try:
-        try:
-            with torch.no_grad():
-                torch.onnx.export(
-                    m,
-                    (x,),
-                    raw_tmp,
-                    dynamo=False,
-                    opset_version=opset,
-                    input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
-                    dynamic_axes=axes,
-                    do_constant_folding=True,
-                )
-        except Exception as e:  # the exporter raises many types; re-raise as one, never swallow
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ExportError(f"torch.onnx.export failed at opset {opset}: {first}") from e
-        proto = onnx.load(raw_tmp)
-        if simplify:
-            try:
-                proto = _slim(proto)
-            except Exception as e:  # slimming is an optimisation: fall back, loudly
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                print(f"WARNING: onnxslim failed ({first}); writing the unsimplified graph", file=sys.stderr)
-        del proto.metadata_props[:]
-        for k, v in build_metadata(model, hw, mode, metadata).items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = k, v
-        proto.producer_name = PRODUCER
-        try:
-            onnx.checker.check_model(proto, full_check=True)
-        except onnx.checker.ValidationError as e:
-            raise ExportError(f"exported graph failed onnx.checker: {str(e).splitlines()[0]}") from e
+        _trace(export_ready(model), torch.zeros(batch, 3, *hw), raw_tmp, opset, _dynamic_axes(mode))
+        proto = _finished_graph(onnx.load(raw_tmp), simplify, build_metadata(model, hw, mode, metadata))
         onnx.save(proto, final_tmp)
         os.chmod(final_tmp, 0o644)
         os.replace(final_tmp, path)
@@ -274,7 +201,67 @@ def export_onnx(
     return path
 
 
+def _dynamic_axes(mode: str) -> dict[str, dict[int, str]] | None:
+    """torch.onnx.export's dynamic_axes for a normalised --dynamic mode (None for a static graph)."""
+    if mode == "none":
+        return None
+    in_axes = {0: "batch"} if mode in ("batch", "all") else {}
+    out_axes = dict(in_axes)
+    if mode in ("hw", "all"):
+        in_axes.update({2: "height", 3: "width"})
+        out_axes[1] = "anchors"
+    return {INPUT_NAME: in_axes, OUTPUT_NAME: out_axes}
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _trace(m: nn.Module, x: torch.Tensor, raw_path: str, opset: int, axes: dict | None) -> None:
+    """torch.onnx.export to `raw_path`. Its TracerWarnings (Detect's shape-dependent grid, expected for a fixed
+    export and checked by the parity run) are silenced for this call only."""
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                m,
+                (x,),
+                raw_path,
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=axes,
+                do_constant_folding=True,
+            )
+    except Exception as e:  # the exporter raises many types; re-raise as one, never swallow
+        raise ExportError(f"torch.onnx.export failed at opset {opset}: {_first_line(e)}") from e
+
+
+def _finished_graph(proto: onnx.ModelProto, simplify: bool, metadata: dict[str, str]) -> onnx.ModelProto:
+    """The traced graph slimmed (when asked and possible), with our metadata, validated by onnx.checker."""
+    if simplify:
+        try:
+            proto = _slim(proto)
+        except Exception as e:  # slimming is an optimisation: fall back, loudly
+            print(f"WARNING: onnxslim failed ({_first_line(e)}); writing the unsimplified graph", file=sys.stderr)
+    del proto.metadata_props[:]
+    for k, v in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    proto.producer_name = PRODUCER
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"exported graph failed onnx.checker: {str(e).splitlines()[0]}") from e
+    return proto
+
+
 # ------------------------------------------------------------------------------------------- parity
+
+
+# anchors compared by value when nothing survives NMS: the most confident ones of each image
+TOPK_ANCHORS = 100
 
 
 @dataclass
@@ -295,18 +282,32 @@ class ParityReport:
     conf_thres: float
     fp32_box_noise_px: float = 0.0  # PyTorch fp32 vs fp64 on the same inputs: the model's own rounding error
     fp32_score_noise: float = 0.0
+    topk: int = 0  # anchors per image ranked by objectness x best class probability (PyTorch's), compared below
+    max_topk_box_diff_px: float = 0.0
+    max_topk_score_diff: float = 0.0
     failures: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
+    @property
+    def nms_checked(self) -> bool:
+        """Whether any detection survived NMS in either backend (otherwise only raw outputs were compared)."""
+        return bool(self.nms_matched or self.nms_unmatched or self.nms_borderline)
+
     def summary(self) -> str:
         status = "OK" if self.passed else "FAILED: " + "; ".join(self.failures)
+        nms = (
+            f"after NMS {self.nms_matched} matched, max |d box| {self.max_nms_box_diff_px:.2e} px, "
+            f"|d score| {self.max_nms_score_diff:.2e}"
+            if self.nms_checked
+            else f"not checked after NMS: no detections at conf {self.conf_thres:g}"
+        )
         return (
             f"parity on {self.images} image(s): max |d box| {self.max_box_diff_px:.2e} px, "
-            f"max |d score| {self.max_score_diff:.2e}; after NMS {self.nms_matched} matched, "
-            f"max |d box| {self.max_nms_box_diff_px:.2e} px, |d score| {self.max_nms_score_diff:.2e} "
+            f"max |d score| {self.max_score_diff:.2e}; top {self.topk} anchors by score: max |d box| "
+            f"{self.max_topk_box_diff_px:.2e} px, |d score| {self.max_topk_score_diff:.2e}; {nms} "
             f"(tolerances {self.box_tol_px:.3g} px / {self.score_tol:.3g}; PyTorch's own fp32 error "
             f"{self.fp32_box_noise_px:.1e} px / {self.fp32_score_noise:.1e}) {status}"
         )
@@ -314,6 +315,7 @@ class ParityReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["passed"] = self.passed
+        d["nms_checked"] = self.nms_checked
         return d
 
 
@@ -323,7 +325,6 @@ def _first(out: Any) -> torch.Tensor:
 
 def _match_detections(a: np.ndarray, b: np.ndarray, conf_thres: float, score_tol: float):
     """Pair (n, 6) detections of equal class by best IoU; returns box/score diffs and unmatched counts."""
-    from yolo.boxes import box_iou
 
     box_d, score_d, used = [], [], set()
     unmatched = borderline = 0
@@ -365,32 +366,48 @@ def check_parity(
 
     A static ONNX is fed its own input size; a dynamic-h/w one gets each image letterboxed to the smallest
     stride multiple (so several shapes are exercised) around `imgsz` (default: the export size in metadata).
+    Compared: every anchor's decoded outputs, the TOPK_ANCHORS most confident anchors of each image (what
+    detections are made of, also when none passes conf_thres, as on synthetic images or with a weak model), and
+    the detections after NMS; the report says when there were none to compare.
     The tolerances widen to FP32_NOISE_FACTOR x the difference between PyTorch fp32 and fp64 on the same inputs
     when that is larger: ONNX Runtime is held to the model's own rounding error, not to an absolute bound a
     numerically sensitive model cannot meet in any fp32 runtime. Raises ExportError when a difference is beyond
     the tolerances (unless raise_on_fail=False).
     """
-    from reports.onnx_backend import OnnxDetector
-    from yolo.nms import non_max_suppression
 
     if not images:
         raise ValueError("check_parity needs at least one image")
     det = OnnxDetector(onnx_path, threads=threads)
+    raw = _raw_outputs(model, det, images, imgsz)
+    rep = ParityReport(
+        images=len(images), shapes=raw["shapes"], max_box_diff_px=raw["box"], max_score_diff=raw["score"],
+        nms_matched=0, nms_unmatched=0, nms_borderline=0, max_nms_box_diff_px=0.0, max_nms_score_diff=0.0,
+        box_tol_px=max(box_tol, FP32_NOISE_FACTOR * raw["box_noise"]),
+        score_tol=max(score_tol, FP32_NOISE_FACTOR * raw["score_noise"]), conf_thres=conf_thres,
+        fp32_box_noise_px=raw["box_noise"], fp32_score_noise=raw["score_noise"],
+    )  # fmt: skip
+    _compare_top_anchors(rep, raw["outputs"])
+    _compare_detections(rep, raw["outputs"], iou_thres)
+    _judge(rep)
+    if raise_on_fail and not rep.passed:
+        raise ExportError(f"ONNX parity check failed for {onnx_path}: {'; '.join(rep.failures)}")
+    return rep
+
+
+def _raw_outputs(model: nn.Module, det: Any, images: Sequence[ImageLike], imgsz) -> dict[str, Any]:
+    """Both backends' decoded outputs per image, their largest differences, and PyTorch's fp32-vs-fp64 noise."""
     ref = copy.deepcopy(model).float().cpu().eval()
     if getattr(ref, "detect", None) is not None:
         ref.detect.export = True
     ref64 = copy.deepcopy(ref).double()
-    stride = det.stride
     if det.input_shape is not None:
         shape, auto = det.input_shape, False
     else:
         shape, auto = to_shape(imgsz if imgsz is not None else det.imgsz), True
-
-    box_max = score_max = box_noise = score_noise = 0.0
-    outputs, shapes = [], []
+    res: dict[str, Any] = {"box": 0.0, "score": 0.0, "box_noise": 0.0, "score_noise": 0.0, "outputs": [], "shapes": []}
     for img in images:
-        x, _, _, _ = prepare(img, shape, auto=auto, stride=stride)
-        shapes.append(list(x.shape[2:]))
+        x, _, _, _ = prepare(img, shape, auto=auto, stride=det.stride)
+        res["shapes"].append(list(x.shape[2:]))
         xt = torch.from_numpy(x)
         with torch.no_grad():
             pt, p64 = _first(ref(xt)), _first(ref64(xt.double()))
@@ -398,46 +415,48 @@ def check_parity(
         if ox.shape != pt.shape:
             raise ExportError(f"ONNX output shape {tuple(ox.shape)} differs from PyTorch {tuple(pt.shape)}")
         d, noise = (ox - pt).abs(), (pt.double() - p64).abs()
-        box_max = max(box_max, float(d[..., :4].max()))
-        score_max = max(score_max, float(d[..., 4:].max()))
-        box_noise = max(box_noise, float(noise[..., :4].max()))
-        score_noise = max(score_noise, float(noise[..., 4:].max()))
-        outputs.append((pt, ox))
-    box_tol = max(box_tol, FP32_NOISE_FACTOR * box_noise)
-    score_tol = max(score_tol, FP32_NOISE_FACTOR * score_noise)
-    nms_box, nms_score = [], []
-    unmatched = borderline = 0
+        res["box"] = max(res["box"], float(d[..., :4].max()))
+        res["score"] = max(res["score"], float(d[..., 4:].max()))
+        res["box_noise"] = max(res["box_noise"], float(noise[..., :4].max()))
+        res["score_noise"] = max(res["score_noise"], float(noise[..., 4:].max()))
+        res["outputs"].append((pt, ox))
+    return res
+
+
+def _compare_top_anchors(rep: ParityReport, outputs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Boxes and scores of each image's TOPK_ANCHORS anchors by objectness x best class probability."""
     for pt, ox in outputs:
-        a = non_max_suppression(pt, conf_thres, iou_thres)[0].numpy()
-        b = non_max_suppression(ox, conf_thres, iou_thres)[0].numpy()
-        bd, sd, un, bl = _match_detections(a, b, conf_thres, score_tol)
+        conf = pt[..., 4:5] * pt[..., 5:] if pt.shape[-1] > 5 else pt[..., 4:5]
+        k = min(TOPK_ANCHORS, pt.shape[1])
+        idx = conf.amax(-1).topk(k, dim=1).indices  # (batch, k)
+        pick = idx[..., None].expand(-1, -1, pt.shape[-1])
+        d = (torch.gather(ox, 1, pick) - torch.gather(pt, 1, pick)).abs()
+        rep.topk = k
+        rep.max_topk_box_diff_px = max(rep.max_topk_box_diff_px, float(d[..., :4].max()))
+        rep.max_topk_score_diff = max(rep.max_topk_score_diff, float(d[..., 4:].max()))
+
+
+def _compare_detections(rep: ParityReport, outputs: Sequence[tuple[torch.Tensor, torch.Tensor]], iou: float) -> None:
+    """Detections after NMS in both backends, paired by class and IoU."""
+
+    nms_box, nms_score = [], []
+    for pt, ox in outputs:
+        a = non_max_suppression(pt, rep.conf_thres, iou)[0].numpy()
+        b = non_max_suppression(ox, rep.conf_thres, iou)[0].numpy()
+        bd, sd, un, bl = _match_detections(a, b, rep.conf_thres, rep.score_tol)
         nms_box += bd
         nms_score += sd
-        unmatched += un
-        borderline += bl
+        rep.nms_unmatched += un
+        rep.nms_borderline += bl
+    rep.nms_matched = len(nms_box)
+    rep.max_nms_box_diff_px = max(nms_box, default=0.0)
+    rep.max_nms_score_diff = max(nms_score, default=0.0)
 
-    rep = ParityReport(
-        images=len(images),
-        shapes=shapes,
-        max_box_diff_px=box_max,
-        max_score_diff=score_max,
-        nms_matched=len(nms_box),
-        nms_unmatched=unmatched,
-        nms_borderline=borderline,
-        max_nms_box_diff_px=max(nms_box, default=0.0),
-        max_nms_score_diff=max(nms_score, default=0.0),
-        box_tol_px=box_tol,
-        score_tol=score_tol,
-        conf_thres=conf_thres,
-        fp32_box_noise_px=box_noise,
-        fp32_score_noise=score_noise,
-    )
-    if rep.max_box_diff_px > box_tol:
-        rep.failures.append(f"box diff {rep.max_box_diff_px:.3g} px > {box_tol:.3g}")
-    if rep.max_score_diff > score_tol:
-        rep.failures.append(f"score diff {rep.max_score_diff:.3g} > {score_tol:.3g}")
+
+def _judge(rep: ParityReport) -> None:
+    if rep.max_box_diff_px > rep.box_tol_px:
+        rep.failures.append(f"box diff {rep.max_box_diff_px:.3g} px > {rep.box_tol_px:.3g}")
+    if rep.max_score_diff > rep.score_tol:
+        rep.failures.append(f"score diff {rep.max_score_diff:.3g} > {rep.score_tol:.3g}")
     if rep.nms_unmatched:
         rep.failures.append(f"{rep.nms_unmatched} detection(s) present in only one backend")
-    if raise_on_fail and not rep.passed:
-        raise ExportError(f"ONNX parity check failed for {onnx_path}: {'; '.join(rep.failures)}")
-    return rep

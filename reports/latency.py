@@ -10,15 +10,23 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
+import torch
 
-from reports.backends import runtime_label
-from reports.runtime_common import package_version
+from reports.backends import backend_kind, load_backend, runtime_label
+from reports.export import export_ready
+from reports.onnx_backend import OnnxDetector
+from reports.runtime_common import PredictorRunner, package_version
+from yolo.device import usable_cores
+from yolo.imgsz import to_shape
 
 CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "f16c")
 
@@ -37,8 +45,6 @@ def cpu_info() -> dict[str, Any]:
             model = value.strip()
         elif key == "flags" and not flags:
             flags = set(value.split())
-    from yolo.device import usable_cores
-
     return {
         "model": model,
         "flags": [f for f in CPU_FLAGS if f in flags],
@@ -50,8 +56,6 @@ def cpu_info() -> dict[str, Any]:
 
 def environment() -> dict[str, Any]:
     """Versions and machine facts a latency figure depends on."""
-    import sys
-
     env: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(), "cpu": cpu_info()}
     for mod in ("torch", "onnxruntime", "onnx", "numpy"):
         try:
@@ -60,12 +64,7 @@ def environment() -> dict[str, Any]:
             env[mod] = None
     for dist in ("openvino", "ncnn"):  # optional runtimes: the installed version, without importing them
         env[dist] = package_version(dist)
-    try:
-        import torch
-
-        env["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        env["cuda"] = None
+    env["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return env
 
 
@@ -94,9 +93,6 @@ class OnnxRunner(Runner):
 
     def __init__(self, path: str | Path, threads: int | None = 1, imgsz: int | Sequence[int] = 640, batch: int = 1,
                  io_binding: bool = False):
-        from reports.imaging import to_shape
-        from reports.onnx_backend import OnnxDetector
-
         self.det = OnnxDetector(path, threads=threads)
         self.threads = threads
         shape = self.det.input_shape or to_shape(imgsz)
@@ -109,8 +105,6 @@ class OnnxRunner(Runner):
             self.kind = "onnxruntime-iobinding"
 
     def _bind(self):
-        import onnxruntime as ort
-
         session = self.det.session
         binding = session.io_binding()
         self._x_value = ort.OrtValue.ortvalue_from_numpy(self.x)
@@ -133,11 +127,6 @@ class TorchRunner(Runner):
     kind = "torch"
 
     def __init__(self, model, threads: int | None = 1, imgsz: int | Sequence[int] = 640, device: str = "cpu"):
-        import torch
-
-        from reports.export import export_ready
-        from reports.imaging import to_shape
-
         self.torch = torch
         self.device = torch.device(device)
         self.model = export_ready(model).to(self.device)
@@ -209,9 +198,6 @@ def benchmark(
 def file_runner(path: str | Path, threads: int | None, imgsz: int | Sequence[int] = 640,
                 io_binding: bool = False) -> Runner:
     """The runner for an exported file by suffix: OnnxRunner for .onnx, else the OpenVINO / ncnn predictor's."""
-    from reports.backends import backend_kind, load_backend
-    from reports.runtime_common import PredictorRunner
-
     if backend_kind(path) == "onnx":
         return OnnxRunner(path, threads=threads, imgsz=imgsz, io_binding=io_binding)
     return PredictorRunner(load_backend(path, threads=threads), imgsz=imgsz)
@@ -259,3 +245,30 @@ def add_ratios(results: dict[str, dict[str, Any]], baseline: str) -> None:
     for r in results.values():
         r["ratio_to_baseline"] = r["median_ms"] / base
         r["speedup"] = base / r["median_ms"]
+
+
+PACKAGES = (
+    "yolov5-slim",
+    "torch",
+    "torch-pruning",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "onnxslim",
+    "pycocotools",
+    "Pillow",
+    "PyYAML",
+    "matplotlib",
+    "rich",
+)
+
+
+def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
+    """Installed versions of the packages a report depends on (None when absent), for reproducing it."""
+    out: dict[str, str | None] = {}
+    for n in names:
+        try:
+            out[n] = importlib_metadata.version(n)
+        except importlib_metadata.PackageNotFoundError:
+            out[n] = None
+    return out

@@ -27,6 +27,7 @@ import yaml
 from reports.export import ExportError
 from reports.runtime_common import FixedInputPredictor, find_model_file
 from reports.runtime_files import publish_dir, runtime_metadata, staging_dir
+from yolo.device import usable_cores
 
 PARAM, BIN, META = "model.ncnn.param", "model.ncnn.bin", "metadata.yaml"
 
@@ -89,8 +90,6 @@ def read_ncnn_metadata(param: Path) -> dict[str, Any]:
 
 def fp32_options(net: Any, threads: int | None) -> None:
     """fp32 storage and arithmetic (parity with PyTorch), CPU only, `threads` threads (None = all cores)."""
-    from yolo.device import usable_cores
-
     opt = net.opt
     opt.num_threads = int(threads or usable_cores())
     opt.use_vulkan_compute = False

@@ -26,6 +26,7 @@ import openvino as ov
 import yaml
 
 from reports.export import ExportError
+from reports.imaging import prepare
 from reports.runtime_common import FixedInputPredictor, find_model_file
 from reports.runtime_files import publish_dir, runtime_metadata, staging_dir
 
@@ -69,8 +70,6 @@ def quantized_decode_ops(model: ov.Model) -> list[str]:
 
 def _calibration_dataset(images: Sequence[Any], shape: tuple[int, int], stride: int):
     import nncf  # optional: only the int8 export needs it
-
-    from reports.imaging import prepare
 
     def transform(img: Any) -> np.ndarray:
         return prepare(img, shape, auto=False, stride=stride)[0]  # letterboxed exactly as at inference

@@ -12,10 +12,14 @@ from typing import Any
 
 import matplotlib
 
+from reports.detect import load_predictor, side_by_side
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from torch import nn  # noqa: E402
+
+from yolo.modules import bn_gammas  # noqa: E402
 
 COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
 
@@ -28,19 +32,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def bn_gammas(model: nn.Module) -> np.ndarray:
-    """|gamma| of every BatchNorm2d of the model, concatenated (empty for a fused model)."""
-    vals = [m.weight.detach().abs().cpu().numpy().ravel() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    return np.concatenate(vals) if vals else np.zeros(0)
-
-
 def conv_channels(model: nn.Module) -> dict[str, int]:
     """Output channels of every Conv2d, by module name, in network order."""
     return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
 
 def gamma_histogram(models: Mapping[str, nn.Module], path: Path, threshold: float | None = None) -> Path | None:
-    data = {k: bn_gammas(m) for k, m in models.items()}
+    data = {k: bn_gammas(m).abs().numpy() for k, m in models.items()}
     data = {k: v for k, v in data.items() if v.size}
     if not data:
         return None
@@ -159,3 +157,50 @@ def per_class_ap(
     ax.set_title("per-class AP")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------- a report's plots
+
+
+def report_plots(run_dir: Path, entries: Sequence[Any], extras: Mapping[str, Any], base: Any) -> list[Path]:
+    """Every plot a report has data for, written into run_dir. `entries` are reports.report.ModelEntry objects
+    and `base` the one the others are compared with."""
+    out: list[Path | None] = []
+    with_models = {e.role: e.model for e in entries if e.model is not None}
+    gamma_models = dict(extras.get("gamma_models") or {k: m for k, m in with_models.items() if k != "int8"})
+    if gamma_models:
+        out.append(gamma_histogram(gamma_models, run_dir / "gamma_hist.png", extras.get("gamma_threshold")))
+    pruned = next((e for e in entries if e.role != (base.role if base else None) and e.model is not None), None)
+    if base is not None and base.model is not None and pruned is not None:
+        out.append(channels_per_layer(base.model, pruned.model, run_dir / "channels_per_layer.png"))
+    if extras.get("sweep"):
+        out.append(sweep_curve(extras["sweep"], run_dir / "ratio_sweep.png"))
+    lat = {e.role: e.latency for e in entries if e.latency}
+    if lat:
+        out.append(latency_bars(lat, run_dir / "latency.png"))
+    pcs = {e.role: e.metrics.get("per_class") for e in entries if e.metrics.get("per_class")}
+    if pcs:
+        out.append(per_class_ap(pcs, run_dir / "per_class_ap.png"))
+    images = list(extras.get("images") or [])
+    if images:
+        out += detection_panels(run_dir, entries, images, extras)
+    return [p for p in out if p is not None]
+
+
+def detection_panels(run_dir: Path, entries: Sequence[Any], images: Sequence[Any], extras) -> list[Path]:
+    """Baseline vs the other models' detections side by side on a few images."""
+
+    preds = []
+    for e in entries:
+        src = e.model if e.model is not None else (e.onnx_path or e.path)
+        if src is not None:
+            preds.append((e.role, load_predictor(src)))
+    if not preds:
+        return []
+    out = []
+    imgsz = extras.get("imgsz", 640)
+    for i, img in enumerate(images[: int(extras.get("max_images", 4))]):
+        p = run_dir / f"detections_{i}.png"
+        side_by_side(preds, img, imgsz=imgsz, conf_thres=float(extras.get("conf_thres", 0.25))).save(p)
+        out.append(p)
+    return out

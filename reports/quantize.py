@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -28,8 +29,18 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from reports.imaging import prepare, to_shape
+from reports.export import check_out_dir
+from reports.imaging import prepare
+from reports.latency import OnnxRunner, benchmark
+from reports.onnx_backend import OnnxDetector, read_metadata
+from reports.onnx_graph import decode_nodes, float_decode_check, keep_head_outputs_float, name_nodes
+from yolo.data import load_data_yaml
+from yolo.fileio import atomic_write_text
+from yolo.imgsz import to_shape
+from yolo.val import evaluate
 
 ACTIVATIONS = {"u8": "QUInt8", "s8": "QInt8"}
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -42,71 +53,10 @@ class QuantizeError(ValueError):
     """Quantisation that cannot be done; one-line cause."""
 
 
-# --------------------------------------------------------------------------------------- graph analysis
-
-
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in graph.node for out in node.output}
-
-
-def decode_nodes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
-    """(names of the nodes between the last convolutions and the outputs, names of those convolutions).
-
-    Walks backwards from every graph output; a Conv stops the walk (it is the branch's last conv), and the
-    walk does not follow the data input of Shape nodes (their value does not depend on it).
-    """
-    graph = model.graph
-    producers = _producers(graph)
-    decode: dict[str, None] = {}
-    convs: dict[str, None] = {}
-    seen: set[str] = set()
-    stack = [o.name for o in graph.output]
-    while stack:
-        tensor = stack.pop()
-        node = producers.get(tensor)
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        if node.op_type == "Conv":
-            convs[node.name] = None
-            continue
-        decode[node.name] = None
-        if node.op_type != "Shape":
-            stack.extend(i for i in node.input if i)
-    return list(decode), list(convs)
-
-
-def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Give every unnamed node a unique name (nodes_to_exclude works on names)."""
-    used = {n.name for n in model.graph.node if n.name}
-    for i, n in enumerate(model.graph.node):
-        if not n.name:
-            name = f"{n.op_type}_{i}"
-            while name in used:
-                name += "_"
-            n.name = name
-            used.add(name)
-    return model
-
-
-def float_decode_check(model: onnx.ModelProto | str | Path) -> list[str]:
-    """Problems with the decode region of a quantised model: any Q/DQ or QLinear node after the last convs."""
-    m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
-    names, _ = decode_nodes(m)
-    by_name = {n.name: n for n in m.graph.node}
-    bad = []
-    for nm in names:
-        op = by_name[nm].op_type
-        if op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear") or op.startswith("QLinear"):
-            bad.append(f"{op} {nm}")
-    return bad
-
-
 # --------------------------------------------------------------------------------------- calibration
 
 
 def _reader_base():
-    from onnxruntime.quantization import CalibrationDataReader
 
     return CalibrationDataReader
 
@@ -196,11 +146,8 @@ def quantize_int8(
 ) -> Path:
     """Write a QDQ int8 copy of `fp32_path` calibrated on `calib_images` (paths or RGB arrays); returns its path.
 
-    The first `config.images` images are used. Metadata of the fp32 file is carried over, plus `int8`.
+    The first `config.images` images are used. Metadata of the fp32 file is carried over as written, plus `int8`.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from reports.export import check_out_dir, read_metadata
 
     cfg = (config or Int8Config()).validate()
     fp32_path, out_path = Path(fp32_path), Path(out_path)
@@ -215,68 +162,22 @@ def quantize_int8(
     input_name, (h, w) = _input_info(base)
     if h is None or w is None:
         h, w = to_shape(imgsz if imgsz is not None else meta.get("imgsz", 640))
-    stride = int(meta.get("stride", 32))
-
+    reader = ImageCalibrationReader(images, input_name, (h, w), int(meta.get("stride", 32)))
     tmpdir = Path(tempfile.mkdtemp(prefix=".int8-", dir=out_path.parent))
     try:
-        src = tmpdir / "prep.onnx"
-        if preprocess:
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            try:
-                quant_pre_process(str(fp32_path), str(src), skip_symbolic_shape=False)
-            except Exception as e:  # pre-processing is an optimisation: fall back to the plain file, loudly
-                first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                print(f"WARNING: quant_pre_process failed ({first}); quantising as is", file=sys.stderr)
-                onnx.save(base, str(src))
-        else:
-            onnx.save(base, str(src))
-        prep = name_nodes(onnx.load(str(src)))
-        onnx.save(prep, str(src))
-        exclude, head_convs = decode_nodes(prep)
+        src = _prepared_copy(base, fp32_path, tmpdir / "prep.onnx", preprocess)
+        exclude, head_convs = decode_nodes(onnx.load(str(src)))
         if cfg.float_head_convs:
             exclude += head_convs
-        reader = ImageCalibrationReader(images, input_name, (h, w), stride)
-        tmp_out = tmpdir / "int8.onnx"
-        kwargs = dict(
-            calibration_data_reader=reader,
-            quant_format=QuantFormat.QDQ,
-            per_channel=cfg.per_channel,
-            reduce_range=cfg.reduce_range,
-            activation_type=getattr(QuantType, ACTIVATIONS[cfg.activations]),
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=exclude,
-        )
-        method = cfg.method
-        try:
-            quantize_static(
-                str(src), str(tmp_out), calibrate_method=getattr(CalibrationMethod, METHODS[method]), **kwargs
-            )
-        except ValueError as e:
-            # ORT's histogram calibrators fail on (near-)constant tensors ("Too many bins for data range");
-            # MinMax has no histogram: retry with it, loudly, and record what was used
-            if method == "minmax":
-                raise QuantizeError(f"int8 calibration failed: {str(e).splitlines()[0]}") from e
-            print(f"WARNING: {method} calibration failed ({str(e).splitlines()[0]}); using minmax", file=sys.stderr)
-            method = "minmax"
-            reader.rewind()
-            quantize_static(str(src), str(tmp_out), calibrate_method=CalibrationMethod.MinMax, **kwargs)
-        q = onnx.load(str(tmp_out))
-        _keep_head_outputs_float(q, head_convs)
+        method = _quantize_static(src, tmpdir / "int8.onnx", reader, cfg, exclude)
+        q = onnx.load(str(tmpdir / "int8.onnx"))
+        keep_head_outputs_float(q, head_convs)
         bad = float_decode_check(q)
         if bad:
             raise QuantizeError(f"quantised decode region is not float: {', '.join(bad[:3])}")
-        del q.metadata_props[:]
-        props = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+        props = {p.key: p.value for p in base.metadata_props}  # as written: official-style names and stride
         props["int8"] = json.dumps({**asdict(cfg), "method": method, "calib_images": len(images)})
-        for k, v in props.items():
-            e = q.metadata_props.add()
-            e.key, e.value = k, v
-        onnx.checker.check_model(q)
-        final = tmpdir / "final.onnx"
-        onnx.save(q, str(final))
-        os.chmod(final, 0o644)
-        os.replace(final, out_path)
+        _save_with_metadata(q, props, tmpdir / "final.onnx", out_path)
     finally:
         for p in tmpdir.iterdir():
             p.unlink()
@@ -284,33 +185,60 @@ def quantize_int8(
     return out_path
 
 
-def _keep_head_outputs_float(model: onnx.ModelProto, head_convs: Sequence[str]) -> None:
-    """Drop any QuantizeLinear -> DequantizeLinear pair on a last convolution's output (float into decode)."""
-    graph = model.graph
-    by_name = {n.name: n for n in graph.node}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    drop = []
-    for cname in head_convs:
-        conv = by_name.get(cname)
-        if conv is None:
-            continue
-        out = conv.output[0]
-        for qn in [c for c in consumers.get(out, []) if c.op_type == "QuantizeLinear"]:
-            for dq in [c for c in consumers.get(qn.output[0], []) if c.op_type == "DequantizeLinear"]:
-                for user in consumers.get(dq.output[0], []):
-                    for k, name in enumerate(user.input):
-                        if name == dq.output[0]:
-                            user.input[k] = out
-                drop.append(dq)
-            drop.append(qn)
-    for n in drop:
-        graph.node.remove(n)
-    used = {i for n in graph.node for i in n.input}
-    for init in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(init)
+def _prepared_copy(base: onnx.ModelProto, fp32_path: Path, dst: Path, preprocess: bool) -> Path:
+    """The graph to quantise at `dst`: ORT's quant_pre_process output when asked (and it works), every node named."""
+    if preprocess:
+
+        try:
+            quant_pre_process(str(fp32_path), str(dst), skip_symbolic_shape=False)
+        except Exception as e:  # pre-processing is an optimisation: fall back to the plain file, loudly
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(f"WARNING: quant_pre_process failed ({first}); quantising as is", file=sys.stderr)
+            onnx.save(base, str(dst))
+    else:
+        onnx.save(base, str(dst))
+    onnx.save(name_nodes(onnx.load(str(dst))), str(dst))
+    return dst
+
+
+def _quantize_static(src: Path, dst: Path, reader, cfg: Int8Config, exclude: list[str]) -> str:
+    """quantize_static with cfg's calibration method; returns the method actually used.
+
+    ORT's histogram calibrators fail on (near-)constant tensors ("Too many bins for data range"); MinMax has no
+    histogram: the run is retried with it, loudly, and the caller records what was used.
+    """
+
+    kwargs = dict(
+        calibration_data_reader=reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=cfg.per_channel,
+        reduce_range=cfg.reduce_range,
+        activation_type=getattr(QuantType, ACTIVATIONS[cfg.activations]),
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=exclude,
+    )
+    try:
+        quantize_static(str(src), str(dst), calibrate_method=getattr(CalibrationMethod, METHODS[cfg.method]), **kwargs)
+        return cfg.method
+    except ValueError as e:
+        if cfg.method == "minmax":
+            raise QuantizeError(f"int8 calibration failed: {str(e).splitlines()[0]}") from e
+        print(f"WARNING: {cfg.method} calibration failed ({str(e).splitlines()[0]}); using minmax", file=sys.stderr)
+    reader.rewind()
+    quantize_static(str(src), str(dst), calibrate_method=CalibrationMethod.MinMax, **kwargs)
+    return "minmax"
+
+
+def _save_with_metadata(q: onnx.ModelProto, props: dict[str, str], tmp: Path, out_path: Path) -> None:
+    """Replace q's metadata with `props`, check it, and move it into place atomically (0644)."""
+    del q.metadata_props[:]
+    for k, v in props.items():
+        e = q.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.checker.check_model(q)
+    onnx.save(q, str(tmp))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out_path)
 
 
 # --------------------------------------------------------------------------------------- selection
@@ -364,9 +292,22 @@ def select_int8(
     Kept: the fastest variant faster than fp32 whose mAP50-95 is within `map_tolerance` of fp32's (accuracy
     is not checked without data). None kept when no variant qualifies: fp32 stays the deliverable.
     """
-    from reports.latency import OnnxRunner, benchmark
-
     fp32_path, out_dir = Path(fp32_path), Path(out_dir)
+    results = _build_variants(fp32_path, out_dir, calib_images, configs, log)
+    ok = [r for r in results if r.error is None]
+    sel = Int8Selection(fp32={"path": str(fp32_path), "size_mb": os.path.getsize(fp32_path) / 1e6}, variants=results)
+    if not ok:
+        sel.reason = "no int8 variant could be built"
+        return sel
+    _time_variants(sel, ok, threads, rounds, warmup, log)
+    if data_cfg is not None:
+        _score_variants(sel, ok, data_cfg, map_tolerance, eval_kwargs, log)
+    _choose(sel, ok, map_tolerance)
+    return sel
+
+
+def _build_variants(fp32_path: Path, out_dir: Path, calib_images, configs, log) -> list[Int8Result]:
+    """One quantised file per config (a failed one is kept as a result carrying its error)."""
     results: list[Int8Result] = []
     for cfg in configs:
         path = out_dir / f"{fp32_path.stem}-int8-{cfg.tag}.onnx"
@@ -378,13 +319,13 @@ def select_int8(
             continue
         log(f"int8 {cfg.tag}: quantised in {time.perf_counter() - t0:.1f} s -> {path}")
         results.append(Int8Result(asdict(cfg), str(path), os.path.getsize(path) / 1e6))
-    ok = [r for r in results if r.error is None]
-    sel = Int8Selection(fp32={"path": str(fp32_path), "size_mb": os.path.getsize(fp32_path) / 1e6}, variants=results)
-    if not ok:
-        sel.reason = "no int8 variant could be built"
-        return sel
+    return results
 
-    runners = {"fp32": OnnxRunner(fp32_path, threads)}
+
+def _time_variants(sel: Int8Selection, ok: list[Int8Result], threads: int, rounds: int, warmup: int, log) -> None:
+    """Median latency of fp32 and every variant, timed interleaved; each variant's ratio to fp32."""
+
+    runners = {"fp32": OnnxRunner(sel.fp32["path"], threads)}
     runners.update({Path(r.path).stem: OnnxRunner(r.path, threads) for r in ok})
     lat = benchmark(runners, runs=rounds, warmup=warmup)
     base = lat["fp32"]["median_ms"]
@@ -394,36 +335,38 @@ def select_int8(
         r.ratio_to_fp32 = r.latency_ms / base
         log(f"int8 {Path(r.path).stem}: {r.latency_ms:.1f} ms vs fp32 {base:.1f} ms ({r.ratio_to_fp32:.2f}x the time)")
 
-    if data_cfg is not None:
-        from reports.onnx_backend import OnnxDetector
-        from yolo.val import evaluate
 
-        kw = {"batch_size": 8, "progress": False, **(eval_kwargs or {})}
-        m = evaluate(OnnxDetector(fp32_path), data_cfg, **kw)
-        sel.metrics[str(fp32_path)] = m
-        sel.fp32.update(map50=m["map50"], map=m["map"])
-        log(f"fp32: mAP50 {m['map50']:.4f} mAP50-95 {m['map']:.4f}")
-        for r in ok:
-            m = evaluate(OnnxDetector(r.path), data_cfg, **kw)
-            sel.metrics[r.path] = m
-            r.map50, r.map = m["map50"], m["map"]
-            r.holds_accuracy = r.map >= sel.fp32["map"] - map_tolerance
-            log(f"int8 {Path(r.path).stem}: mAP50 {r.map50:.4f} mAP50-95 {r.map:.4f}")
+def _score_variants(sel: Int8Selection, ok: list[Int8Result], data_cfg, map_tolerance: float, eval_kwargs, log):
+    """mAP of fp32 and every variant on data_cfg's val split; whether each holds accuracy within the tolerance."""
 
+    kw = {"batch_size": 8, "progress": False, **(eval_kwargs or {})}
+    m = evaluate(OnnxDetector(sel.fp32["path"]), data_cfg, **kw)
+    sel.metrics[sel.fp32["path"]] = m
+    sel.fp32.update(map50=m["map50"], map=m["map"])
+    log(f"fp32: mAP50 {m['map50']:.4f} mAP50-95 {m['map']:.4f}")
+    for r in ok:
+        m = evaluate(OnnxDetector(r.path), data_cfg, **kw)
+        sel.metrics[r.path] = m
+        r.map50, r.map = m["map50"], m["map"]
+        r.holds_accuracy = r.map >= sel.fp32["map"] - map_tolerance
+        log(f"int8 {Path(r.path).stem}: mAP50 {r.map50:.4f} mAP50-95 {r.map:.4f}")
+
+
+def _choose(sel: Int8Selection, ok: list[Int8Result], map_tolerance: float) -> None:
+    """sel.chosen: the fastest variant faster than fp32 that holds accuracy (or none), and the reason."""
     candidates = [r for r in ok if r.ratio_to_fp32 < 1.0 and r.holds_accuracy is not False]
     if candidates:
         best = min(candidates, key=lambda r: r.latency_ms)
         sel.chosen = best.path
         acc = "accuracy not checked (no data)" if best.holds_accuracy is None else f"mAP50-95 {best.map:.4f}"
         sel.reason = f"fastest variant within tolerance: {best.ratio_to_fp32:.2f}x the fp32 time, {acc}"
-    else:
-        slow = all(r.ratio_to_fp32 >= 1.0 for r in ok)
-        sel.reason = (
-            "no int8 variant is faster than fp32 on this CPU"
-            if slow
-            else f"no faster int8 variant keeps mAP50-95 within {map_tolerance} of fp32"
-        ) + "; fp32 stays the deliverable"
-    return sel
+        return
+    slow = all(r.ratio_to_fp32 >= 1.0 for r in ok)
+    sel.reason = (
+        "no int8 variant is faster than fp32 on this CPU"
+        if slow
+        else f"no faster int8 variant keeps mAP50-95 within {map_tolerance} of fp32"
+    ) + "; fp32 stays the deliverable"
 
 
 def quantize_best(
@@ -449,9 +392,6 @@ def quantize_best(
     `latency` uses the report's setting name ('onnxruntime 1 thread'); selection details are in notes.
     A JSON summary is written next to `out_path` (same stem, .json).
     """
-    import shutil
-
-    from yolo.data import load_data_yaml
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     cfg_data = data if hasattr(data, "train") else load_data_yaml(data)
@@ -464,6 +404,17 @@ def quantize_best(
         fp32_path, out_path.parent, images, configs, data_cfg=scoring, map_tolerance=map_tolerance,
         rounds=rounds, eval_kwargs={"imgsz": imgsz}, log=log,
     )  # fmt: skip
+    result = _keep_one(sel, fp32_path, out_path, keep_best_measured)
+    summary = {k: v for k, v in result.items() if k != "metrics"}
+    atomic_write_text(out_path.with_suffix(".json"), json.dumps(summary, indent=2, default=str) + "\n")
+    log(f"int8: {sel.reason}")
+    return result
+
+
+def _keep_one(sel: Int8Selection, fp32_path: Path, out_path: Path, keep_best_measured: bool) -> dict[str, Any]:
+    """Move the chosen variant (or, with keep_best_measured, the fastest one) to out_path, delete the others,
+    and describe the outcome (quantize_best's result)."""
+
     ok = [v for v in sel.variants if v.error is None]
     keep = sel.chosen or (min(ok, key=lambda v: v.latency_ms).path if ok and keep_best_measured else None)
     kept = next((v for v in ok if v.path == keep), None)
@@ -474,21 +425,17 @@ def quantize_best(
         "path": None, "chosen": sel.chosen is not None, "reason": sel.reason, "metrics": {}, "latency": {},
         "notes": {"selection": sel.to_dict(), "deliverable": str(fp32_path)},
     }  # fmt: skip
-    if keep and kept is not None:
-        shutil.move(keep, out_path)
-        result["path"] = str(out_path)
-        result["metrics"] = sel.metrics.get(keep, {})
-        result["latency"] = {
-            "onnxruntime 1 thread": {"median_ms": kept.latency_ms, "fp32_median_ms": sel.fp32.get("latency_ms")}
-        }
-        result["notes"]["int8"] = kept.config
-        if sel.chosen:
-            result["notes"]["deliverable"] = str(out_path)
-        else:
-            result["notes"]["not_kept"] = "measured for the report only: " + sel.reason
-    from yolo.fileio import atomic_write_text
-
-    summary = {k: v for k, v in result.items() if k != "metrics"}
-    atomic_write_text(out_path.with_suffix(".json"), json.dumps(summary, indent=2, default=str) + "\n")
-    log(f"int8: {sel.reason}")
+    if not keep or kept is None:
+        return result
+    shutil.move(keep, out_path)
+    result["path"] = str(out_path)
+    result["metrics"] = sel.metrics.get(keep, {})
+    result["latency"] = {
+        "onnxruntime 1 thread": {"median_ms": kept.latency_ms, "fp32_median_ms": sel.fp32.get("latency_ms")}
+    }
+    result["notes"]["int8"] = kept.config
+    if sel.chosen:
+        result["notes"]["deliverable"] = str(out_path)
+    else:
+        result["notes"]["not_kept"] = "measured for the report only: " + sel.reason
     return result

@@ -11,35 +11,31 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
 from reports import plots
-from reports.backends import backend_kind, load_backend
-from reports.latency import environment
+from reports.backends import RUNTIME_NAMES, backend_kind, load_backend
+from reports.detect import load_predictor, predict
+from reports.export import check_out_dir, check_parity, export_onnx, prune_summary
+from reports.latency import benchmark, cpu_info, environment, file_runner, package_versions
 from reports.runtime_common import files_size_mb
+from yolo.checkpoint import load_model
+from yolo.data import load_data_yaml
+from yolo.fileio import atomic_write_text, plain
+from yolo.flops import count_gflops, count_params
+from yolo.val import evaluate
 
 SCHEMA = "yolov5-slim.report/1"
 ROLE_ORDER = ("baseline", "pruned", "finetuned", "int8")
-PACKAGES = (
-    "yolov5-slim",
-    "torch",
-    "torch-pruning",
-    "numpy",
-    "onnx",
-    "onnxruntime",
-    "onnxslim",
-    "pycocotools",
-    "Pillow",
-    "PyYAML",
-    "matplotlib",
-    "rich",
-)
 
 
 @dataclass
@@ -80,7 +76,6 @@ class ModelEntry:
             **kw,
         )
         if model is not None:
-            from yolo.flops import count_gflops, count_params
 
             e.params = e.params if e.params is not None else count_params(model)
             e.gflops = e.gflops if e.gflops is not None else count_gflops(model, imgsz)
@@ -102,38 +97,7 @@ class ModelEntry:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "model"}
-        return _plain(d)
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if hasattr(v, "item") and callable(v.item):
-        try:
-            return v.item()
-        except (ValueError, RuntimeError):
-            pass
-    if hasattr(v, "tolist"):
-        return v.tolist()
-    return str(v)
-
-
-def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for n in names:
-        try:
-            out[n] = importlib_metadata.version(n)
-        except importlib_metadata.PackageNotFoundError:
-            out[n] = None
-    return out
+        return plain(d, for_json=True)
 
 
 def _baseline(entries: Sequence[ModelEntry]) -> ModelEntry | None:
@@ -167,55 +131,6 @@ def comparisons(entries: Sequence[ModelEntry]) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-# ------------------------------------------------------------------------------------------- plots
-
-
-def make_plots(run_dir: Path, entries: Sequence[ModelEntry], extras: Mapping[str, Any]) -> list[Path]:
-    out: list[Path] = []
-    base = _baseline(entries)
-    with_models = {e.role: e.model for e in entries if e.model is not None}
-    gamma_models = {k: m for k, m in with_models.items() if k != "int8"}
-    if extras.get("gamma_models"):
-        gamma_models = dict(extras["gamma_models"])
-    if gamma_models:
-        out.append(plots.gamma_histogram(gamma_models, run_dir / "gamma_hist.png", extras.get("gamma_threshold")))
-    pruned = next((e for e in entries if e.role != (base.role if base else None) and e.model is not None), None)
-    if base is not None and base.model is not None and pruned is not None:
-        out.append(plots.channels_per_layer(base.model, pruned.model, run_dir / "channels_per_layer.png"))
-    if extras.get("sweep"):
-        out.append(plots.sweep_curve(extras["sweep"], run_dir / "ratio_sweep.png"))
-    lat = {e.role: e.latency for e in entries if e.latency}
-    if lat:
-        out.append(plots.latency_bars(lat, run_dir / "latency.png"))
-    pcs = {e.role: e.metrics.get("per_class") for e in entries if e.metrics.get("per_class")}
-    if pcs:
-        out.append(plots.per_class_ap(pcs, run_dir / "per_class_ap.png"))
-    images = list(extras.get("images") or [])
-    if images:
-        out += detection_panels(run_dir, entries, images, extras)
-    return [p for p in out if p is not None]
-
-
-def detection_panels(run_dir: Path, entries: Sequence[ModelEntry], images: Sequence[Any], extras) -> list[Path]:
-    """Baseline vs the other models' detections side by side on a few images."""
-    from reports.detect import load_predictor, side_by_side
-
-    preds = []
-    for e in entries:
-        src = e.model if e.model is not None else (e.onnx_path or e.path)
-        if src is not None:
-            preds.append((e.role, load_predictor(src)))
-    if len(preds) < 1:
-        return []
-    out = []
-    imgsz = extras.get("imgsz", 640)
-    for i, img in enumerate(images[: int(extras.get("max_images", 4))]):
-        p = run_dir / f"detections_{i}.png"
-        side_by_side(preds, img, imgsz=imgsz, conf_thres=float(extras.get("conf_thres", 0.25))).save(p)
-        out.append(p)
-    return out
 
 
 # ------------------------------------------------------------------------------------------- text
@@ -272,12 +187,9 @@ def _runtime_cell(lat: Mapping[str, Any], sep: str = " ") -> str:
 
 
 def print_table(entries: Sequence[ModelEntry], console=None, title: str = "yolov5-slim report") -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     header, rows = table_rows(entries, p90=False, sep="\n")
     lat = next((k for e in entries for k in e.latency if (e.main_latency is e.latency[k])), None)
-    from rich import box
 
     caption = f"ms: median, {lat}; ratios and mAP differences vs the baseline" if lat else None
     t = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
@@ -288,6 +200,24 @@ def print_table(entries: Sequence[ModelEntry], console=None, title: str = "yolov
     for r in rows:
         t.add_row(*r)
     (console or Console()).print(t)
+
+
+def _map_source(entries: Sequence[ModelEntry]) -> str:
+    evaluators = sorted({str(e.metrics.get("evaluator", "-")) for e in entries if e.metrics})
+    return "mAP from " + ", ".join(evaluators) if evaluators else "no mAP (no --data given)"
+
+
+def no_box_flags(entries: Sequence[ModelEntry]) -> list[tuple[str, str]]:
+    """(role, message) for each model that finds no box on the check images where the baseline finds some."""
+    base = _baseline(entries)
+    found = (base.notes.get("boxes") or {}).get("boxes", 0) if base else 0
+    out = []
+    for e in entries:
+        mine = e.notes.get("boxes")
+        if e is not base and found and mine and mine["boxes"] == 0:
+            out.append((e.role, f"finds no boxes on the {mine['images']} check image(s) at conf "
+                                f"{mine['conf_thres']:g}, where the baseline finds {found}"))  # fmt: skip
+    return out
 
 
 def markdown(report: dict[str, Any], entries: Sequence[ModelEntry], plot_files: Sequence[Path]) -> str:
@@ -306,10 +236,9 @@ def markdown(report: dict[str, Any], entries: Sequence[ModelEntry], plot_files: 
         *["| " + " | ".join(r) + " |" for r in rows],
         "",
         "Ratios are to the baseline; latency is the median of interleaved runs (see `report.json` for every "
-        "setting), mAP from "
-        + ", ".join(sorted({str(e.metrics.get("evaluator", "-")) for e in entries if e.metrics}))
-        + ".",
+        "setting); " + _map_source(entries) + ".",
         "",
+        *[f"- {role}: **{flag}**" for role, flag in no_box_flags(entries)],
         *[f"- {e.role}: evaluated with {e.notes['evaluated_with']}" for e in entries if e.notes.get("evaluated_with")],
         *[f"- {e.role}: **ONNX parity check failed** ({'; '.join(e.notes['parity']['failures'])})"
           for e in entries if e.notes.get("parity", {}).get("passed") is False],
@@ -352,8 +281,6 @@ def write_report(
     print_summary: bool = True,
 ) -> dict[str, Path]:
     """Write report.json, report.md and the plots into `run_dir`; print the rich table. Returns the paths."""
-    from reports.export import check_out_dir
-    from yolo.fileio import atomic_write_text
 
     if not entries:
         raise ValueError("a report needs at least one model entry")
@@ -361,19 +288,19 @@ def write_report(
     entries = sorted(entries, key=lambda e: order.get(e.role, len(order)))
     run_dir = check_out_dir(Path(run_dir))
     extras = dict(extras or {})
-    plot_files = make_plots(run_dir, entries, extras)
+    plot_files = plots.report_plots(run_dir, entries, extras, _baseline(entries))
     env = environment()
     report = {
         "schema": SCHEMA,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
-        "arguments": _plain(dict(args or {})),
+        "arguments": plain(dict(args or {}), for_json=True),
         "environment": env,
         "packages": package_versions(),
         "baseline": (_baseline(entries).role if entries else None),
         "models": [e.to_dict() for e in entries],
         "comparisons": comparisons(entries),
         "plots": [p.name for p in plot_files],
-        "extras": _plain({k: v for k, v in extras.items() if k not in ("gamma_models",)}),
+        "extras": plain({k: v for k, v in extras.items() if k not in ("gamma_models",)}, for_json=True),
     }
     paths = {
         "json": atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2) + "\n"),
@@ -384,7 +311,28 @@ def write_report(
     paths.update({p.stem: p for p in plot_files})
     if print_summary:
         print_table(entries, console=console)
+        for role, flag in no_box_flags(entries):
+            (console.print if console is not None else print)(f"WARNING {role}: {flag}")
     return paths
+
+
+def clear_previous_report(run_dir: str | Path, log=print) -> list[Path]:
+    """Delete what an earlier report wrote into `run_dir` (the files its report.json lists: plots, exported
+    models, report.json/.md), so a report run into an existing folder leaves nothing stale. Other files stay."""
+    run_dir = Path(run_dir)
+    try:
+        old = load_report(run_dir / "report.json")
+    except (OSError, ValueError):
+        return []
+    names = [*old.get("plots", []), "report.json", "report.md"]
+    names += [Path(m["onnx_path"]).name for m in old.get("models", []) if m.get("onnx_path")
+              and Path(m["onnx_path"]).resolve().parent == run_dir.resolve()]  # fmt: skip
+    gone = [run_dir / n for n in dict.fromkeys(names) if (run_dir / n).is_file()]
+    for f in gone:
+        f.unlink()
+    if gone:
+        log(f"{run_dir}: removed the {len(gone)} files of the previous report there")
+    return gone
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
@@ -402,6 +350,10 @@ def latency_key(threads: int) -> str:
     return f"onnxruntime {threads} thread{'s' if threads != 1 else ''}"
 
 
+CHECK_CONF = 0.25  # detections counted on the check images at this confidence (detect's default)
+CHECK_IMAGES = 8  # real images the exports are checked and the boxes counted on
+
+
 def build_entries(
     weights: Mapping[str, str | Path],
     run_dir: str | Path,
@@ -414,47 +366,84 @@ def build_entries(
     evaluator: str = "auto",
     log=print,
     skip_other_classes: bool = False,
+    check_images: Sequence[Any] | None = None,
 ) -> list[ModelEntry]:
     """Measure models given as role -> .pt (exported to run_dir at a fixed imgsz) or .onnx (used as is).
 
-    Sizes for every model; latency of all ONNX files interleaved at each thread count (None = all usable
-    cores); mAP with yolo.val.evaluate on `data` (a data.yaml path or DataConfig) when given, every model
-    through the same evaluator: 'torch' (modules, rectangular batches: the official protocol) or 'onnx'
-    (ONNX Runtime, fixed square input); 'auto' is 'onnx' as soon as one model exists only as ONNX.
+    Sizes for every model; the ONNX export of each checkpoint checked against PyTorch, and every model's boxes
+    counted, on `check_images` (paths or RGB arrays; default: up to CHECK_IMAGES of `data`'s val split, else two
+    synthetic images, on which a model may find nothing); latency of all ONNX files interleaved at each thread
+    count (None = all usable cores); mAP with yolo.val.evaluate on `data` (a data.yaml path or DataConfig) when
+    given, every model through the same evaluator: 'torch' (modules, rectangular batches: the official protocol)
+    or 'onnx' (ONNX Runtime, fixed square input); 'auto' is 'onnx' as soon as one model exists only as ONNX.
     A model whose class count differs from the data's is an error (yolo.val.ScoringError), unless
     skip_other_classes: then it is measured but not scored (a pipeline's transfer-learning start point).
     """
-    import numpy as np
+    images = list(check_images or _val_images(data)) or synthetic_images(imgsz, 2)
+    entries = [_entry(role, Path(w), Path(run_dir), imgsz, images, log) for role, w in weights.items()]
+    _count_boxes(entries, images, imgsz, log)
+    _measure_latency(entries, threads, imgsz, runs, warmup, log)
+    if data is not None:
+        _score(entries, data, imgsz, evaluator, eval_kwargs, skip_other_classes, log)
+    return entries
 
-    from reports.export import check_parity, export_onnx
-    from reports.latency import benchmark, cpu_info, file_runner
-    from yolo.checkpoint import load_model
 
-    run_dir = Path(run_dir)
-    entries: list[ModelEntry] = []
-    for role, w in weights.items():
-        w = Path(w)
-        if backend_kind(w):  # an exported file (.onnx, OpenVINO .xml, ncnn .param): measured as it is
-            e = ModelEntry.measure(role, onnx_path=w, imgsz=imgsz)
-            e.notes["from"] = backend_kind(w)
-        else:
-            model, meta = load_model(w)
-            onnx_path = export_onnx(model, run_dir / f"{role}.onnx", imgsz, metadata=meta)
-            rng = np.random.default_rng(0)
-            synthetic = [rng.integers(0, 255, (imgsz, int(imgsz * 0.75), 3), dtype="uint8")]
-            parity = check_parity(model, onnx_path, synthetic, raise_on_fail=False)  # a report still measures it
-            log(f"{role}: exported {onnx_path} ({parity.summary()})")
-            if not parity.passed:
-                log(f"WARNING {role}: the ONNX file does not match PyTorch ({'; '.join(parity.failures)}); its "
-                    "latency and size are reported, its outputs are not to be trusted")
-            e = ModelEntry.measure(role, model, pt_path=w, onnx_path=onnx_path, imgsz=imgsz)
-            e.notes["parity"] = parity.to_dict()
-            prune_ops = [h for h in meta.get("history", []) if isinstance(h, dict) and h.get("op") == "prune"]
-            if prune_ops:
-                from reports.export import prune_summary
+def _val_images(data: Any) -> list:
+    """Up to CHECK_IMAGES of the data's val (else train) images; none without data."""
+    if data is None:
+        return []
 
-                e.notes["prune"] = prune_summary(prune_ops)
-        entries.append(e)
+    cfg = data if hasattr(data, "names") else load_data_yaml(data)
+    return list(cfg.val or cfg.train)[:CHECK_IMAGES]
+
+
+def synthetic_images(imgsz: int, n: int) -> list:
+    """n random 4:3 RGB images: parity inputs when the user gave no real ones."""
+
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (imgsz, int(imgsz * 0.75), 3), dtype=np.uint8) for _ in range(n)]
+
+
+def _entry(role: str, w: Path, run_dir: Path, imgsz: int, images: Sequence[Any], log) -> ModelEntry:
+    """An exported file (.onnx, OpenVINO .xml, ncnn .param) measured as is; a checkpoint exported to
+    run_dir/<role>.onnx and checked against PyTorch."""
+
+    if backend_kind(w):
+        e = ModelEntry.measure(role, onnx_path=w, imgsz=imgsz)
+        e.notes["from"] = backend_kind(w)
+        return e
+    model, meta = load_model(w)
+    onnx_path = export_onnx(model, run_dir / f"{role}.onnx", imgsz, metadata=meta)
+    parity = check_parity(model, onnx_path, images, raise_on_fail=False)  # a report still measures it
+    log(f"{role}: exported {onnx_path} ({parity.summary()})")
+    if not parity.passed:
+        log(f"WARNING {role}: the ONNX file does not match PyTorch ({'; '.join(parity.failures)}); its "
+            "latency and size are reported, its outputs are not to be trusted")
+    e = ModelEntry.measure(role, model, pt_path=w, onnx_path=onnx_path, imgsz=imgsz)
+    e.notes["parity"] = parity.to_dict()
+    prune_ops = [h for h in meta.get("history", []) if isinstance(h, dict) and h.get("op") == "prune"]
+    if prune_ops:
+        e.notes["prune"] = prune_summary(prune_ops)
+    return e
+
+
+def _count_boxes(entries: Sequence[ModelEntry], images: Sequence[Any], imgsz: int, log) -> None:
+    """notes['boxes']: detections of each model on the check images (a pruned model that finds none is flagged)."""
+
+    for e in entries:
+        src = e.model if e.model is not None else e.onnx_path
+        if src is None:
+            continue
+        predictor = load_predictor(src)
+        n = sum(len(predict(predictor, img, imgsz, CHECK_CONF)[0]) for img in images)
+        e.notes["boxes"] = {"images": len(images), "boxes": n, "conf_thres": CHECK_CONF}
+    for role, flag in no_box_flags(entries):
+        log(f"WARNING {role}: {flag}")
+
+
+def _measure_latency(entries: Sequence[ModelEntry], threads, imgsz: int, runs: int, warmup: int, log) -> None:
+    """Latency of every exported file (.onnx, .xml, .param) at each thread count, timed interleaved."""
+
     cores = cpu_info()["usable_cores"]
     for t in threads:
         n = int(t or cores)
@@ -468,27 +457,27 @@ def build_entries(
         log("latency " + latency_key(n) + ": " + ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in res.items()))
         if t is None and n == 1:
             break
-    if data is not None:
-        from yolo.data import load_data_yaml
-        from yolo.val import evaluate
 
-        kw = {"batch_size": 8, "progress": False, **dict(eval_kwargs or {})}
-        if evaluator == "auto":
-            evaluator = "torch" if all(e.model is not None for e in entries) else "onnx"
-        if evaluator not in ("torch", "onnx"):
-            raise ValueError(f"evaluator {evaluator!r}: expected auto, torch or onnx")
-        data_cfg = data if hasattr(data, "names") else load_data_yaml(data)
-        for e in entries:
-            src = e.model if evaluator == "torch" else load_backend(e.onnx_path)
-            nc = len(src.names)
-            if skip_other_classes and nc != data_cfg.nc:
-                e.notes["not_scored"] = f"predicts {nc} classes, the data has {data_cfg.nc}"
-                log(f"{e.role}: not scored ({e.notes['not_scored']})")
-                continue
-            e.metrics = evaluate(src, data_cfg, imgsz=imgsz, **kw)
-            runtime = getattr(src, "kind", "ONNX Runtime")  # OnnxDetector has no kind; OpenVINO / ncnn do
-            e.notes["evaluated_with"] = (
-                "PyTorch module, rectangular batches" if evaluator == "torch" else f"{runtime}, fixed square input"
-            )
-            log(f"{e.role}: mAP50 {e.metrics['map50']:.4f} mAP50-95 {e.metrics['map']:.4f}")
-    return entries
+
+def _score(entries: Sequence[ModelEntry], data, imgsz: int, evaluator: str, eval_kwargs, skip_other: bool, log):
+    """mAP of every model on data's val split, all through one evaluator (see build_entries)."""
+
+    kw = {"batch_size": 8, "progress": False, **dict(eval_kwargs or {})}
+    if evaluator == "auto":
+        evaluator = "torch" if all(e.model is not None for e in entries) else "onnx"
+    if evaluator not in ("torch", "onnx"):
+        raise ValueError(f"evaluator {evaluator!r}: expected auto, torch or onnx")
+    data_cfg = data if hasattr(data, "names") else load_data_yaml(data)
+    for e in entries:
+        src = e.model if evaluator == "torch" else load_backend(e.onnx_path)
+        nc = len(src.names)
+        if skip_other and nc != data_cfg.nc:
+            e.notes["not_scored"] = f"predicts {nc} class{'es' if nc != 1 else ''}, the data has {data_cfg.nc}"
+            log(f"{e.role}: not scored ({e.notes['not_scored']})")
+            continue
+        e.metrics = evaluate(src, data_cfg, imgsz=imgsz, **kw)
+        runtime = RUNTIME_NAMES.get(getattr(src, "kind", ""), "ONNX Runtime")
+        e.notes["evaluated_with"] = (
+            "PyTorch module, rectangular batches" if evaluator == "torch" else f"{runtime}, fixed square input"
+        )
+        log(f"{e.role}: mAP50 {e.metrics['map50']:.4f} mAP50-95 {e.metrics['map']:.4f}")

@@ -1,4 +1,4 @@
-"""What the OpenVINO and ncnn predictors share: a fixed-input base class with OnnxDetector's interface, a latency
+"""What the ONNX Runtime, OpenVINO and ncnn predictors share: a base class with the predictor interface, a latency
 runner for it, locating the model file of an export folder, reading class names, sizes and package versions.
 
 Kept apart from reports.backends (which chooses and imports the runtime modules) so that the runtime modules can
@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from yolo.imgsz import to_shape
 
 
 def package_version(name: str) -> str | None:
@@ -61,13 +63,15 @@ def metadata_names(md: dict[str, Any], nc: int | None) -> list[str]:
 
 
 class FixedInputPredictor:
-    """Shared part of the OpenVINO and ncnn predictors: a static (batch, 3, h, w) input and metadata.
+    """Shared part of the ONNX Runtime, OpenVINO and ncnn predictors: metadata, input checks and batch chunking.
 
     Subclasses set `path`, `threads`, `metadata`, `input_shape`, `batch_fixed`, `nc`, `kind` and implement
-    `run_numpy(x) -> np.ndarray` for one ready (batch_fixed, 3, h, w) float32 array.
+    `run_numpy(x) -> np.ndarray` for one ready (batch_fixed, 3, h, w) array of `input_dtype`. `input_shape` None
+    (a dynamic ONNX) accepts any h, w; `batch_fixed` None accepts any batch in one run.
     """
 
     kind = "?"
+    input_dtype: type = np.float32
     path: Path
     threads: int | None = None
     input_shape: tuple[int, int] | None = None
@@ -94,7 +98,7 @@ class FixedInputPredictor:
 
     def __call__(self, imgs: torch.Tensor | np.ndarray) -> torch.Tensor:
         x = imgs.detach().cpu().numpy() if isinstance(imgs, torch.Tensor) else np.asarray(imgs)
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = np.ascontiguousarray(x, dtype=self.input_dtype)
         if x.ndim == 3:
             x = x[None]
         if self.input_shape is not None and tuple(x.shape[2:]) != self.input_shape:
@@ -124,8 +128,6 @@ class PredictorRunner:
     """A latency runner (see reports.latency.Runner) for any FixedInputPredictor: one random input, run as is."""
 
     def __init__(self, det: FixedInputPredictor, imgsz: int | Sequence[int] = 640):
-        from reports.imaging import to_shape
-
         self.det = det
         self.kind = det.kind
         self.threads = det.threads

@@ -23,6 +23,7 @@ from torch import nn
 from reports.backends import MissingExtraError, require_extra
 from reports.export import ExportError
 from reports.imaging import ImageLike, prepare
+from yolo.val import evaluate
 
 REL_TOL = 1e-3
 
@@ -183,8 +184,6 @@ def export_openvino_int8(
     log(f"int8: wrote {xml.parent} ({det.size_mb:.1f} MB), decode kept float; {rep.summary()}")
     res: dict[str, Any] = {"path": xml, "parity": rep, "calib_images": len(images), "kept": True, "accuracy": None}
     if opts.score and data.val:
-        from yolo.val import evaluate
-
         kw = {"imgsz": opts.imgsz, "batch_size": 8, "progress": False}
         fp32 = evaluate(OpenVinoDetector(fp32_xml, threads=threads), data, **kw)
         q = evaluate(det, data, **kw)

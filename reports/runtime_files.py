@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from reports.export import check_out_dir, read_metadata
+from reports.export import check_out_dir
+from reports.onnx_meta import read_metadata
 from reports.runtime_common import package_version
 
 SKIP_KEYS = ("dynamic",)  # the runtimes here take a fixed input

@@ -7,7 +7,7 @@ so the push towards zero does not depend on how many batches were accumulated or
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import torch
 from torch import nn
@@ -16,35 +16,23 @@ SCHEDULES = ("constant", "linear", "ramp")
 LAYER_CHOICES = ("all", "prunable")
 
 
-def select_bns(model: nn.Module, layers: str = "all") -> list[nn.BatchNorm2d]:
+def select_bns(
+    model: nn.Module, layers: str = "all", prunable: Collection[str] | None = None
+) -> list[nn.BatchNorm2d]:
     """The BatchNorm layers the penalty acts on: "all" (every BatchNorm2d; the Detect head has none), or
-    "prunable" (see prunable_bn_names)."""
+    "prunable": those named in `prunable`, the BatchNorms whose channels a zero gamma lets the pruner remove one
+    by one. Only the prune stage's dependency graph knows which those are, so the caller passes them
+    (prune.sparse_target.prunable_bn_names)."""
     if layers not in LAYER_CHOICES:
         raise ValueError(f"sparsity layers {layers!r} not understood; use one of {', '.join(LAYER_CHOICES)}")
     bns = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
     if layers == "all":
         return [m for _, m in bns]
-    keep = prunable_bn_names(model)
+    if prunable is None:
+        raise ValueError("sparsity layers 'prunable' needs the names of the prunable BatchNorms from the caller "
+                         "(prune.sparse_target.prunable_bn_names)")
+    keep = set(prunable)
     return [m for n, m in bns if n in keep]
-
-
-def prunable_bn_names(model: nn.Module) -> set[str]:
-    """BatchNorms whose channels the pruner can remove and whose gamma alone decides them: members of the
-    dependency graph's prunable groups that one conv produces (a depthwise conv on the way passes them on).
-
-    Left out, so the penalty only pushes channels that can go one by one: groups the pruner protects (channels
-    crossing a ShuffleNetV2 channel shuffle, model outputs), and channels summed from several convs (residual
-    adds of shortcut Bottlenecks, RepVGG's 3x3 + 1x1 branches), which a zero gamma in one BatchNorm does not empty.
-    The prune stage's dependency graph decides (without --ignore), so this holds for any family it can trace.
-    """
-    from prune.graph import build_graph
-
-    graph = build_graph(model)
-    keep: set[str] = set()
-    for group in graph.groups:
-        if sum(m.kind == "out" for m in group.members) == 1:
-            keep.update(m.name for m in group.members if m.kind == "bn")
-    return keep
 
 
 def sr_at(sr: float, schedule: str, epoch: float, epochs: int) -> float:

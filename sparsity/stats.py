@@ -9,21 +9,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from yolo.modules import bn_gammas
+
 # log10|gamma| histogram bins shared by every epoch so the curves are comparable.
 HIST_EDGES = np.linspace(-6.0, 1.0, 71)
 _FLOOR = 1e-6
 
 
-def all_gammas(model: nn.Module, bns: Iterable[nn.BatchNorm2d] | None = None) -> torch.Tensor:
-    """Every BatchNorm weight of the model (or of `bns`) as one flat CPU float tensor."""
-    mods = list(bns) if bns is not None else [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    ws = [m.weight.detach().float().flatten().cpu() for m in mods if m.weight is not None]
-    return torch.cat(ws) if ws else torch.zeros(0)
-
-
 def gamma_stats(model: nn.Module, bns: Iterable[nn.BatchNorm2d] | None = None) -> dict:
     """Count, fractions of |gamma| below 1e-3 and 1e-2, and quantiles of |gamma|."""
-    g = all_gammas(model, bns).abs()
+    g = bn_gammas(model, bns).abs()
     n = int(g.numel())
     if n == 0:
         return {"count": 0, "lt_1e-3": 0.0, "lt_1e-2": 0.0, "min": 0.0, "q10": 0.0, "median": 0.0,
@@ -43,7 +38,7 @@ def gamma_stats(model: nn.Module, bns: Iterable[nn.BatchNorm2d] | None = None) -
 
 def gamma_histogram(model: nn.Module, bns: Iterable[nn.BatchNorm2d] | None = None) -> list[int]:
     """Counts of log10|gamma| in HIST_EDGES (values below 1e-6 land in the first bin)."""
-    g = all_gammas(model, bns).abs().clamp_min(_FLOOR).numpy()
+    g = bn_gammas(model, bns).abs().clamp_min(_FLOOR).numpy()
     counts, _ = np.histogram(np.clip(np.log10(g), HIST_EDGES[0], HIST_EDGES[-1]), bins=HIST_EDGES)
     return [int(c) for c in counts]
 
@@ -53,10 +48,12 @@ def plot_gamma_histograms(history: Sequence[dict | Sequence[int]], path: str | P
 
     `history` items are histograms (counts over HIST_EDGES) or dicts with keys "epoch" and "hist".
     """
+    # imported here, not at the top: pyplot must load after the Agg backend is chosen, and choosing it at import
+    # time would be a side effect on every importer of this module
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend choice above
 
     rows = [h if isinstance(h, dict) else {"epoch": i, "hist": h} for i, h in enumerate(history)]
     centres = (HIST_EDGES[:-1] + HIST_EDGES[1:]) / 2

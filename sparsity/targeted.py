@@ -11,11 +11,15 @@ that would go now, and only their BatchNorm scales are pushed, in every BatchNor
 rest of the network trains as usual and takes over their work while they fade, so the cut at the end removes
 channels that are already near zero. Re-selecting every epoch lets a channel that the data needs climb back
 out of the cut set.
+
+The choice is the pruner's (prune/sparse_target.py builds it; the trainer hands it to the callback): this
+module only defines what it delivers (`TargetState`) and applies the push.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -45,41 +49,20 @@ class TargetState:
     channels: int  # channels in the cut set (group channels, not BatchNorm entries)
     max_gamma: float  # the largest |gamma| among them: near 0 means the cut will be (almost) free
 
+    def state_dict(self) -> dict:
+        return {"masks": {k: v.detach().cpu().clone() for k, v in self.masks.items()}, "channels": self.channels,
+                "max_gamma": self.max_gamma}
 
-class TargetedSelection:
-    """Builds the prune graph once (the channel structure does not change while training) and re-plans on the
-    live gammas whenever `select` is called."""
+    @classmethod
+    def from_state_dict(cls, state: dict) -> TargetState:
+        return cls(dict(state["masks"]), int(state["channels"]), float(state["max_gamma"]))
 
-    def __init__(self, model: nn.Module, prune_config: dict):
-        from prune.config import PruneConfig
-        from prune.graph import build_graph
 
-        fields = {k: v for k, v in prune_config.items() if k in PruneConfig.__dataclass_fields__}
-        fields["ignore"] = tuple(fields.get("ignore", ()))
-        fields["importance"] = "slim"  # the penalty acts on gammas, so the gammas must rank the channels
-        self.config = PruneConfig(**fields).validate()
-        self.graph = build_graph(model, self.config.imgsz, self.config.ignore)
+class Selection(Protocol):
+    """Chooses the cut set on the live model; the prune stage provides one (prune.sparse_target.TargetedSelection),
+    built by the caller, since which channels a prune would remove is the pruner's knowledge, not this stage's."""
 
-    def select(self, model: nn.Module) -> TargetState:
-        from prune.graph import group_gamma
-        from prune.plan import plan_pruning
-
-        scores = [group_gamma(model, g) for g in self.graph.groups]  # the live gammas, not the traced copy's
-        plan = plan_pruning(self.graph, self.config, scores=scores)
-        masks: dict[str, torch.Tensor] = {}
-        max_gamma = 0.0
-        for gp, s in zip(plan.groups, scores):
-            if len(gp.removed):
-                max_gamma = max(max_gamma, float(s[gp.removed].max()))
-            for m in gp.info.members:
-                if m.kind != "bn":
-                    continue
-                bn = model.get_submodule(m.name)
-                mask = masks.setdefault(m.name, torch.zeros_like(bn.weight, dtype=torch.float32))
-                idx = gp.member_removed(m)
-                if len(idx):
-                    mask[torch.as_tensor(idx, device=mask.device)] = 1.0
-        return TargetState(masks, plan.removed_channels, max_gamma)
+    def select(self, model: nn.Module) -> TargetState: ...
 
 
 @torch.no_grad()

@@ -114,11 +114,16 @@ def check_metadata(path: Path) -> None:
 
 
 def check_val(path: Path, data: Path) -> None:
-    from yolo.cli import load_scorable
-    from yolo.val import evaluate
+    """`prune.py val` on the exported file: yolo/ runs no runtime itself, prune.py hands it reports.backends'
+    loader (the `load_exported` default), so this goes through the real command line."""
+    import subprocess
 
-    res = evaluate(load_scorable(path, threads=1), data, imgsz=IMGSZ, batch_size=2, progress=False)
-    assert res["images"] == 2 and 0.0 <= res["map"] <= 1.0
+    root = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, str(root / "prune.py"), "val", "--weights", str(path), "--data", str(data),
+            "--imgsz", str(IMGSZ), "--batch-size", "2", "--workers", "0", "--threads", "1"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "using 1 runtime threads" in proc.stdout and "2 images" in proc.stdout, proc.stdout
 
 
 def check_detect(path: Path, data: Path, out: Path) -> None:

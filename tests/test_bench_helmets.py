@@ -1,5 +1,6 @@
-"""bench/helmets.py --dense-from: the unpruned yardstick trained in another run folder is adopted only when it is
-finished, as long as asked and hangs off the same starting point; anything else stops with one line."""
+"""bench/helmets.py (its helpers in bench/benchlib/helmets_run.py) --dense-from: the unpruned yardstick trained in
+another run folder is adopted only when it is finished, as long as asked and hangs off the same starting point;
+anything else stops with one line. And the helmets table (bench/benchlib/helmets_table.py) built from run records."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from pipeline.state import PipelineState, stage_key
 @pytest.fixture()
 def helmets(monkeypatch):
     monkeypatch.setattr(sys, "path", [*sys.path, str(Path(__file__).parents[1] / "bench")])
-    import helmets
+    from benchlib import helmets_run
 
-    yield helmets
-    sys.modules.pop("helmets", None)
+    yield helmets_run
+    sys.modules.pop("benchlib.helmets_run", None)
 
 
 def _run(folder: Path, base_params: dict, dense_epochs: int | None, dense_done: bool = True) -> Path:
@@ -130,7 +131,7 @@ def test_reference_that_is_not_a_result_stops_with_one_line(tmp_path, helmets):
 
 def test_seed_table_groups_runs_by_recipe_and_skips_runs_without_a_yardstick(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", [*sys.path, str(Path(__file__).parents[1] / "bench")])
-    import helmets_seeds
+    from benchlib import helmets_table
 
     base = "python prune.py pipeline --weights w --latency-runs 30 --threads 1 --project p --name exp --quiet"
 
@@ -147,29 +148,17 @@ def test_seed_table_groups_runs_by_recipe_and_skips_runs_without_a_yardstick(tmp
     result("helmets_mk_seed1", "--seed 1 --reconstruct 128 --workers 0 --min-keep 0.5", 0.77, 0.80)
     result("helmets_broken", "--reconstruct 128", 0.70, None)
     result("helmets_hyp_seed2", "--seed 2 --reconstruct 128 --finetune-hyp /tmp/x/ft.yaml --workers 0", 0.79, 0.80)
-    rows = helmets_seeds.collect(tmp_path)
+    rows, sources = helmets_table.collect(tmp_path)
     assert [(r["recipe"], r["seed"]) for r in rows] == [("(the recipe)", 0), ("(the recipe)", 1),
                                                         ("--finetune-hyp ft.yaml", 2), ("--min-keep 0.5", 1)]
     assert [round(100 * r["gap50"], 1) for r in rows] == [2.0, 5.0, 1.0, 3.0]
+    assert len(sources) == 5  # the run without a yardstick is still a record the table names
 
 
 def test_recipe_names_the_bench_flags_that_differ_from_its_defaults(monkeypatch):
     monkeypatch.setattr(sys, "path", [*sys.path, str(Path(__file__).parents[1] / "bench")])
-    import helmets_seeds
+    from benchlib import helmets_table
 
     head = "python prune.py pipeline --sparse-epochs 10 --target-flops {} --finetune-epochs 80 --threads 1 --quiet"
-    assert helmets_seeds.recipe_of(head.format("0.5") + " --min-keep 0.5") == "--min-keep 0.5"
-    assert helmets_seeds.recipe_of(head.format("0.7")) == "--target-flops 0.7"
-
-
-@pytest.mark.parametrize("script", ["helmets_seeds.py", "readme.py", "demo.py", "helmets_sizes.py"])
-def test_bench_scripts_answer_help_without_running(script):
-    import subprocess
-
-    bench = Path(__file__).parents[1] / "bench"
-    watched = [bench / "results" / "helmets_seeds.md", bench / "results" / "demo.md",
-               Path(__file__).parents[1] / "README.md"]
-    before = [p.stat().st_mtime_ns for p in watched]
-    out = subprocess.run([sys.executable, str(bench / script), "--help"], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and "usage:" in out.stdout
-    assert [p.stat().st_mtime_ns for p in watched] == before
+    assert helmets_table.recipe_of(head.format("0.5") + " --min-keep 0.5") == "--min-keep 0.5"
+    assert helmets_table.recipe_of(head.format("0.7")) == "--target-flops 0.7"

@@ -30,7 +30,9 @@ def test_hyp_overrides_are_parsed_and_checked(recovery, capsys):
 
 
 def test_later_flags_enter_the_recipe_only_when_used(recovery):
-    plain = recovery.recipe_of(recovery.parse_args([]))
-    assert set(plain) == set(recovery.RECIPE_KEYS)  # a result recorded before the later flags still matches
-    used = recovery.recipe_of(recovery.parse_args(["--hyp", "cls=0", "--keep-detect-inputs"]))
+    from benchlib.recovery_train import RECIPE_KEYS, recipe_of
+
+    plain = recipe_of(recovery.parse_args([]))
+    assert set(plain) == set(RECIPE_KEYS)  # a result recorded before the later flags still matches
+    used = recipe_of(recovery.parse_args(["--hyp", "cls=0", "--keep-detect-inputs"]))
     assert used == {**plain, "hyp": {"cls": 0.0}, "keep_detect_inputs": True}  # freeze_bn_stats stays out

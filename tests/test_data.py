@@ -454,20 +454,20 @@ def test_spawned_loader_workers_read_the_cache_right(red_boxes: list[Path]) -> N
 
 @pytest.mark.parametrize("method, shared", [("fork", False), ("spawn", True), ("forkserver", True)])
 def test_loader_shares_the_cache_before_non_forked_workers_start(red_boxes, monkeypatch, method, shared) -> None:
-    import yolo.data as data
+    import yolo.data.loader as loader
 
-    monkeypatch.setattr(data, "worker_start_method", lambda: method)
+    monkeypatch.setattr(loader, "worker_start_method", lambda: method)
     _, ds = create_dataloader(red_boxes, 64, 2, names=["r"], workers=1, cache="ram")
     assert ds._cached.pixels.is_shared() is shared  # forked workers share its pages anyway
 
 
 def test_a_cache_too_big_for_shared_memory_is_one_clear_line(red_boxes, monkeypatch) -> None:
-    import yolo.data as data
+    import yolo.data.loader as loader
 
     def full(self):
         raise RuntimeError("unable to write to file </torch_1_2>: No space left on device (28)\nmore detail")
 
-    monkeypatch.setattr(data, "worker_start_method", lambda: "spawn")
+    monkeypatch.setattr(loader, "worker_start_method", lambda: "spawn")
     monkeypatch.setattr(torch.Tensor, "share_memory_", full)
     with pytest.raises(DataError, match=r"^--cache ram: the 0 MB image cache does not fit in shared memory .*"
                                         r"No space left on device \(28\)\); use --workers 0") as e:  # fmt: skip
@@ -486,12 +486,12 @@ def test_packed_images_refuse_a_wrong_size() -> None:
 
 
 def test_auto_cache_only_within_the_memory_limit(red_boxes: list[Path], monkeypatch) -> None:
-    import yolo.data as data
+    import yolo.data.dataset as dataset
 
-    monkeypatch.setattr(data, "_auto_cache_limit", lambda: 0)
+    monkeypatch.setattr(dataset, "auto_cache_limit", lambda: 0)
     assert DetectionDataset(red_boxes, img_size=64, names=["r"])._cached is None
     need = DetectionDataset(red_boxes, img_size=64, names=["r"], cache="no").cache_bytes()
-    monkeypatch.setattr(data, "_auto_cache_limit", lambda: need)
+    monkeypatch.setattr(dataset, "auto_cache_limit", lambda: need)
     assert DetectionDataset(red_boxes, img_size=64, names=["r"])._cached is not None
     loader, ds = create_dataloader(red_boxes, 64, 2, names=["r"], workers=0)
     assert ds._cached is not None  # no workers to hide the decoding: cached

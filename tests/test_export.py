@@ -19,9 +19,9 @@ from reports.export import (
     check_parity,
     export_onnx,
     prune_summary,
-    read_metadata,
 )
 from reports.onnx_backend import OnnxDetector
+from reports.onnx_meta import read_metadata
 from yolo.model import build_model, load_model_yaml
 
 
@@ -207,3 +207,39 @@ def test_yolov5n_bus_parity(shared_dir, tmp_path):
     rep = check_parity(model, p, [shared_dir / "reference" / "bus.jpg"])
     assert rep.passed and rep.nms_matched >= 4, rep.summary()
     assert read_metadata(Path(p))["names"][5] == "bus"
+
+
+def test_metadata_names_and_stride_as_the_official_export_writes_them(static_onnx, tmp_path):
+    """Official export.py: `meta.value = str(v)` of {"stride": int, "names": {0: 'person', ...}}; read_metadata reads
+    that and the JSON list earlier versions wrote."""
+    raw = {p.key: p.value for p in onnx.load(str(static_onnx)).metadata_props}
+    assert raw["names"] == "{0: 'c0', 1: 'c1', 2: 'c2'}" and raw["stride"] == "32"
+    old = onnx.load(str(static_onnx))
+    next(p for p in old.metadata_props if p.key == "names").value = json.dumps(["a", "b", "c"])
+    onnx.save(old, str(tmp_path / "old.onnx"))
+    assert read_metadata(tmp_path / "old.onnx")["names"] == ["a", "b", "c"]
+    assert OnnxDetector(tmp_path / "old.onnx").names == ["a", "b", "c"]
+    assert OnnxDetector(static_onnx).names == ["c0", "c1", "c2"]
+
+
+def test_export_prints_no_tracer_warnings_and_leaves_filters_alone(model, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        export_onnx(model, tmp_path / "w.onnx", 64)
+        warnings.warn("after the export", torch.jit.TracerWarning, stacklevel=1)
+    tracer = [str(w.message) for w in seen if issubclass(w.category, torch.jit.TracerWarning)]
+    assert tracer == ["after the export"]
+
+
+def test_parity_without_detections_says_so_and_compares_the_top_anchors(static_onnx, model):
+    rep = check_parity(model, static_onnx, synthetic_images(2))  # a random tiny model: nothing at conf 0.25
+    assert not rep.nms_checked and rep.nms_matched == 0
+    text = rep.summary()
+    assert "not checked after NMS: no detections at conf 0.25" in text and "0 matched" not in text
+    assert rep.topk == 100 and "top 100 anchors by score" in text
+    assert rep.max_topk_box_diff_px <= rep.max_box_diff_px <= rep.box_tol_px
+    assert rep.to_dict()["nms_checked"] is False
+    with_boxes = check_parity(model, static_onnx, synthetic_images(2), conf_thres=0.001)
+    assert with_boxes.nms_checked and f"after NMS {with_boxes.nms_matched} matched" in with_boxes.summary()

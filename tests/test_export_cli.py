@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from reports.cli import register
-from reports.export import ExportError, read_metadata
+from reports.export import ExportError
+from reports.onnx_meta import read_metadata
 from yolo.checkpoint import save_checkpoint
 from yolo.model import build_model, load_model_yaml
 

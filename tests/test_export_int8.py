@@ -7,8 +7,9 @@ import onnx
 import pytest
 import torch
 
-from reports.export import export_onnx, read_metadata
+from reports.export import export_onnx
 from reports.onnx_backend import OnnxDetector
+from reports.onnx_meta import read_metadata
 from reports.quantize import (
     Int8Config,
     QuantizeError,

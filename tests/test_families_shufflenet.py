@@ -231,12 +231,13 @@ def test_sparsity_on_prunable_layers_skips_shuffled_channels(pruned_setup):
     """--sparsity-layers prunable leaves out the BatchNorms of channels that cross the shuffle (never pruned: each
     branch's last one, and branch1's first where it normalises the shuffled block input) and keeps the internal
     ones."""
+    from prune.sparse_target import prunable_bn_names
     from sparsity.bn_l1 import select_bns
 
     _, model, graph, _ = pruned_setup
     named = {id(m): n for n, m in model.named_modules()}
     in_groups = {m.name for g in graph.groups for m in g.members if m.kind == "bn"}
-    chosen = {named[id(bn)] for bn in select_bns(model, "prunable")}
+    chosen = {named[id(bn)] for bn in select_bns(model, "prunable", prunable_bn_names(model))}
     assert chosen and chosen <= in_groups
     outputs = {f"{n}.branch2.6" for n, _ in blocks(model)}
     assert outputs and not chosen & outputs

@@ -36,13 +36,17 @@ NO_AUG = {"mosaic": 0.0, "fliplr": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0
           "warmup_epochs": 0.0}
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ft")
+def tiny_setup(root: Path) -> dict:
+    """8 + 4 synthetic 96 px images and the tiny model yaml (shared by the test_finetune_* modules)."""
     data = make_synthetic_dataset(root / "data", n_train=8, n_val=4, img_size=96, seed=3)
     cfg = root / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY_CFG))
     return {"root": root, "data": data, "cfg": cfg}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return tiny_setup(tmp_path_factory.mktemp("ft"))
 
 
 def _opts(setup, tmp_path, **kw) -> TrainOptions:
@@ -392,11 +396,11 @@ def test_cache_flag_is_parsed_and_checked():
     ("cpu", 2, 1, 0), ("cpu", 1, 1, 0), ("cpu", 4, 1, 8), ("cpu", 4, 2, 0), ("cuda", 2, 1, 8),
 ])  # fmt: skip
 def test_default_workers_leave_a_small_cpu_to_the_training_step(monkeypatch, device, cores, world, expected):
-    import finetune.trainer as trainer_mod
+    import finetune.setup as setup_mod
 
-    monkeypatch.setattr(trainer_mod, "usable_cores", lambda: cores)
-    assert trainer_mod.resolve_workers(None, torch.device(device), world) == expected
-    assert trainer_mod.resolve_workers(3, torch.device(device), world) == 3  # an explicit --workers always wins
+    monkeypatch.setattr(setup_mod, "usable_cores", lambda: cores)
+    assert setup_mod.resolve_workers(None, torch.device(device), world) == expected
+    assert setup_mod.resolve_workers(3, torch.device(device), world) == 3  # an explicit --workers always wins
 
 
 class _GrabLoader:
@@ -408,9 +412,10 @@ class _GrabLoader:
 
 @pytest.mark.parametrize("cores, workers", [(2, 0), (16, 8)])
 def test_training_without_workers_flag_picks_by_cores(setup, tmp_path, monkeypatch, cores, workers):
-    import finetune.trainer as trainer_mod
+    import finetune.setup as setup_mod
 
-    monkeypatch.setattr(trainer_mod, "usable_cores", lambda: cores)
+    monkeypatch.setattr(setup_mod, "usable_cores", lambda: cores)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # set, it would decide the threads
     monkeypatch.setattr("os.cpu_count", lambda: cores)  # the loader caps workers at the CPU count
     threads = torch.get_num_threads()
     grab = _GrabLoader()

@@ -21,8 +21,9 @@ from finetune.optim import (
     param_groups,
     warmup_iters,
 )
-from finetune.runs import ResultsLog, increment_run_dir, read_results
+from finetune.runs import ResultsLog, read_results
 from finetune.trainer import TrainOptions, find_resume_checkpoint, fitness, freeze_layers
+from yolo.fileio import increment_run_dir
 
 SCRATCH_LOW = {
     "lr0": 0.01, "lrf": 0.01, "momentum": 0.937, "weight_decay": 0.0005, "warmup_epochs": 3.0,

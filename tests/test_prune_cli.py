@@ -153,3 +153,13 @@ def test_prune_command_reconstructs_on_training_images(weights, tmp_path):
     assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))  # other weights
     saved = json.loads((tmp_path / "refit" / "prune_table.json").read_text())
     assert saved["config"]["reconstruct"] == 6
+
+
+def test_sweep_log_names_each_ratio_once(weights):
+    model, _ = load_model(weights)
+    lines: list[str] = []
+    sweep(model, [0.1, 0.3], config=PruneConfig(imgsz=128, round_to=1), log=lines.append)
+    assert len(lines) == 2
+    for r, line in zip(("0.1", "0.3"), lines):
+        head = line.split(":")[0]
+        assert head.startswith(f"ratio {r} ") and head.count("ratio") == 1, line

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from prune import PruneConfig, PruneError, build_graph, plan_pruning, prune_model
-from prune.cli import calib_loader
+from prune.calib import calib_loader
 from prune.importance import taylor_scores
 from tests.zoo import randomize_bn, tiny_official
 from tests.zoo import single_thread as single_thread  # noqa: F401  (fixture)

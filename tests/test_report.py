@@ -148,6 +148,7 @@ def test_a_model_of_other_classes_is_refused_unless_the_caller_skips_its_score(t
 
 def test_a_failed_parity_check_is_reported_not_fatal(tmp_path, monkeypatch):
     import reports.export as export
+    import reports.report as report
     from yolo.checkpoint import save_checkpoint
 
     real = export.check_parity
@@ -159,7 +160,7 @@ def test_a_failed_parity_check_is_reported_not_fatal(tmp_path, monkeypatch):
             raise export.ExportError("parity check failed")
         return rep
 
-    monkeypatch.setattr(export, "check_parity", failing)
+    monkeypatch.setattr(report, "check_parity", failing)  # where build_entries looks it up
     pt = save_checkpoint(tmp_path / "b.pt", tiny_model(), {"imgsz": 64})
     logs: list[str] = []
     (entry,) = build_entries({"baseline": pt}, tmp_path / "run", imgsz=64, threads=(1,), runs=2, warmup=1,
@@ -168,3 +169,65 @@ def test_a_failed_parity_check_is_reported_not_fatal(tmp_path, monkeypatch):
     assert any(line.startswith("WARNING baseline: the ONNX file does not match PyTorch") for line in logs)
     paths = write_report(tmp_path / "run", [entry], print_summary=False)
     assert "**ONNX parity check failed** (box diff 0.3 px > 0.05)" in paths["md"].read_text()
+
+
+def biased_model(obj_bias: float):
+    """A tiny model whose objectness logits are pushed to obj_bias: +10 finds boxes everywhere, -20 none."""
+    m = tiny_model()
+    with torch.no_grad():
+        for conv in m.detect.m:
+            conv.bias.view(3, -1)[:, 4:] = obj_bias
+    return m
+
+
+def test_report_checks_several_images_and_flags_a_model_that_finds_no_boxes(tmp_path, capsys):
+    from rich.console import Console
+
+    from yolo.checkpoint import save_checkpoint
+
+    pts = {"baseline": save_checkpoint(tmp_path / "b.pt", biased_model(10.0), {"imgsz": 64}),
+           "pruned": save_checkpoint(tmp_path / "p.pt", biased_model(-20.0), {"imgsz": 64})}  # fmt: skip
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    logs: list[str] = []
+    base, pruned = build_entries(pts, tmp_path / "run", imgsz=64, threads=(1,), runs=2, warmup=1, log=logs.append,
+                                 check_images=images)  # fmt: skip
+    assert base.notes["parity"]["images"] == 3 and pruned.notes["parity"]["images"] == 3
+    assert base.notes["boxes"]["boxes"] > 0 and pruned.notes["boxes"]["boxes"] == 0
+    found = base.notes["boxes"]["boxes"]
+    flag = f"finds no boxes on the 3 check image(s) at conf 0.25, where the baseline finds {found}"
+    assert f"WARNING pruned: {flag}" in logs
+    console = Console(record=True, width=200, file=io.StringIO())
+    paths = write_report(tmp_path / "run", [base, pruned], console=console)
+    assert f"- pruned: **{flag}**" in paths["md"].read_text()
+    assert f"WARNING pruned: {flag}" in console.export_text().replace("\n", " ")
+    assert "no mAP (no --data given)" in paths["md"].read_text() and "mAP from ." not in paths["md"].read_text()
+
+
+def test_report_into_an_existing_folder_leaves_no_stale_files(tmp_path):
+    import argparse
+
+    from reports.cli import register
+    from yolo.checkpoint import save_checkpoint
+
+    pt = save_checkpoint(tmp_path / "b.pt", tiny_model(), {"imgsz": 64})
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((48, 64, 3), 40 * i, np.uint8)).save(src / f"{i}.png")
+    run = tmp_path / "rep"
+    common = ["report", "--imgsz", "64", "--threads", "1", "--runs", "2", "--run-dir", str(run)]
+
+    def report(*flags):
+        ap = argparse.ArgumentParser()
+        register(ap.add_subparsers(dest="command", required=True))
+        args = ap.parse_args([*common, *flags])
+        assert args.func(args) == 0
+        return {p.name for p in run.iterdir()}
+
+    first = report("--baseline", str(pt), "--pruned", str(pt), "--images", str(src), "--max-images", "2")
+    assert {"pruned.onnx", "detections_0.png", "detections_1.png"} <= first
+    (run / "notes.txt").write_text("mine")
+    second = report("--baseline", str(pt))
+    assert "pruned.onnx" not in second and "detections_0.png" not in second and "detections_1.png" not in second
+    assert {"baseline.onnx", "report.json", "report.md", "notes.txt"} <= second

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from prune.sparse_target import prunable_bn_names
 from sparsity.bn_l1 import apply_bn_l1, select_bns, sr_at
 from sparsity.callback import SparsityCallback
 from sparsity.stats import gamma_histogram, gamma_stats, plot_gamma_histograms
@@ -40,12 +41,14 @@ def test_layer_choice():
     all_bns = select_bns(model, "all")
     assert len(all_bns) == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     c3_short, c3_plain = model.model[2], model.model[4]
-    prunable = select_bns(model, "prunable")
+    prunable = select_bns(model, "prunable", prunable_bn_names(model))
     coupled = {id(c3_short.cv1.bn), id(c3_short.m[0].cv2.bn)}  # summed by the shortcut's add: left out
     assert {id(b) for b in all_bns} - {id(b) for b in prunable} == coupled
     assert any(b is c3_plain.cv1.bn for b in prunable)
     with pytest.raises(ValueError, match="all, prunable"):
         select_bns(model, "some")
+    with pytest.raises(ValueError, match="needs the names of the prunable BatchNorms"):
+        select_bns(model, "prunable")  # which BatchNorms are prunable is the prune stage's answer, from the caller
 
 
 def test_prunable_leaves_out_repvgg_branch_sums():
@@ -53,7 +56,7 @@ def test_prunable_leaves_out_repvgg_branch_sums():
     from yolo.repvgg import RepVGG
 
     model = build_model("yolov5n-repvgg")
-    chosen = {id(b) for b in select_bns(model, "prunable")}
+    chosen = {id(b) for b in select_bns(model, "prunable", prunable_bn_names(model))}
     blocks = [m for m in model.modules() if isinstance(m, RepVGG)]
     assert blocks
     for b in blocks:

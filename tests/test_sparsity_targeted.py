@@ -8,9 +8,10 @@ import torch
 from test_sparsity import TINY
 
 from prune.api import PruneConfig, plan_pruning
+from prune.sparse_target import TargetedSelection
 from sparsity.bn_l1 import select_bns
 from sparsity.callback import SparsityCallback
-from sparsity.targeted import TargetedSelection, apply_targeted_l1, parse_target
+from sparsity.targeted import apply_targeted_l1, parse_target
 from yolo.model import build_model
 
 
@@ -86,7 +87,7 @@ def test_penalty_touches_only_the_cut_set():
 def test_targeted_training_fades_the_cut_set_and_spares_the_rest():
     """SGD with the callback's per-epoch re-selection: the cut set goes to ~0, channels never cut stay put."""
     model = _model(1)
-    cb = SparsityCallback(0.5, target={"target_flops": 0.5, "imgsz": 64, "round_to": 1})
+    cb = SparsityCallback(0.5, selection=TargetedSelection(model, {"target_flops": 0.5, "imgsz": 64, "round_to": 1}))
 
     class T:  # the parts of Trainer the callback reads
         bare_model, epoch, batch_index, nb, epochs, start_epoch, is_main, run_dir = model, 0, 0, 10, 4, 0, True, None

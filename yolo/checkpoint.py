@@ -9,18 +9,19 @@ load with `weights_only=True`.
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
-import hashlib
 import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from yolo.fileio import atomic_torch_save, atomic_write_text  # noqa: F401  (re-exported)
-from yolo.model import DetectionModel, ModelConfigError, module_shapes
+from yolo.fileio import atomic_torch_save, atomic_write_text, file_sha256, plain  # noqa: F401  (re-exported)
+from yolo.model import DetectionModel, ModelConfigError, de_parallel, module_shapes
 
 FORMAT = "yolov5-slim/1"
 
@@ -63,8 +64,6 @@ def _standin(name: str) -> type[StandIn]:
 
 
 def _allowed_globals() -> dict[tuple[str, str], Any]:
-    import collections
-
     allowed: dict[tuple[str, str], Any] = {
         ("collections", "OrderedDict"): collections.OrderedDict,
         ("collections", "defaultdict"): collections.defaultdict,
@@ -90,19 +89,14 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
             allowed[("torch._utils", fn)] = getattr(torch._utils, fn)
     for dt in ("float16", "float32", "float64", "bfloat16", "int64", "int32", "uint8", "int8", "bool"):
         allowed[("torch", dt)] = getattr(torch, dt)
-    try:
-        import numpy as np
-
-        for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            allowed[(mod, "_reconstruct")] = np.core.multiarray._reconstruct
-            allowed[(mod, "scalar")] = np.core.multiarray.scalar
-        allowed[("numpy", "ndarray")] = np.ndarray
-        allowed[("numpy", "dtype")] = np.dtype
-        for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType"):
-            if hasattr(np.dtypes, name):
-                allowed[("numpy.dtypes", name)] = getattr(np.dtypes, name)
-    except ImportError:  # pragma: no cover
-        pass
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(mod, "_reconstruct")] = np.core.multiarray._reconstruct
+        allowed[(mod, "scalar")] = np.core.multiarray.scalar
+    allowed[("numpy", "ndarray")] = np.ndarray
+    allowed[("numpy", "dtype")] = np.dtype
+    for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType"):
+        if hasattr(np.dtypes, name):
+            allowed[("numpy.dtypes", name)] = getattr(np.dtypes, name)
     return allowed
 
 
@@ -312,13 +306,11 @@ def checkpoint_dict(
     half=True stores floating-point weights as fp16 (as official YOLOv5 files do): half the file size for
     deliverables; loading casts back to fp32. Resumable training checkpoints keep fp32.
     """
-    from yolo.model import de_parallel
-
     m = de_parallel(model)
     meta = dict(meta or {})
     ckpt = {
         "format": FORMAT,
-        "arch": {"yaml": _plain(m.yaml), "shapes": module_shapes(m)},
+        "arch": {"yaml": plain(m.yaml), "shapes": module_shapes(m)},
         "state_dict": {k: _stored(v, half) for k, v in m.state_dict().items()},
         "names": list(m.names),
         "stride": [float(s) for s in m.stride],
@@ -328,7 +320,7 @@ def checkpoint_dict(
         "source": dict(meta.pop("source", {})),
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
     }
-    ckpt.update({k: _plain(v) for k, v in meta.items() if k not in _MODEL_DERIVED})
+    ckpt.update({k: plain(v) for k, v in meta.items() if k not in _MODEL_DERIVED})
     if extra:
         ckpt["train_state"] = extra
     return ckpt
@@ -355,26 +347,3 @@ def strip_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> Pat
 def _stored(v: torch.Tensor, half: bool) -> torch.Tensor:
     v = v.detach().cpu().clone()
     return v.half() if half and v.is_floating_point() else v
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _plain(v: Any) -> Any:
-    """Reduce metadata to types weights_only loading accepts."""
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, (str, int, float, bool)) or v is None or isinstance(v, torch.Tensor):
-        return v
-    if hasattr(v, "item") and callable(v.item):
-        return v.item()
-    return str(v)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import torch
 
@@ -41,3 +42,26 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def choose_threads(
+    requested: int | None, default: int, default_why: str, environ: Mapping[str, str] = os.environ
+) -> tuple[int, str]:
+    """How many intra-op threads to use, and why: --threads N when given; else OMP_NUM_THREADS when set (a job
+    sharing the machine says what it may use); else `default`, the caller's best on an idle machine."""
+    if requested:
+        return int(requested), f"--threads {requested}"
+    omp = environ.get("OMP_NUM_THREADS", "").strip()
+    first = omp.split(",")[0].strip()  # nested OpenMP levels: "4,2" -> the outer 4
+    if first.isdigit() and int(first) > 0:
+        return int(first), f"OMP_NUM_THREADS={omp}"
+    if omp:
+        return default, f"{default_why}; OMP_NUM_THREADS={omp!r} is not a thread count"
+    return default, default_why
+
+
+def set_torch_threads(requested: int | None, default: int, default_why: str) -> tuple[int, str]:
+    """Set torch's intra-op threads by `choose_threads`; returns (count, why) for the caller's one-line log."""
+    n, why = choose_threads(requested, default, default_why)
+    torch.set_num_threads(n)
+    return n, why

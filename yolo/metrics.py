@@ -314,6 +314,7 @@ def coco_evaluate(
     gt_classes = sorted({int(a["category_id"]) for a in gt["annotations"]})
     if not predictions or not gt_classes:
         return _coco_result([0.0] * 12, {c: 0.0 for c in gt_classes}, {c: 0.0 for c in gt_classes}, names)
+    # pycocotools loads only for COCO-protocol scoring (the only user of it)
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -270,3 +271,10 @@ def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     b_conv = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
     fused.bias.data.copy_((b_conv - bn.running_mean) * scale.detach() + bn.bias.detach())
     return fused.requires_grad_(False)
+
+
+def bn_gammas(model: nn.Module, bns: Iterable[nn.BatchNorm2d] | None = None) -> torch.Tensor:
+    """Every BatchNorm weight of the model (or of `bns`) as one flat CPU float tensor."""
+    mods = list(bns) if bns is not None else [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    ws = [m.weight.detach().float().flatten().cpu() for m in mods if m.weight is not None]
+    return torch.cat(ws) if ws else torch.zeros(0)

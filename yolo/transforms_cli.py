@@ -9,6 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from yolo.checkpoint import load_model, save_checkpoint
+from yolo.modules import Detect
+from yolo.transforms import reparameterize, replace_focus
+
 # Largest |difference| of the raw output maps accepted between the model before and after the rewrite (float32
 # rounding of the folded kernels is ~1e-6 on real models; a wrong fold is off by O(1)).
 CHECK_TOL = 1e-3
@@ -35,9 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_reparam(args: argparse.Namespace) -> Path:
-    from yolo.checkpoint import load_model, save_checkpoint
-    from yolo.transforms import reparameterize, replace_focus
-
     src, out = Path(args.weights), Path(args.out)
     if out.suffix.lower() != ".pt":
         raise ValueError(f"--out {out}: expected a .pt file")
@@ -75,8 +76,6 @@ def _same_file(a: Path, b: Path) -> bool:
 @torch.no_grad()
 def max_output_diff(a: nn.Module, b: nn.Module, size: int | None = None, seed: int = 0) -> float:
     """Largest |difference| of the raw (undecoded) output maps of two eval-mode models on one random image."""
-    from yolo.modules import Detect
-
     stride = getattr(a, "stride", None)
     size = size or 2 * (int(torch.as_tensor(stride).max()) if stride is not None else 32)
     ch = int(getattr(a, "yaml", {}).get("ch", 3))

@@ -9,8 +9,9 @@ Runtime session wrapper) with `names`, `stride`, `input_shape` and `__call__(flo
 from __future__ import annotations
 
 import json
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ import torch
 from torch import nn
 
 from yolo.boxes import scale_boxes, xywh2xyxy
+from yolo.data import create_dataloader, load_data_yaml
+from yolo.fileio import atomic_write_text
 from yolo.metrics import (
     DetectionStats,
     coco_evaluate,
@@ -27,6 +30,7 @@ from yolo.metrics import (
     image_id_from_path,
     predictions_to_coco,
 )
+from yolo.model import de_parallel
 from yolo.nms import non_max_suppression
 
 
@@ -55,8 +59,6 @@ def _sync(device: torch.device) -> None:
 def _predictor(model: Any, device: torch.device, half: bool) -> tuple[Callable, list[str], int, Any]:
     """A callable images->decoded predictions, class names, max stride and fixed input shape (or None)."""
     if isinstance(model, nn.Module):
-        from yolo.model import de_parallel
-
         m = de_parallel(model)
         m.eval().to(device)
         if half:
@@ -79,6 +81,22 @@ def _check_classes(names: list[str], data_names: list[str], data_path: Any) -> N
         )
 
 
+def short_names(names: Sequence[str], limit: int = 6) -> str:
+    """Class names for a one-line message: 'helmet, vest' or 'a, b, c, d, e, f, ... (80)'."""
+    names = [str(n) for n in names]
+    more = f", ... ({len(names)})" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def renamed_classes_warning(names: Sequence[str], data_names: Sequence[str], model: Any, data: Any) -> str | None:
+    """Same class count, other names: scored by class index as if they were the same classes, which is right for
+    a renaming and meaningless for other classes, so `val` says so (None when the names agree)."""
+    if len(names) != len(data_names) or [str(n) for n in names] == [str(n) for n in data_names]:
+        return None
+    return (f"warning: {model} predicts {short_names(names)}; {data} names its classes {short_names(data_names)}: "
+            "scored by class index as the same classes (for other classes, fine-tune with finetune.py --new-head)")
+
+
 def build_val_loader(
     data_cfg: Any,
     split: str = "val",
@@ -94,8 +112,6 @@ def build_val_loader(
     `rect_batches="exact"` batches only images of one letterboxed shape, so the score does not depend on
     the batch size; "yolov5" pads consecutive groups to a common shape as the official val.py does.
     """
-    from yolo.data import create_dataloader
-
     files = getattr(data_cfg, split)
     if not files:
         raise ScoringError(f"{data_cfg.yaml_path}: split '{split}' has no images")
@@ -139,8 +155,6 @@ def evaluate(
     """Score `model` on a split; returns COCO mAP (pycocotools), YOLOv5-style P/R and per-stage speed.
 
     `stats`, when given (empty), receives the per-image matches (for a paired bootstrap of two models' scores)."""
-    from yolo.data import load_data_yaml
-
     if not hasattr(data_cfg, "names"):
         data_cfg = load_data_yaml(data_cfg)
     device = torch.device(device) if not isinstance(device, torch.device) else device
@@ -155,21 +169,7 @@ def evaluate(
     timer = Timer()
     with torch.inference_mode(), _progress(progress, len(dataloader), f"scoring {split}") as advance:
         for imgs, targets, paths, shapes in dataloader:
-            t0 = time.perf_counter()
-            x = imgs.to(device, non_blocking=True)
-            x = (x.half() if half and device.type == "cuda" else x.float()) / 255
-            _sync(device)
-            t1 = time.perf_counter()
-            preds = run(x)
-            _sync(device)
-            t2 = time.perf_counter()
-            dets = non_max_suppression(
-                preds.float(), conf_thres, iou_thres, multi_label=True, max_det=max_det
-            )
-            t3 = time.perf_counter()
-            timer.add("pre", t1 - t0)
-            timer.add("inf", t2 - t1)
-            timer.add("nms", t3 - t2)
+            x, dets = _timed_batch(run, imgs, device, half, timer, conf_thres, iou_thres, max_det)
             acc.add_batch(x.shape[2:], dets, targets, paths, shapes)
             advance()
     result = acc.finish(verbose)
@@ -180,6 +180,24 @@ def evaluate(
         _write_json(Path(save_json), acc.json_predictions)
         result["predictions_json"] = str(save_json)
     return result
+
+
+def _timed_batch(run, imgs, device, half, timer, conf_thres, iou_thres, max_det):
+    """One batch through the model and NMS, each stage timed as the official val.py times it (pre, inf, nms)."""
+    t0 = time.perf_counter()
+    x = imgs.to(device, non_blocking=True)
+    x = (x.half() if half and device.type == "cuda" else x.float()) / 255
+    _sync(device)
+    t1 = time.perf_counter()
+    preds = run(x)
+    _sync(device)
+    t2 = time.perf_counter()
+    dets = non_max_suppression(preds.float(), conf_thres, iou_thres, multi_label=True, max_det=max_det)
+    t3 = time.perf_counter()
+    timer.add("pre", t1 - t0)
+    timer.add("inf", t2 - t1)
+    timer.add("nms", t3 - t2)
+    return x, dets
 
 
 class _Accumulator:
@@ -255,8 +273,6 @@ def map_by_size(stats: list[float], gt: dict) -> dict[str, float | None]:
 
 
 def _write_json(path: Path, rows: list[dict]) -> None:
-    from yolo.fileio import atomic_write_text
-
     atomic_write_text(path, json.dumps(rows))
 
 
@@ -268,10 +284,9 @@ class _progress:
         self._bar = None
 
     def __enter__(self) -> Callable[[], None]:
-        import sys
-
         if not (self.enabled and sys.stderr.isatty()):
             return lambda: None
+        # start-up: rich loads only when a live progress bar is shown
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
         self._bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
