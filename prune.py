@@ -45,17 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
-    if "val" in sub.choices:  # yolo/ runs no ONNX itself: the ONNX predictor lives in reports/
-        sub.choices["val"].set_defaults(load_onnx=onnx_predictor)
+    if "val" in sub.choices:  # yolo/ runs no exported model itself: the predictors live in reports/
+        sub.choices["val"].set_defaults(load_exported=exported_predictor)
     return parser
 
 
-def onnx_predictor(path, threads: int = 0):
-    """`val` on an .onnx file: the ONNX Runtime predictor from reports/."""
-    # start-up: onnxruntime loads only when an .onnx file is scored
-    from reports.onnx_backend import OnnxDetector
+def exported_predictor(path, threads: int = 0):
+    """`val` on an exported file (.onnx, OpenVINO .xml, ncnn .param): its runtime's predictor from reports/."""
+    # start-up: reports.backends (and onnxruntime / openvino / ncnn) load only when an exported file is scored
+    from reports.backends import load_backend
 
-    return OnnxDetector(path, threads=threads)
+    return load_backend(path, threads=threads)
 
 
 def main(argv: list[str] | None = None) -> int:

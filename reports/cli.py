@@ -56,8 +56,9 @@ def _threads(values: list[str] | None) -> list[int | None]:
 def cmd_export(args: Any) -> int:
     # start-up: onnx and onnxruntime (1.6 s of a 1.9 s prune.py start, measured) load only for the command that runs
     from reports.export import ExportError, check_parity, export_onnx
+    from reports.runtime_export import check_format_request
 
-
+    check_format_request(args.format, args.int8, args.dynamic)  # one line, before anything is written
     if args.int8 and not args.calib_data:
         raise ValueError("--int8 needs --calib-data DATA.yaml (its train images calibrate the activations)")
     weights = Path(args.weights)
@@ -98,9 +99,23 @@ def cmd_export(args: Any) -> int:
     print(rep.summary())
     if not (args.parity_source or data is not None):
         print("(parity checked on synthetic images: give --parity-source for real ones)")
-    if args.int8:
+    if args.format != "onnx":
+        _export_runtime(args, model, path, parity_images, data, imgsz)
+    elif args.int8:
         _export_int8(args, path, data, imgsz if isinstance(imgsz, int) else max(imgsz))
     return 0
+
+
+def _export_runtime(args: Any, model, onnx_path: Path, parity_images: list, data, imgsz) -> None:
+    """--format openvino|ncnn: the checked ONNX converted (and with --int8, quantised) for that runtime."""
+    # start-up: onnx, onnxruntime and torch.onnx load only for the command that runs (see cmd_export)
+    from reports.runtime_export import Int8Options, export_format
+
+    int8 = None
+    if args.int8:
+        size = imgsz if isinstance(imgsz, int) else max(imgsz)
+        int8 = Int8Options(data, args.calib_images, args.int8_map_tol, not args.int8_no_eval, size)
+    export_format(args.format, model, onnx_path, parity_images, int8=int8, threads=args.threads)
 
 
 def _synthetic_images(imgsz) -> list:
@@ -142,6 +157,7 @@ def _export_int8(args: Any, fp32: Path, data, imgsz: int) -> None:
 
 def cmd_benchmark(args: Any) -> int:
     # start-up: onnx and onnxruntime (1.6 s of a 1.9 s prune.py start, measured) load only for the command that runs
+    from reports.backends import backend_kind
     from reports.export import export_onnx
     from reports.latency import add_ratios, benchmark_files
 
@@ -155,9 +171,9 @@ def cmd_benchmark(args: Any) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         for w in map(Path, args.files):
             name = w.stem if w.stem not in paths else f"{w.stem}-{len(paths)}"
-            if w.suffix.lower() == ".onnx":
-                if not w.is_file():
-                    raise FileNotFoundError(f"ONNX model {w} not found")
+            if backend_kind(w):  # .onnx, OpenVINO .xml, ncnn .param (or their export folders)
+                if not w.exists():
+                    raise FileNotFoundError(f"model {w} not found")
                 paths[name] = w
             else:
                 model, meta = load_model(w)
@@ -187,11 +203,12 @@ def _print_latency(res: dict) -> None:
 
     cpu = res["environment"]["cpu"]
     t = Table(title=f"latency ({cpu['model']}; {', '.join(cpu['flags'])}; ORT {res['environment']['onnxruntime']})")
-    for c in ("model", "threads", "median ms", "p90 ms", "vs first"):
-        t.add_column(c, justify="left" if c == "model" else "right")
+    for c in ("model", "runtime", "threads", "median ms", "p90 ms", "vs first"):
+        t.add_column(c, justify="left" if c in ("model", "runtime") else "right")
     for setting in res["results"].values():
         for name, r in setting.items():
-            t.add_row(name, str(r["threads"]), f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['speedup']:.2f}x")
+            t.add_row(name, r.get("runtime", r.get("kind", "?")), str(r["threads"]), f"{r['median_ms']:.2f}",
+                      f"{r['p90_ms']:.2f}", f"{r['speedup']:.2f}x")
     Console().print(t)
 
 
@@ -316,6 +333,9 @@ def register(subparsers) -> None:
         choices=["none", "batch", "hw", "all"],
         help="dynamic axes (bare --dynamic = batch, height and width)",
     )
+    p.add_argument("--format", choices=["onnx", "openvino", "ncnn"], default="onnx",
+                   help="also convert the checked ONNX to OpenVINO IR (extra: openvino) or ncnn (extra: ncnn); "
+                   "--int8 with openvino quantises with nncf instead of ONNX Runtime")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     p.add_argument(
         "--replace-focus", action="store_true", help="export a Focus stem as the equivalent strided Conv (exact)"
@@ -336,11 +356,13 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "benchmark",
-        help="latency of several .pt/.onnx files, timed interleaved",
-        description="Time ONNX Runtime (and with --torch, PyTorch) on each model in turn, round-robin, at each "
-        "thread count, so a busy machine slows every model alike; checkpoints are exported to a temporary ONNX.",
+        help="latency of several .pt/.onnx/.xml/.param files, timed interleaved",
+        description="Time ONNX Runtime, OpenVINO or ncnn (and with --torch, PyTorch) on each model in turn, "
+        "round-robin, at each thread count, so a busy machine slows every model alike; checkpoints are exported "
+        "to a temporary ONNX.",
     )
-    p.add_argument("files", nargs="+", help=".onnx files or checkpoints (exported to a temporary ONNX)")
+    p.add_argument("files", nargs="+", help=".onnx, OpenVINO .xml or ncnn .param files, or checkpoints "
+                   "(exported to a temporary ONNX)")
     p.add_argument("--imgsz", "--img", type=int, nargs="+", help=SHAPE_HELP + " (for dynamic models / .pt)")
     p.add_argument("--threads", nargs="+", help="thread counts, 'all' = every usable core (default: 1 all)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per model (after --warmup)")
@@ -363,7 +385,7 @@ def register(subparsers) -> None:
     p.add_argument("--baseline", help="baseline .pt or .onnx")
     p.add_argument("--pruned", help="pruned .pt or .onnx")
     p.add_argument("--finetuned", help="pruned + fine-tuned .pt or .onnx")
-    p.add_argument("--int8", help="int8 .onnx")
+    p.add_argument("--int8", help="int8 .onnx or OpenVINO int8 .xml (any role takes .onnx/.xml/.param)")
     p.add_argument("--data", help="data.yaml to score every model on its val split")
     p.add_argument("--evaluator", choices=["auto", "torch", "onnx"], default="auto",
                    help="score every model the same way: torch (the official protocol) or onnx; auto = torch "
@@ -381,11 +403,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "detect",
         help="draw a model's detections on images",
-        description="Run a .pt or .onnx model on an image or a folder and save the images with their boxes drawn "
-        "(and, with --save-txt, YOLO-format labels) in runs/detect/exp, exp2, ... Pre- and post-processing are the "
-        "official detect.py's, so the boxes are the official ones. An unreadable image is reported and skipped.",
+        description="Run a .pt, .onnx, OpenVINO .xml or ncnn .param model on an image or a folder and save the "
+        "images with their boxes drawn (and, with --save-txt, YOLO-format labels) in runs/detect/exp, exp2, ... "
+        "Pre- and post-processing are the official detect.py's, so the boxes are the official ones. An unreadable "
+        "image is reported and skipped.",
     )
-    p.add_argument("--weights", required=True, help=".pt (ours or official) or .onnx")
+    p.add_argument("--weights", required=True, help=".pt (ours or official), .onnx, OpenVINO .xml or ncnn .param")
     p.add_argument("--source", required=True, help="an image file or a folder of images")
     p.add_argument("--imgsz", "--img", type=int, nargs="+", help=SHAPE_HELP + " (default 640)")
     p.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold (default 0.25)")
@@ -395,7 +418,8 @@ def register(subparsers) -> None:
                    help="also write labels/<image stem>.txt: 'class cx cy w h' normalised, one line per box "
                         "(images without boxes get no file, as in the official detect.py)")
     p.add_argument("--save-conf", action="store_true", help="append the confidence to each --save-txt line")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="ONNX Runtime / OpenVINO / ncnn threads (default: all cores)")
     p.add_argument("--device", default="cpu", help="PyTorch device for a .pt: cpu or cuda:0 (default cpu)")
     p.add_argument("--project", default="runs/detect", help="parent folder of run folders (default runs/detect)")
     p.add_argument("--name", default="exp", help="run folder name (default exp, then exp2, exp3, ...)")

@@ -1,4 +1,5 @@
-"""Draw a model's detections on images: `.pt` (ours or official YOLOv5) or `.onnx`, a file or a folder.
+"""Draw a model's detections on images: `.pt` (ours or official YOLOv5), `.onnx`, OpenVINO `.xml` or ncnn `.param`, a
+file or a folder.
 
 detect(weights, source, out, DetectOptions(...)) -> DetectRun (the run folder, the images written - same names
 as the inputs, as .jpg/.png - and the unreadable files). Pre- and post-processing are the official detect.py's.
@@ -16,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from reports.backends import backend_kind, load_backend
 from reports.export import ExportError, export_ready
 from reports.imaging import ImageLike, list_images, prepare, read_rgb
-from reports.onnx_backend import OnnxDetector
 from yolo.boxes import scale_boxes
 from yolo.checkpoint import load_model
 from yolo.fileio import atomic_write_text, increment_run_dir
@@ -46,15 +47,15 @@ class TorchPredictor:
 
 
 def load_predictor(weights: str | Path | Any, threads: int | None = None, device: str = "cpu"):
-    """An OnnxDetector for .onnx, a TorchPredictor for a checkpoint path or an nn.Module."""
+    """The runtime's predictor for an exported file (reports.backends.load_backend), a TorchPredictor for a
+    checkpoint path or an nn.Module."""
     if isinstance(weights, torch.nn.Module):
         return TorchPredictor(weights, device)
     if not isinstance(weights, (str, Path)):
         return weights  # already a predictor
     p = Path(weights)
-    if p.suffix.lower() == ".onnx":
-
-        return OnnxDetector(p, threads=threads)
+    if backend_kind(p):  # .onnx, OpenVINO .xml, ncnn .param (or their export folders)
+        return load_backend(p, threads=threads)
 
     model, _ = load_model(p)
     return TorchPredictor(model, device)

@@ -21,8 +21,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from reports.backends import backend_kind, load_backend, runtime_label
 from reports.export import export_ready
 from reports.onnx_backend import OnnxDetector
+from reports.runtime_common import PredictorRunner, package_version
 from yolo.device import usable_cores
 from yolo.imgsz import to_shape
 
@@ -60,6 +62,8 @@ def environment() -> dict[str, Any]:
             env[mod] = __import__(mod).__version__
         except ImportError:
             env[mod] = None
+    for dist in ("openvino", "ncnn"):  # optional runtimes: the installed version, without importing them
+        env[dist] = package_version(dist)
     env["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return env
 
@@ -187,7 +191,16 @@ def benchmark(
         out[name] = summarise(times[name])
         out[name]["threads"] = getattr(runners[name], "threads", None)
         out[name]["kind"] = getattr(runners[name], "kind", "callable")
+        out[name]["runtime"] = runtime_label(out[name]["kind"])  # e.g. 'openvino 2026.4.1': what ran it
     return out
+
+
+def file_runner(path: str | Path, threads: int | None, imgsz: int | Sequence[int] = 640,
+                io_binding: bool = False) -> Runner:
+    """The runner for an exported file by suffix: OnnxRunner for .onnx, else the OpenVINO / ncnn predictor's."""
+    if backend_kind(path) == "onnx":
+        return OnnxRunner(path, threads=threads, imgsz=imgsz, io_binding=io_binding)
+    return PredictorRunner(load_backend(path, threads=threads), imgsz=imgsz)
 
 
 def benchmark_files(
@@ -200,7 +213,8 @@ def benchmark_files(
     device: str = "cpu",
     io_binding: bool = False,
 ) -> dict[str, Any]:
-    """ONNX files (and optional torch modules) timed interleaved at each thread count (None = all cores);
+    """Exported files (.onnx, OpenVINO .xml, ncnn .param) and optional torch modules timed interleaved at each
+    thread count (None = all cores);
     io_binding: ONNX Runtime runs on bound, preallocated input and output (see OnnxRunner).
 
     Returns {"environment": ..., "settings": ..., "results": {"1": {name: stats}, "all": {...}}}.
@@ -210,7 +224,7 @@ def benchmark_files(
         key = str(t) if t else "all"
         n = t or (cpu_info()["usable_cores"])
         runners: dict[str, Runner] = {
-            name: OnnxRunner(p, threads=n, imgsz=imgsz, io_binding=io_binding) for name, p in paths.items()
+            name: file_runner(p, threads=n, imgsz=imgsz, io_binding=io_binding) for name, p in paths.items()
         }
         for name, model in (torch_models or {}).items():
             runners[f"{name} (torch {device})"] = TorchRunner(model, threads=n, imgsz=imgsz, device=device)

@@ -23,10 +23,11 @@ from rich.console import Console
 from rich.table import Table
 
 from reports import plots
+from reports.backends import RUNTIME_NAMES, backend_kind, load_backend
 from reports.detect import load_predictor, predict
 from reports.export import check_out_dir, check_parity, export_onnx, prune_summary
-from reports.latency import OnnxRunner, benchmark, cpu_info, environment, package_versions
-from reports.onnx_backend import OnnxDetector
+from reports.latency import benchmark, cpu_info, environment, file_runner, package_versions
+from reports.runtime_common import files_size_mb
 from yolo.checkpoint import load_model
 from yolo.data import load_data_yaml
 from yolo.fileio import atomic_write_text, plain
@@ -80,8 +81,8 @@ class ModelEntry:
             e.gflops = e.gflops if e.gflops is not None else count_gflops(model, imgsz)
         if pt_path and Path(pt_path).is_file():
             e.pt_mb = os.path.getsize(pt_path) / 1e6
-        if onnx_path and Path(onnx_path).is_file():
-            e.onnx_mb = os.path.getsize(onnx_path) / 1e6
+        if onnx_path and Path(onnx_path).exists():
+            e.onnx_mb = files_size_mb(onnx_path)  # .xml / .param count their .bin too
         return e
 
     @property
@@ -151,7 +152,7 @@ def _d(v: float | None, base: bool, sep: str = " ") -> str:
 
 def table_rows(entries: Sequence[ModelEntry], p90: bool = True, sep: str = " ") -> tuple[list[str], list[list[str]]]:
     """Header and rows: absolute values, then the ratio (x) or difference (+/-) to the baseline."""
-    header = ["model", "params", "GFLOPs", ".pt MB", ".onnx MB", "ms", "speed-up", "mAP50", "mAP50-95"]
+    header = ["model", "params", "GFLOPs", ".pt MB", ".onnx MB", "runtime", "ms", "speed-up", "mAP50", "mAP50-95"]
     base = _baseline(entries)
     rows = []
     for e, c in zip(entries, comparisons(entries)):
@@ -167,6 +168,7 @@ def table_rows(entries: Sequence[ModelEntry], p90: bool = True, sep: str = " ") 
                 _fmt(e.gflops, ".2f") + _x(c["gflops_ratio"], b, sep),
                 _fmt(e.pt_mb, ".1f") + _x(c["pt_mb_ratio"], b, sep),
                 _fmt(e.onnx_mb, ".1f") + _x(c["onnx_mb_ratio"], b, sep),
+                _runtime_cell(lat, sep),
                 ms,
                 _fmt(c["speedup"], ".2f") + ("x" if c["speedup"] else ""),
                 _fmt(e.metrics.get("map50"), ".3f") + _d(c["map50_diff"], b, sep),
@@ -174,6 +176,14 @@ def table_rows(entries: Sequence[ModelEntry], p90: bool = True, sep: str = " ") 
             ]
         )
     return header, rows
+
+
+def _runtime_cell(lat: Mapping[str, Any], sep: str = " ") -> str:
+    """'openvino 2026.4.1, 1 thread': what produced the row's latency, and with how many threads."""
+    if not lat.get("runtime"):
+        return "-"
+    n = lat.get("threads")
+    return lat["runtime"] + ("" if n is None else f",{sep}{n} thread{'s' if n != 1 else ''}")
 
 
 def print_table(entries: Sequence[ModelEntry], console=None, title: str = "yolov5-slim report") -> None:
@@ -243,9 +253,9 @@ def markdown(report: dict[str, Any], entries: Sequence[ModelEntry], plot_files: 
     ]
     lat_rows = [(e.role, k, v) for e in entries for k, v in e.latency.items()]
     if lat_rows:
-        lines += ["## Latency", "", "| model | setting | median ms | p90 ms | runs |", "|---|---|---|---|---|"]
+        lines += ["## Latency", "", "| model | setting | runtime | median ms | p90 ms | runs |", "|---" * 6 + "|"]
         lines += [
-            f"| {r} | {k} | {_fmt(v.get('median_ms'), '.2f')} | {_fmt(v.get('p90_ms'), '.2f')} "
+            f"| {r} | {k} | {_runtime_cell(v)} | {_fmt(v.get('median_ms'), '.2f')} | {_fmt(v.get('p90_ms'), '.2f')} "
             f"| {_fmt(v.get('runs'))} |"
             for r, k, v in lat_rows
         ]
@@ -395,11 +405,12 @@ def synthetic_images(imgsz: int, n: int) -> list:
 
 
 def _entry(role: str, w: Path, run_dir: Path, imgsz: int, images: Sequence[Any], log) -> ModelEntry:
-    """An .onnx measured as is; a checkpoint exported to run_dir/<role>.onnx and checked against PyTorch."""
+    """An exported file (.onnx, OpenVINO .xml, ncnn .param) measured as is; a checkpoint exported to
+    run_dir/<role>.onnx and checked against PyTorch."""
 
-    if w.suffix.lower() == ".onnx":
+    if backend_kind(w):
         e = ModelEntry.measure(role, onnx_path=w, imgsz=imgsz)
-        e.notes["from"] = "onnx"
+        e.notes["from"] = backend_kind(w)
         return e
     model, meta = load_model(w)
     onnx_path = export_onnx(model, run_dir / f"{role}.onnx", imgsz, metadata=meta)
@@ -431,12 +442,12 @@ def _count_boxes(entries: Sequence[ModelEntry], images: Sequence[Any], imgsz: in
 
 
 def _measure_latency(entries: Sequence[ModelEntry], threads, imgsz: int, runs: int, warmup: int, log) -> None:
-    """Latency of every ONNX file at each thread count, timed interleaved."""
+    """Latency of every exported file (.onnx, .xml, .param) at each thread count, timed interleaved."""
 
     cores = cpu_info()["usable_cores"]
     for t in threads:
         n = int(t or cores)
-        runners = {e.role: OnnxRunner(e.onnx_path, threads=n, imgsz=imgsz) for e in entries if e.onnx_path}
+        runners = {e.role: file_runner(e.onnx_path, threads=n, imgsz=imgsz) for e in entries if e.onnx_path}
         if not runners:
             break
         res = benchmark(runners, runs=runs, warmup=warmup)
@@ -458,14 +469,15 @@ def _score(entries: Sequence[ModelEntry], data, imgsz: int, evaluator: str, eval
         raise ValueError(f"evaluator {evaluator!r}: expected auto, torch or onnx")
     data_cfg = data if hasattr(data, "names") else load_data_yaml(data)
     for e in entries:
-        src = e.model if evaluator == "torch" else OnnxDetector(e.onnx_path)
+        src = e.model if evaluator == "torch" else load_backend(e.onnx_path)
         nc = len(src.names)
         if skip_other and nc != data_cfg.nc:
             e.notes["not_scored"] = f"predicts {nc} class{'es' if nc != 1 else ''}, the data has {data_cfg.nc}"
             log(f"{e.role}: not scored ({e.notes['not_scored']})")
             continue
         e.metrics = evaluate(src, data_cfg, imgsz=imgsz, **kw)
+        runtime = RUNTIME_NAMES.get(getattr(src, "kind", ""), "ONNX Runtime")
         e.notes["evaluated_with"] = (
-            "PyTorch module, rectangular batches" if evaluator == "torch" else "ONNX Runtime, fixed square input"
+            "PyTorch module, rectangular batches" if evaluator == "torch" else f"{runtime}, fixed square input"
         )
         log(f"{e.role}: mAP50 {e.metrics['map50']:.4f} mAP50-95 {e.metrics['map']:.4f}")

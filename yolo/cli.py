@@ -1,7 +1,8 @@
-"""`val`: score a checkpoint (.pt, official or ours) or an exported .onnx on a data.yaml split.
+"""`val`: score a checkpoint (.pt, official or ours) or an exported model (.onnx, OpenVINO .xml, ncnn .param) on a
+data.yaml split.
 
-The detector package does not run ONNX files itself: the command line that registers `val` (prune.py) hands it
-an ONNX predictor as the `load_onnx` default, so yolo/ imports no stage.
+The detector package does not run exported files itself: the command line that registers `val` (prune.py) hands
+it a loader (reports.backends.load_backend) as the `load_exported` default, so yolo/ imports no stage.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from yolo.val import evaluate, renamed_classes_warning
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("val", help="score a model with pycocotools (official YOLOv5 val protocol)",
-                       description="Score a .pt (official or ours) or .onnx model on a YOLO-format split.")
-    p.add_argument("--weights", required=True, help="model: official YOLOv5 .pt, a yolov5-slim .pt, or .onnx")
+                       description="Score a .pt (official or ours) or an exported .onnx / .xml / .param model on a "
+                       "YOLO-format split.")
+    p.add_argument("--weights", required=True,
+                   help="model: official YOLOv5 .pt, a yolov5-slim .pt, .onnx, OpenVINO .xml or ncnn .param")
     p.add_argument("--data", required=True, help="data.yaml (YOLOv5 format)")
     p.add_argument("--split", "--task", dest="split", default="val", choices=("val", "train", "test"),
                    help="split to score")
@@ -40,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "yolov5: pad consecutive groups to one shape as the official val.py (score moves with batch)")
     p.add_argument("--workers", type=int, default=2, help="dataloader workers (default 2)")
     p.add_argument("--threads", type=int, default=0,
-                   help="intra-op threads of torch (.pt) or ONNX Runtime (.onnx) (default: OMP_NUM_THREADS when "
-                        "set, else torch's default / all cores)")
+                   help="intra-op threads of torch (.pt), ONNX Runtime (.onnx), OpenVINO (.xml) or ncnn (.param) "
+                        "(default: OMP_NUM_THREADS when set, else torch's default / all cores)")
     p.add_argument("--save-json", nargs="?", const="auto", default=None,
                    help="write COCO-format predictions (default path: <weights stem>_predictions.json)")
     p.add_argument("--verbose", action="store_true", help="per-class AP table")
@@ -51,16 +54,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_val)
 
 
+EXPORTED_SUFFIXES = (".onnx", ".xml", ".param")  # ONNX, OpenVINO IR, ncnn
+EXPORT_FOLDERS = ("_openvino_model", "_ncnn_model")  # the folders `export --format openvino|ncnn` writes
+
+
+def is_exported(weights: str | Path) -> bool:
+    """True for a file an exported-model runtime runs (or its export folder), False for a checkpoint."""
+    name = Path(weights).name.lower()
+    return name.endswith(EXPORTED_SUFFIXES) or name.endswith(EXPORT_FOLDERS)
+
+
 def load_scorable(
-    weights: str | Path, device: str = "cpu", threads: int = 0, load_onnx: Callable[..., Any] | None = None
+    weights: str | Path, device: str = "cpu", threads: int = 0, load_exported: Callable[..., Any] | None = None
 ) -> Any:
-    """A torch model, or for an .onnx file what `load_onnx(path, threads=threads)` returns (an ONNX Runtime
-    predictor with the interface `yolo.val.evaluate` accepts)."""
+    """A torch model, or for an exported file (.onnx, .xml, .param) what `load_exported(path, threads=threads)`
+    returns (an ONNX Runtime / OpenVINO / ncnn predictor with the interface `yolo.val.evaluate` accepts)."""
     weights = Path(weights)
-    if weights.suffix.lower() == ".onnx":
-        if load_onnx is None:
-            raise ValueError(f"{weights}: scoring an .onnx file needs an ONNX predictor (run `prune.py val`)")
-        return load_onnx(weights, threads=threads)
+    if is_exported(weights):
+        if load_exported is None:
+            raise ValueError(f"{weights}: scoring an exported model needs its runtime's predictor (run `prune.py val`)")
+        return load_exported(weights, threads=threads)
     model, _ = load_model(weights, device)
     return model
 
@@ -74,7 +87,7 @@ def run_val(args: argparse.Namespace) -> dict:
     device = select_device(args.device)
     data = load_data_yaml(args.data)
     threads, threads_text = _threads(args.threads, str(args.weights))
-    model = load_scorable(args.weights, str(device), threads, getattr(args, "load_onnx", None))
+    model = load_scorable(args.weights, str(device), threads, getattr(args, "load_exported", None))
     warning = renamed_classes_warning(model.names, data.names, args.weights, args.data)
     if warning:
         print(warning, file=sys.stderr, flush=True)
@@ -89,11 +102,12 @@ def run_val(args: argparse.Namespace) -> dict:
 
 
 def _threads(requested: int, weights: str) -> tuple[int, str]:
-    """--threads, else OMP_NUM_THREADS, else the backend's default (0 for ONNX Runtime: all cores), and the words
-    that say which and why (printed with the speed line, so a bad-input error stays the only line)."""
-    if weights.lower().endswith(".onnx"):
-        n, why = choose_threads(requested, 0, "ONNX Runtime's default")
-        return n, f"{n or 'all'} ONNX Runtime thread{'' if n == 1 else 's'} ({why})"
+    """--threads, else OMP_NUM_THREADS, else the backend's default (0 for an exported model's runtime: all cores),
+    and the words that say which and why (printed with the speed line, so a bad-input error stays the only line)."""
+    if is_exported(weights):
+        runtime = "ONNX Runtime" if weights.lower().endswith(".onnx") else "runtime"
+        n, why = choose_threads(requested, 0, f"{runtime}'s default")
+        return n, f"{n or 'all'} {runtime} thread{'' if n == 1 else 's'} ({why})"
     n, why = set_torch_threads(requested, torch.get_num_threads(), "torch's default")
     return n, f"{n} torch thread{'' if n == 1 else 's'} ({why})"
 
