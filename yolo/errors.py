@@ -6,6 +6,7 @@ import contextlib
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -74,11 +75,26 @@ def deferred_interrupts() -> Iterator[None]:
             signal.raise_signal(s)
 
 
+@contextlib.contextmanager
+def one_line_warnings(debug: bool = False):
+    """Warnings as `warning: <message>` on one line while a command runs, instead of Python's default of the file,
+    line and source line of the code that warned, which tells a user nothing (kept under YOLO_SLIM_DEBUG)."""
+    if debug:
+        yield
+        return
+    previous = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_a, **_k: f"warning: {' '.join(str(message).split())}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
 def run_cli(func: Callable[[Any], Any], args: Any, debug: bool = False) -> int:
     """Run a command; expected errors print `error: ...` on one line and exit 2 (set YOLO_SLIM_DEBUG=1 to trace).
     Ctrl-C and SIGTERM both stop it as an interruption (exit 130 / 143)."""
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), one_line_warnings(debug):
             func(args)
     except USER_ERRORS as e:
         if debug:
