@@ -23,6 +23,7 @@ from sparsity.callback import SparsityCallback
 from yolo.checkpoint import load_model
 from yolo.data import create_dataloader, load_data_yaml
 from yolo.device import set_torch_threads, usable_cores
+from yolo.errors import classes_text
 from yolo.fileio import check_writable, increment_run_dir
 from yolo.loss import YoloLoss, scale_loss_gains
 from yolo.model import build_model, reset_detect_head
@@ -90,14 +91,14 @@ class RunSetup:
         if self.resume:
             return False  # the run's model already has the data's head and names
         if model.nc != nc:
-            log(f"transfer learning: the model has {model.nc} classes, {o.data} has {nc}: new Detect head",
+            log(f"transfer learning: the model has {classes_text(model.nc)}, {o.data} has {nc}: new Detect head",
                 self.is_main)
             return True
         if o.new_head:
-            log(f"--new-head: a new Detect head for the {nc} classes of {o.data}", self.is_main)
+            log(f"--new-head: a new Detect head for the {classes_text(nc)} of {o.data}", self.is_main)
             return True
         if o.weights and list(model.names) != names and has_class_names(model.names):
-            log(f"warning: {o.weights} predicts {short_names(model.names)}; {o.data} names its {nc} classes "
+            log(f"warning: {o.weights} predicts {short_names(model.names)}; {o.data} names its {classes_text(nc)} "
                 f"{short_names(names)}: the trained Detect head is kept and its classes renamed in order "
                 "(--new-head trains a new head for other classes)", self.is_main)
         return False

@@ -29,7 +29,7 @@ from prune.graph import resolve_ignore
 from prune.runs import save_pruned
 from yolo.checkpoint import load_model, strip_checkpoint
 from yolo.data import load_data_yaml
-from yolo.errors import raise_if_terminated
+from yolo.errors import classes_text, raise_if_terminated
 from yolo.fileio import atomic_write_text, file_sha256, increment_run_dir
 from yolo.flops import model_info
 from yolo.hyp import load_hyp
@@ -320,7 +320,7 @@ class Pipeline:
         info = model_info(model, o.imgsz)
         if model.nc != data.nc:
             trains = "sparse" if o.sparse_epochs > 0 else "fine-tune"
-            self.log(f"[baseline] {o.weights} predicts {model.nc} classes, {o.data} has {data.nc}: "
+            self.log(f"[baseline] {o.weights} predicts {classes_text(model.nc)}, {o.data} has {data.nc}: "
                      f"transfer learning, the {trains} stage trains a new Detect head")
             return {"info": info, "note": "class count differs from the data: transfer learning"}
         res = evaluate(model, data, imgsz=o.imgsz, batch_size=o.batch_size, device=o.device,
@@ -343,7 +343,7 @@ class Pipeline:
         path = save_pruned(out_dir, pruned, meta, table, cfg)
         summary = table.summary_line() if hasattr(table, "summary_line") else ""
         if pruned.nc != data.nc:  # --sparse-epochs 0 from a checkpoint of other classes: transfer in the fine-tune
-            self.log(f"[prune] {summary}; not scored: the model predicts {pruned.nc} classes, {o.data} has "
+            self.log(f"[prune] {summary}; not scored: the model predicts {classes_text(pruned.nc)}, {o.data} has "
                      f"{data.nc} (the fine-tune stage trains a new Detect head)")
             return {"weights": str(path), "metrics": {}}
         res = evaluate(pruned, data, imgsz=o.imgsz, batch_size=o.batch_size, device=o.device,

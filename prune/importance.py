@@ -21,6 +21,7 @@ import torch
 
 from prune.config import IMPORTANCES, PruneError
 from prune.graph import GroupInfo, PruneGraph
+from yolo.errors import classes_text
 from yolo.hyp import load_hyp
 from yolo.loss import YoloLoss, scale_loss_gains
 from yolo.modules import Detect
@@ -82,7 +83,7 @@ def _detection_loss(model: torch.nn.Module, loader: Iterable, imgsz: int):
     if names is not None and len(names) != detect.nc:
         raise PruneError(
             f"importance 'taylor' scores channels by the detection loss on the calibration images: the model "
-            f"predicts {detect.nc} classes, the data has {len(names)} (train a head for this data first)"
+            f"predicts {classes_text(detect.nc)}, the data has {len(names)} (train a head for this data first)"
         )
     return YoloLoss(model, scale_loss_gains(load_hyp(None), detect.nl, detect.nc, imgsz))
 

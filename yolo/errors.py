@@ -90,6 +90,11 @@ def one_line_warnings(debug: bool = False):
         warnings.formatwarning = previous
 
 
+def classes_text(n: int) -> str:
+    """'1 class', '2 classes': class counts in messages."""
+    return f"{n} class" if n == 1 else f"{n} classes"
+
+
 def run_cli(func: Callable[[Any], Any], args: Any, debug: bool = False) -> int:
     """Run a command; expected errors print `error: ...` on one line and exit 2 (set YOLO_SLIM_DEBUG=1 to trace).
     Ctrl-C and SIGTERM both stop it as an interruption (exit 130 / 143)."""

@@ -22,6 +22,7 @@ from torch import nn
 
 from yolo.boxes import scale_boxes, xywh2xyxy
 from yolo.data import create_dataloader, load_data_yaml
+from yolo.errors import classes_text
 from yolo.fileio import atomic_write_text
 from yolo.metrics import (
     DetectionStats,
@@ -76,7 +77,7 @@ def _predictor(model: Any, device: torch.device, half: bool) -> tuple[Callable, 
 def _check_classes(names: list[str], data_names: list[str], data_path: Any) -> None:
     if len(names) != len(data_names):
         raise ScoringError(
-            f"model predicts {len(names)} classes but {data_path} has {len(data_names)} "
+            f"model predicts {classes_text(len(names))} but {data_path} has {len(data_names)} "
             "(score with a model trained on this data, or fine-tune first: finetune.py --weights ... --data ...)"
         )
 

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from yolo.data.files import IMG_FORMATS, DataError, PathLike, is_image
+from yolo.errors import classes_text
 from yolo.fileio import yaml_error_text
 
 
@@ -96,7 +97,7 @@ def _parse_names(d: dict, yaml_path: Path) -> list[str]:
     if not names:
         raise DataError(f"{yaml_path}: names is empty")
     if nc is not None and nc != len(names):
-        raise DataError(f"{yaml_path}: nc is {nc} but names lists {len(names)} classes")
+        raise DataError(f"{yaml_path}: nc is {nc} but names lists {classes_text(len(names))}")
     return names
 
 
