@@ -81,8 +81,24 @@ class ImageCalibrationReader(_reader_base()):
     def rewind(self) -> None:
         self._it = iter(self.images)
 
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Feed only images[start:end] (ORT's strided calibration asks for one chunk at a time)."""
+        self._it = iter(self.images[start_index:end_index])
+
     def __len__(self) -> int:
         return len(self.images)
+
+
+CALIB_CHUNK = 4  # images per calibration pass: ORT keeps every intermediate activation of a pass in memory
+
+
+def calibration_stride(n_images: int, chunk: int | None = None) -> int:
+    """The largest divisor of n_images up to `chunk`: ORT's strided calibration needs equal chunks.
+
+    Calibrating all 32 default images of yolov5n at 640 in one pass peaked at 8.1 GB resident; in chunks the
+    histograms (or min/max) are merged pass by pass and only one chunk's activations are held at a time."""
+    chunk = CALIB_CHUNK if chunk is None else chunk
+    return max(d for d in range(1, min(chunk, n_images) + 1) if n_images % d == 0)
 
 
 def _input_info(model: onnx.ModelProto) -> tuple[str, tuple[int | None, int | None]]:
@@ -216,6 +232,7 @@ def _quantize_static(src: Path, dst: Path, reader, cfg: Int8Config, exclude: lis
         activation_type=getattr(QuantType, ACTIVATIONS[cfg.activations]),
         weight_type=QuantType.QInt8,
         nodes_to_exclude=exclude,
+        extra_options={"CalibStridedMinMax": calibration_stride(len(reader))},  # any method, despite the name
     )
     try:
         quantize_static(str(src), str(dst), calibrate_method=getattr(CalibrationMethod, METHODS[cfg.method]), **kwargs)

@@ -11,8 +11,10 @@ from reports.export import export_onnx
 from reports.onnx_backend import OnnxDetector
 from reports.onnx_meta import read_metadata
 from reports.quantize import (
+    ImageCalibrationReader,
     Int8Config,
     QuantizeError,
+    calibration_stride,
     decode_nodes,
     float_decode_check,
     quantize_int8,
@@ -103,3 +105,15 @@ def test_select_without_data_measures_latency(fp32, tmp_path):
     assert d["fp32"]["latency_ms"] > 0
     assert (d["chosen"] is None) == (v["ratio_to_fp32"] >= 1.0)
     assert d["reason"]
+
+
+def test_calibration_runs_in_equal_chunks_of_at_most_four_images():
+    """ORT keeps a whole calibration pass in memory (8 GB for 32 images of yolov5n at 640): passes of <= 4 images."""
+    assert [calibration_stride(n) for n in (32, 6, 7, 2, 1)] == [4, 3, 1, 2, 1]
+    imgs = [np.zeros((8, 8, 3), np.uint8) + i for i in range(6)]
+    reader = ImageCalibrationReader(imgs, "images", (32, 32))
+    reader.set_range(start_index=3, end_index=6)
+    fed = []
+    while (batch := reader.get_next()) is not None:
+        fed.append(batch["images"])
+    assert len(fed) == 3 and all(x.shape == (1, 3, 32, 32) for x in fed)
