@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 
 import numpy as np
@@ -129,3 +130,16 @@ def test_export_int8_command(ckpt, tmp_path):
     assert summary["notes"]["deliverable"].endswith("tiny-int8.onnx" if summary["chosen"] else "tiny.onnx")
     assert summary["latency"]["onnxruntime 1 thread"]["median_ms"] > 0
     assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["tiny-int8.json", "tiny-int8.onnx", "tiny.onnx"]
+
+
+@pytest.mark.parametrize("fmt, module", [("openvino", "openvino"), ("ncnn", "ncnn")])
+def test_a_missing_runtime_extra_is_one_line_and_nothing_is_written(ckpt, tmp_path, fmt, module):
+    """Runs where the extra is absent (as in CI): the same line the runtime test files check where it is present."""
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"the {fmt} extra is installed here (tests/test_export_{fmt}.py covers it)")
+    out = tmp_path / "out"
+    args = parse(["export", "--weights", str(ckpt), "--imgsz", "64", "--format", fmt, "--out", str(out)])
+    with pytest.raises(ValueError) as e:
+        args.func(args)
+    assert str(e.value) == f"--format {fmt} needs the {fmt} extra: pip install .[{fmt}]"
+    assert not out.exists()
