@@ -12,7 +12,6 @@ from torch import nn
 from finetune import ddp
 from finetune.distill import Distiller
 from finetune.ema import ModelEMA
-from finetune.hyp import dump_hyp
 from finetune.optim import build_optimizer, nominal_accumulate, warmup_iters
 from finetune.options import TrainError
 from finetune.progress import log
@@ -25,6 +24,7 @@ from yolo.data import create_dataloader, load_data_yaml
 from yolo.device import set_torch_threads, usable_cores
 from yolo.errors import classes_text
 from yolo.fileio import check_writable, increment_run_dir
+from yolo.hyp import dump_hyp
 from yolo.loss import YoloLoss, scale_loss_gains
 from yolo.model import build_model, reset_detect_head
 from yolo.val import build_val_loader, has_class_names, short_names

@@ -27,7 +27,6 @@ from finetune import ddp
 from finetune.callbacks import Callbacks
 from finetune.checkpoints import RunCheckpoints, find_resume_checkpoint, finished_run, resolve_resume
 from finetune.ema import ModelEMA
-from finetune.hyp import load_hyp
 from finetune.loop import EpochLoop, freeze_bn_statistics
 from finetune.options import (
     RESUME_OVERRIDABLE,
@@ -43,6 +42,7 @@ from finetune.runs import ResultsLog
 from finetune.setup import RunSetup, freeze_layers, resolve_workers, set_training_threads
 from finetune.state import init_seeds
 from yolo.errors import Terminated
+from yolo.hyp import load_hyp
 
 __all__ = [
     "LOSS_NAMES", "METRIC_KEYS", "RESUME_OVERRIDABLE", "NonFiniteLossError", "TrainError", "TrainOptions",

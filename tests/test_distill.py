@@ -12,9 +12,9 @@ import torch
 
 from finetune.cli import parse_args
 from finetune.distill import Distiller, TeacherError, check_compatible, load_teacher
-from finetune.hyp import load_hyp
 from finetune.trainer import TrainOptions, train
 from yolo.checkpoint import load_model, save_checkpoint
+from yolo.hyp import load_hyp
 from yolo.model import build_model, load_model_yaml
 from yolo.synthetic import make_synthetic_dataset
 

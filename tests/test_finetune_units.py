@@ -12,7 +12,6 @@ from torch import nn
 from finetune.callbacks import Callbacks
 from finetune.cli import parse_args
 from finetune.ema import ModelEMA
-from finetune.hyp import DEFAULT_HYP_PATH, HypError, load_hyp
 from finetune.optim import (
     apply_warmup,
     build_optimizer,
@@ -24,6 +23,7 @@ from finetune.optim import (
 from finetune.runs import ResultsLog, read_results
 from finetune.trainer import TrainOptions, find_resume_checkpoint, fitness, freeze_layers
 from yolo.fileio import increment_run_dir
+from yolo.hyp import DEFAULT_HYP_PATH, HypError, load_hyp
 
 SCRATCH_LOW = {
     "lr0": 0.01, "lrf": 0.01, "momentum": 0.937, "weight_decay": 0.0005, "warmup_epochs": 3.0,
@@ -78,7 +78,7 @@ def test_hyp_bad_values(tmp_path, text, words):
 
 
 def test_hyp_dump_reloads(tmp_path):
-    from finetune.hyp import dump_hyp
+    from yolo.hyp import dump_hyp
 
     hyp = load_hyp(None, {"lr0": 0.003})
     dump_hyp(hyp, tmp_path / "hyp.yaml")

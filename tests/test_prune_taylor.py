@@ -31,7 +31,7 @@ def setup(tmp_path_factory):
 
 
 def loss_on(model, loader) -> float:
-    from finetune.hyp import load_hyp
+    from yolo.hyp import load_hyp
     from yolo.loss import YoloLoss, scale_loss_gains
 
     d = model.model[-1]
