@@ -16,10 +16,13 @@ def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {out: node for node in graph.node for out in node.output}
 
 
+CONV_OPS = ("Conv", "QLinearConv")  # a float convolution, or a QOperator-format int8 one
+
+
 def decode_nodes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     """(names of the nodes between the last convolutions and the outputs, names of those convolutions).
 
-    Walks backwards from every graph output; a Conv stops the walk (it is the branch's last conv), and the
+    Walks backwards from every graph output; a convolution stops the walk (it is the branch's last conv), and the
     walk does not follow the data input of Shape nodes (their value does not depend on it).
     """
     graph = model.graph
@@ -34,7 +37,7 @@ def decode_nodes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
-        if node.op_type == "Conv":
+        if node.op_type in CONV_OPS:
             convs[node.name] = None
             continue
         decode[node.name] = None
@@ -57,16 +60,32 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def float_decode_check(model: onnx.ModelProto | str | Path) -> list[str]:
-    """Problems with the decode region of a quantised model: any Q/DQ or QLinear node after the last convs."""
+    """Problems with the decode region of a quantised model: any Q/DQ or QLinear node after the last convs, except
+    the boundary itself: the int8 output of a last convolution turned back into float (Conv -> Q -> DQ, or
+    QLinearConv -> DQ), where the head's outputs are quantised on purpose."""
     m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
     names, _ = decode_nodes(m)
     by_name = {n.name: n for n in m.graph.node}
+    producers = _producers(m.graph)
     bad = []
     for nm in names:
         op = by_name[nm].op_type
-        if op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear") or op.startswith("QLinear"):
+        quantised = op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear") or op.startswith("QLinear")
+        if quantised and not _is_head_boundary(by_name[nm], producers):
             bad.append(f"{op} {nm}")
     return bad
+
+
+def _is_head_boundary(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> bool:
+    """A QuantizeLinear right after a float conv, or a DequantizeLinear right after a QLinearConv or such a Q."""
+    src = producers.get(node.input[0])
+    if src is None:
+        return False
+    if node.op_type == "QuantizeLinear":
+        return src.op_type == "Conv"
+    if node.op_type == "DequantizeLinear":
+        return src.op_type == "QLinearConv" or (src.op_type == "QuantizeLinear" and _is_head_boundary(src, producers))
+    return False
 
 
 def keep_head_outputs_float(model: onnx.ModelProto, head_convs: Sequence[str]) -> None:

@@ -109,6 +109,15 @@ def _input_info(model: onnx.ModelProto) -> tuple[str, tuple[int | None, int | No
 
 # --------------------------------------------------------------------------------------- quantisation
 
+# Variant tag parts after 'u8-minmax-n32': the Int8Config field each sets, and to what.
+_TAG_FLAGS = {
+    "fhead": ("float_head_convs", True),
+    "tensor": ("per_channel", False),
+    "rr": ("reduce_range", True),
+    "qop": ("operator_format", True),
+    "qhead": ("quantize_head_outputs", True),
+}
+
 
 @dataclass
 class Int8Config:
@@ -118,11 +127,15 @@ class Int8Config:
     per_channel: bool = True
     reduce_range: bool = False
     float_head_convs: bool = False  # also keep the Detect convolutions in float
+    operator_format: bool = False  # QOperator (QLinearConv nodes written out) instead of QDQ pairs
+    quantize_head_outputs: bool = False  # the Detect convolutions write int8 too (a Q/DQ pair before the decode)
 
     @property
     def tag(self) -> str:
-        head = "-fhead" if self.float_head_convs else ""
-        return f"{self.activations}-{self.method}-n{self.images}{head}"
+        parts = [self.activations, self.method, f"n{self.images}"]
+        flags = {"fhead": self.float_head_convs, "tensor": not self.per_channel, "rr": self.reduce_range,
+                 "qop": self.operator_format, "qhead": self.quantize_head_outputs}
+        return "-".join(parts + [k for k, on in flags.items() if on])
 
     @classmethod
     def from_tag(cls, tag: str) -> Int8Config:
@@ -136,13 +149,17 @@ class Int8Config:
                 cfg.images = int(p[1:])
             elif p == "fhead":
                 cfg.float_head_convs = True
-            elif p == "tensor":
-                cfg.per_channel = False
+            elif p in _TAG_FLAGS:
+                setattr(cfg, _TAG_FLAGS[p][0], _TAG_FLAGS[p][1])
             else:
-                raise QuantizeError(f"int8 variant {tag!r}: unknown part {p!r} (expected e.g. u8-minmax-n32)")
+                raise QuantizeError(f"int8 variant {tag!r}: unknown part {p!r} (expected e.g. u8-minmax-n32, then any "
+                                    f"of {', '.join(_TAG_FLAGS)})")
         return cfg.validate()
 
     def validate(self) -> Int8Config:
+        if self.float_head_convs and self.quantize_head_outputs:
+            raise QuantizeError("int8 variant: fhead (Detect convolutions in float) and qhead (their outputs in int8) "
+                                "contradict each other")
         if self.activations not in ACTIVATIONS:
             raise QuantizeError(f"--int8-activations {self.activations!r}: expected one of auto, u8, s8")
         if self.method not in METHODS:
@@ -187,7 +204,8 @@ def quantize_int8(
             exclude += head_convs
         method = _quantize_static(src, tmpdir / "int8.onnx", reader, cfg, exclude)
         q = onnx.load(str(tmpdir / "int8.onnx"))
-        keep_head_outputs_float(q, head_convs)
+        if not cfg.quantize_head_outputs:
+            keep_head_outputs_float(q, head_convs)
         bad = float_decode_check(q)
         if bad:
             raise QuantizeError(f"quantised decode region is not float: {', '.join(bad[:3])}")
@@ -226,7 +244,7 @@ def _quantize_static(src: Path, dst: Path, reader, cfg: Int8Config, exclude: lis
 
     kwargs = dict(
         calibration_data_reader=reader,
-        quant_format=QuantFormat.QDQ,
+        quant_format=QuantFormat.QOperator if cfg.operator_format else QuantFormat.QDQ,
         per_channel=cfg.per_channel,
         reduce_range=cfg.reduce_range,
         activation_type=getattr(QuantType, ACTIVATIONS[cfg.activations]),

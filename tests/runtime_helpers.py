@@ -123,7 +123,8 @@ def check_val(path: Path, data: Path) -> None:
             "--imgsz", str(IMGSZ), "--batch-size", "2", "--workers", "0", "--threads", "1"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "using 1 runtime threads" in proc.stdout and "2 images" in proc.stdout, proc.stdout
+    out = " ".join(proc.stdout.split())  # rich wraps lines at the console width
+    assert "on 1 runtime thread (--threads 1)" in out and "2 images" in out, proc.stdout
 
 
 def check_detect(path: Path, data: Path, out: Path) -> None:

@@ -95,6 +95,33 @@ def test_config_tags_and_errors(fp32, tmp_path):
         quantize_int8(fp32, tmp_path / "q.onnx", [])
 
 
+def test_variant_tags_round_trip_every_part():
+    c = Int8Config.from_tag("u8-minmax-n8-tensor-rr-qop-qhead")
+    assert (c.per_channel, c.reduce_range, c.operator_format, c.quantize_head_outputs) == (False, True, True, True)
+    assert Int8Config.from_tag(c.tag) == c
+    with pytest.raises(QuantizeError, match="contradict"):
+        Int8Config.from_tag("u8-fhead-qhead")
+
+
+@pytest.mark.parametrize("tag", ["u8-minmax-n4-qhead", "u8-minmax-n4-qop"])
+def test_head_outputs_quantised_variants_keep_the_decode_float(fp32, tag):
+    """qhead: the last convs write int8 and one Q/DQ pair turns it back to float before the decode; qop: the
+    convs are QLinearConv nodes. Either way nothing quantised sits inside the decode, and outputs stay close."""
+    q = quantize_int8(fp32, fp32.parent / f"tiny-{tag}.onnx", images(4), Int8Config.from_tag(tag))
+    m = onnx.load(str(q))
+    assert float_decode_check(m) == []
+    ops = {n.op_type for n in m.graph.node}
+    assert ("QLinearConv" in ops) == tag.endswith("qop")
+    _, convs = decode_nodes(m)
+    producers = {o: n for n in m.graph.node for o in n.output}
+    heads_out = [producers_out(producers, c) for c in convs]
+    users = [n for n in m.graph.node if any(i in heads_out for i in n.input)]
+    assert users and all(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in users)  # int8 head outputs
+    x = torch.rand(2, 3, 64, 64)
+    d = (OnnxDetector(fp32)(x) - OnnxDetector(q)(x)).abs()
+    assert float(d[..., 4:].max()) < 0.08
+
+
 def test_select_without_data_measures_latency(fp32, tmp_path):
     cfgs = [Int8Config("u8", "minmax", 2)]
     sel = select_int8(fp32, tmp_path, images(2), cfgs, rounds=3, warmup=1, log=lambda s: None)
