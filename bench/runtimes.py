@@ -34,7 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--calib-images", type=int, default=32, help="coco128 train images calibrating int8")
     ap.add_argument("--workdir", default=str(REPO / "runs" / "bench_runtimes"))
-    ap.add_argument("--out", default=None, help="folder for runtimes.json/.md (default bench/results)")
+    ap.add_argument("--out", default=None, help="folder for <name>.json/.md (default bench/results)")
+    ap.add_argument("--name", default="runtimes",
+                    help="result name: runtimes (yolov5n), runtimes_pruned (--weights of a 0.5x FLOPs cut)")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny random model, synthetic 64 px data, 2 runs: checks the plumbing (needs --out)")
     args = ap.parse_args(argv)
@@ -124,7 +126,8 @@ def table(figures: dict) -> str:
         rows.append([name, next(iter(lat.values()))["runtime"], f"{r['size_mb']:.1f}", f"{r['map']:.4f}", *cells])
     settings = [f"ms, {k} thread{'s' if k != '1' else ''} (vs onnx-fp32)" for k in
                 next(iter(figures["formats"].values()))["latency"]]  # fmt: skip
-    return markdown_table(["format", "runtime", "MB", "mAP50-95", *settings], rows)
+    title = f"**{Path(figures.get('weights') or 'yolov5n').stem}**, square {figures['settings'].get('imgsz', 640)}\n\n"
+    return title + markdown_table(["format", "runtime", "MB", "mAP50-95", *settings], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     built = build_formats(model, onnx_path, args.formats, list(data.train)[: args.calib_images], parity_images)
     figures = measure(built, args, data)
     figures["smoke"] = args.smoke
-    out = write_result("runtimes", figures, table(figures), out_dir=Path(args.out) if args.out else None)
+    figures["weights"] = "smoke" if args.smoke else args.weights
+    out = write_result(args.name, figures, table(figures), out_dir=Path(args.out) if args.out else None)
     print(table(figures))
     print(f"wrote {out}")
     return 0

@@ -91,6 +91,7 @@ class PipelineOptions:
     close_mosaic: int = 0  # fine-tune stage(s): mosaic off for the last N epochs of each
     val_every: int = 1  # score every N epochs in the training stages (and after the last)
     int8: bool = False
+    formats: list[str] = field(default_factory=list)  # report stage: the fine-tuned model also as openvino / ncnn
     latency_runs: int = 50
     threads: list[int] = field(default_factory=lambda: [1, 0])
     project: str = "runs/pipeline"
@@ -134,12 +135,25 @@ class PipelineOptions:
             raise PipelineError(f"--distill-weight {self.distill_weight} must be >= 0")
         if self.close_mosaic < 0:
             raise PipelineError(f"--close-mosaic {self.close_mosaic} must be >= 0 (0 = mosaic to the end)")
+        self._check_formats()
         try:  # now, not after the sparse stage
             self.prune_config({"ratio": self.ratio, "target_flops": self.target_flops,
                                "target_params": self.target_params})
         except PruneError as e:
             raise PipelineError(str(e)) from None
         return self
+
+    def _check_formats(self) -> None:
+        """--formats: known names and their optional extras installed, checked now, not after hours of training."""
+        if not self.formats:
+            return
+        # optional extras: reports.runtime_export (onnx, onnxruntime) loads only when formats are asked for
+        from reports.runtime_export import check_format_request
+
+        for fmt in self.formats:
+            if fmt not in ("openvino", "ncnn"):
+                raise PipelineError(f"--formats {fmt}: expected openvino or ncnn (ONNX Runtime is always measured)")
+            check_format_request(fmt, int8=self.int8 and fmt == "openvino")
 
     def prune_config(self, amount: dict) -> PruneConfig:
         """The prune stage's settings, with `amount` (one round's ratio or target)."""
@@ -269,8 +283,10 @@ class Pipeline:
         models = {"baseline": prunable, "pruned": pruned["weights"], "finetuned": finetuned["best"]}
         if dense:
             models["dense"] = dense["best"]
-        report = self._stage("report", {"int8": o.int8, "runs": o.latency_runs, "threads": o.threads,
-                                        "models": sorted(models)},
+        report_key = {"int8": o.int8, "runs": o.latency_runs, "threads": o.threads, "models": sorted(models)}
+        if o.formats:  # only then in the key: runs made before --formats existed keep their finished report
+            report_key["formats"] = list(o.formats)
+        report = self._stage("report", report_key,
                              lambda r: self._report(models))
         summary = {"run_dir": str(self.run_dir), "baseline": baseline, "models": models, "report": report}
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
@@ -359,23 +375,19 @@ class Pipeline:
         o = self.opt
         out = self.run_dir / "report"
         threads = [t or None for t in o.threads]
+        derive = self._formats if (o.int8 or o.formats) else None
         entries = build_entries(models, out, data=o.data, imgsz=o.imgsz, threads=threads, runs=o.latency_runs,
                                 eval_kwargs={"batch_size": o.batch_size, "workers": o.eval_workers}, log=self.log,
-                                skip_other_classes=True)
-        if o.int8:
-            entries.append(self._int8_entry(models["finetuned"], out))
+                                skip_other_classes=True, derive=derive)
         paths = write_report(out, entries, args=asdict(o), extras={})
         return {k: str(v) for k, v in paths.items()}
 
-    def _int8_entry(self, weights: str, out: Path) -> ModelEntry:
-        # start-up: onnxruntime.quantization and matplotlib load only for --int8 (see _report)
-        from reports.quantize import quantize_best
-        from reports.report import ModelEntry
+    def _formats(self, entries: list[ModelEntry], images: list) -> list[ModelEntry]:
+        # start-up: the quantiser and the optional runtimes load only for --int8 / --formats
+        from pipeline.formats import format_entries
 
         o = self.opt
-        q = quantize_best(out / "finetuned.onnx", o.data, out / "finetuned_int8.onnx", imgsz=o.imgsz)
-        return ModelEntry.measure("int8", onnx_path=q["path"], imgsz=o.imgsz, metrics=q.get("metrics", {}),
-                                  latency=q.get("latency", {}), notes=q.get("notes", {}))
+        return format_entries(entries, images, load_data_yaml(o.data), o.imgsz, o.formats, o.int8, log=self.log)
 
 
 def round_amount(o: PipelineOptions, r: int, model, original: str) -> dict:

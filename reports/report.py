@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from rich.table import Table
 
 from reports import plots
 from reports.backends import RUNTIME_NAMES, backend_kind, load_backend
+from reports.choice import describe, fastest_holding
 from reports.detect import load_predictor, predict
 from reports.export import check_out_dir, check_parity, export_onnx, prune_summary
 from reports.latency import benchmark, cpu_info, environment, file_runner, package_versions
@@ -192,6 +194,9 @@ def print_table(entries: Sequence[ModelEntry], console=None, title: str = "yolov
     lat = next((k for e in entries for k in e.latency if (e.main_latency is e.latency[k])), None)
 
     caption = f"ms: median, {lat}; ratios and mAP differences vs the baseline" if lat else None
+    chosen = describe(fastest_holding(entries))
+    if chosen:
+        caption = f"{caption}\n{chosen}" if caption else chosen
     t = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for i, h in enumerate(header):
         h = h.replace(" ", "\n", 1).replace("-", "-\n", 1) if i else h
@@ -199,7 +204,12 @@ def print_table(entries: Sequence[ModelEntry], console=None, title: str = "yolov
         t.add_column(h, justify="left" if i == 0 else "right", no_wrap=True, min_width=width)
     for r in rows:
         t.add_row(*r)
-    (console or Console()).print(t)
+    (console or _console()).print(t)
+
+
+def _console() -> Console:
+    """A terminal's own width; 200 columns when the output is piped to a file (rich would crop it at 80)."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def _map_source(entries: Sequence[ModelEntry]) -> str:
@@ -238,6 +248,7 @@ def markdown(report: dict[str, Any], entries: Sequence[ModelEntry], plot_files: 
         "Ratios are to the baseline; latency is the median of interleaved runs (see `report.json` for every "
         "setting); " + _map_source(entries) + ".",
         "",
+        *[f"**{line}**" for line in [describe(report.get("fastest"))] if line],
         *[f"- {role}: **{flag}**" for role, flag in no_box_flags(entries)],
         *[f"- {e.role}: evaluated with {e.notes['evaluated_with']}" for e in entries if e.notes.get("evaluated_with")],
         *[f"- {e.role}: **ONNX parity check failed** ({'; '.join(e.notes['parity']['failures'])})"
@@ -299,6 +310,7 @@ def write_report(
         "baseline": (_baseline(entries).role if entries else None),
         "models": [e.to_dict() for e in entries],
         "comparisons": comparisons(entries),
+        "fastest": fastest_holding(entries),
         "plots": [p.name for p in plot_files],
         "extras": plain({k: v for k, v in extras.items() if k not in ("gamma_models",)}, for_json=True),
     }
@@ -367,6 +379,7 @@ def build_entries(
     log=print,
     skip_other_classes: bool = False,
     check_images: Sequence[Any] | None = None,
+    derive: Callable[[list[ModelEntry], list], list[ModelEntry]] | None = None,
 ) -> list[ModelEntry]:
     """Measure models given as role -> .pt (exported to run_dir at a fixed imgsz) or .onnx (used as is).
 
@@ -378,9 +391,13 @@ def build_entries(
     or 'onnx' (ONNX Runtime, fixed square input); 'auto' is 'onnx' as soon as one model exists only as ONNX.
     A model whose class count differs from the data's is an error (yolo.val.ScoringError), unless
     skip_other_classes: then it is measured but not scored (a pipeline's transfer-learning start point).
+    `derive(entries, check_images)` adds rows made from the exported ones (other formats) before anything is
+    timed, so they are timed and scored with the rest.
     """
     images = list(check_images or _val_images(data)) or synthetic_images(imgsz, 2)
     entries = [_entry(role, Path(w), Path(run_dir), imgsz, images, log) for role, w in weights.items()]
+    if derive is not None:
+        entries += derive(entries, images)
     _count_boxes(entries, images, imgsz, log)
     _measure_latency(entries, threads, imgsz, runs, warmup, log)
     if data is not None:
