@@ -23,6 +23,7 @@ from prune.sweep import DEFAULT_RATIOS, sweep
 from yolo.checkpoint import load_model
 from yolo.device import select_device
 from yolo.fileio import check_writable, increment_run_dir
+from yolo.imgsz import max_stride
 
 __all__ = ["register", "run_prune", "run_sweep"]
 
@@ -108,7 +109,7 @@ def _calib(args, config: PruneConfig, model):
         raise PruneError("--importance taylor, --compensate mean, --recalibrate and --reconstruct need training "
                          "images: give --data")
     n = config.images_needed
-    stride = int(max(model.stride.tolist())) if hasattr(model, "stride") else 32
+    stride = max_stride(model)
     return calib_loader(args.data, config.imgsz, n, args.batch_size, stride, args.workers)
 
 
