@@ -15,10 +15,20 @@ from prune.api import (
     recalibrate_bn,
     save_pruned,
     sweep,
+    DepthTable,
+    ScaleTable,
+    block_importance,
+    depth_prune,
+    drop_scale,
+    level_names,
+    remove_blocks,
+    residual_blocks,
 )
 
 __all__ = [
     "PruneConfig", "PruneError", "PruneGraph", "PrunePlan", "PruneTable", "PruneWarning",
     "SweepResult",
     "apply_plan", "build_graph", "plan_pruning", "prune_model", "recalibrate_bn", "save_pruned", "sweep",
+    "DepthTable", "ScaleTable", "block_importance", "depth_prune", "drop_scale", "level_names", "remove_blocks",
+    "residual_blocks",
 ]  # fmt: skip
