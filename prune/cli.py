@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from prune.depth import depth_prune
 from prune.graph import build_graph
 from prune.plan import plan_pruning
 from prune.runs import save_pruned
-from prune.scales import drop_scale
+from prune.scales import check_level_spec, drop_scale
 from prune.sweep import DEFAULT_RATIOS, sweep
 from yolo.checkpoint import load_model
 from yolo.device import select_device
@@ -170,8 +169,8 @@ def _check_moves(args: argparse.Namespace) -> None:
         raise PruneError(f"--depth {depth}: expected a positive number of residual blocks to remove")
     if depth is not None and not args.data:
         raise PruneError("--depth measures each block's importance on training images: give --data")
-    if scale is not None and not re.fullmatch(r"[pP]\d+|\d+", str(scale).strip()):
-        raise PruneError(f"--drop-scale {scale!r}: expected a level name like P3, P4, P5 or a level index (0 = finest)")
+    if scale is not None:
+        check_level_spec(scale, "--drop-scale")
 
 
 def _structural_moves(args: argparse.Namespace, model, imgsz: int) -> tuple:

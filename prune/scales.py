@@ -46,6 +46,14 @@ def level_index(model: nn.Module, spec: Any, flag: str = "drop_scale") -> int:
     raise PruneError(f"{flag} {text!r}: expected {expected}")
 
 
+def check_level_spec(spec: Any, flag: str = "drop_scale") -> str:
+    """The form of a level request, checked before any model is loaded: a P-name or a level index."""
+    text = str(spec).strip()
+    if not re.fullmatch(r"[pP]\d+|\d+", text):
+        raise PruneError(f"{flag} {spec!r}: expected a level name like P3, P4, P5 or a level index (0 = finest)")
+    return text
+
+
 def _refs(i: int, f: Any) -> list[int]:
     """Absolute layer indices a row at index i reads (-1 = the previous row)."""
     return [i + r if r < 0 else r for r in ([f] if isinstance(f, int) else f)]

@@ -13,6 +13,7 @@ import torch
 import prune.cli as prune_cli
 from finetune.runs import read_results
 from finetune.trainer import TrainOptions, train
+from pipeline.run import Pipeline, PipelineError, PipelineOptions
 from prune import (
     PruneConfig,
     PruneError,
@@ -230,3 +231,19 @@ def test_prune_command_structural_errors_write_nothing(tmp_path, extra, match):
         args.func(args)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.timeout(600)
+def test_pipeline_drops_a_scale_and_blocks_before_the_cut(tmp_path, data):
+    weights = save_checkpoint(tmp_path / "w.pt", tiny(), {"imgsz": 64})
+    opt = PipelineOptions(data=str(data), weights=str(weights), imgsz=64, batch_size=4, nbs=4, workers=0,
+                          sparse_epochs=0, finetune_epochs=1, dense_epochs=0, target_flops=0.8, drop_scale="P5",
+                          depth=1, latency_runs=3, threads=[1])  # fmt: skip
+    summary = Pipeline(opt, tmp_path / "run", lambda _m: None).run()
+    assert {"scale_table.json", "depth_table.json", "prune_table.json"} <= {
+        p.name for p in (tmp_path / "run" / "prune").iterdir()}
+    finetuned, meta = load_model(summary["models"]["finetuned"])
+    assert finetuned.detect.nl == 2
+    assert [h["op"] for h in meta["history"]][:3] == ["drop_scale", "depth", "prune"]
+    with pytest.raises(PipelineError, match="--drop-scale 'top'"):
+        PipelineOptions(data=str(data), weights=str(weights), drop_scale="top").validate()
