@@ -25,6 +25,7 @@ from yolo.device import set_torch_threads, usable_cores
 from yolo.errors import classes_text
 from yolo.fileio import check_writable, increment_run_dir
 from yolo.hyp import dump_hyp
+from yolo.imgsz import max_stride
 from yolo.loss import YoloLoss, scale_loss_gains
 from yolo.model import build_model, reset_detect_head
 from yolo.val import build_val_loader, has_class_names, short_names
@@ -142,7 +143,7 @@ class RunSetup:
 
     @property
     def grid_size(self) -> int:
-        return max(int(self.bare_model.stride.max()), 32)
+        return max(max_stride(self.bare_model), 32)
 
     def _setup_optimisation(self) -> None:
         o, hyp, model = self.opt, self.hyp, self.bare_model

@@ -66,6 +66,10 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     amount.add_argument("--target-flops", type=float, default=None,
                         help=f"fraction of FLOPs KEPT (default {d.target_flops})")
     amount.add_argument("--target-params", type=float, default=None, help="fraction of parameters KEPT")
+    p.add_argument("--depth", type=int, default=None, metavar="N",
+                   help="also remove N residual blocks before the channel cut (as prune --depth)")
+    p.add_argument("--drop-scale", default=None, metavar="LEVEL",
+                   help="also remove a detection level (P3, P4, P5 or its index) before the channel cut (as prune)")
     p.add_argument("--importance", default=d.importance, choices=IMPORTANCES, help="channel importance (as prune)")
     p.add_argument("--min-keep", type=float, default=d.min_keep, help="per-layer floor (fraction, or count >= 1)")
     p.add_argument("--round-to", type=int, default=d.round_to, help="kept channels rounded to a multiple of N")

@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from finetune.trainer import TrainOptions, finished_run, train
 from pipeline.state import PipelineState, stage_key
-from prune.api import prune_model
+from prune.api import depth_prune, drop_scale, prune_model
 from prune.calib import calib_loader
 from prune.config import PruneConfig, PruneError
 from prune.graph import resolve_ignore
 from prune.runs import save_pruned
+from prune.scales import check_level_spec
 from yolo.checkpoint import load_model, strip_checkpoint
 from yolo.data import load_data_yaml
 from yolo.errors import classes_text, raise_if_terminated
@@ -77,6 +78,8 @@ class PipelineOptions:
     ratio: float | None = None
     target_flops: float | None = 0.7
     target_params: float | None = None
+    depth: int | None = None  # residual blocks removed before the channel cut (first round)
+    drop_scale: str | None = None  # detection level removed before the channel cut (first round)
     importance: str = "slim"
     min_keep: float = 0.1
     round_to: int = 8
@@ -135,8 +138,12 @@ class PipelineOptions:
             raise PipelineError(f"--distill-weight {self.distill_weight} must be >= 0")
         if self.close_mosaic < 0:
             raise PipelineError(f"--close-mosaic {self.close_mosaic} must be >= 0 (0 = mosaic to the end)")
+        if self.depth is not None and self.depth < 1:
+            raise PipelineError(f"--depth {self.depth}: expected a positive number of residual blocks to remove")
         self._check_formats()
         try:  # now, not after the sparse stage
+            if self.drop_scale is not None:
+                check_level_spec(self.drop_scale, "--drop-scale")
             self.prune_config({"ratio": self.ratio, "target_flops": self.target_flops,
                                "target_params": self.target_params})
         except PruneError as e:
@@ -245,6 +252,7 @@ class Pipeline:
                                 lambda r: self._train("dense", r, epochs=o.dense_epochs, **self._start_weights()))
             self._upstream = root  # the dense model is a side branch: it does not feed the sparse stage
         prune_params = {k: getattr(o, k) for k in PRUNE_KEYS}
+        prune_params.update({k: getattr(o, k) for k in ("depth", "drop_scale") if getattr(o, k) is not None})
         if o.sparse_epochs > 0:
             sparse_params = {**train_common, "epochs": o.sparse_epochs, "sparsity": o.sparsity,
                              "schedule": o.sparsity_schedule, "val_every": o.val_every}
@@ -354,9 +362,10 @@ class Pipeline:
         cfg = o.prune_config(amount)
         data = load_data_yaml(o.data)
         calib = _calib_loader(data, o, cfg) if cfg.needs_images else None
+        model, steps = _structural_moves(model, o, data, cfg) if r == 1 else (model, [])
         pruned, table = prune_model(model, cfg, calib_loader=calib)
         out_dir = self.run_dir / ("prune" if r == o.rounds else f"prune_r{r}")
-        path = save_pruned(out_dir, pruned, meta, table, cfg)
+        path = save_pruned(out_dir, pruned, meta, table, cfg, steps=steps)
         summary = table.summary_line() if hasattr(table, "summary_line") else ""
         if pruned.nc != data.nc:  # --sparse-epochs 0 from a checkpoint of other classes: transfer in the fine-tune
             self.log(f"[prune] {summary}; not scored: the model predicts {classes_text(pruned.nc)}, {o.data} has "
@@ -407,6 +416,19 @@ def round_amount(o: PipelineOptions, r: int, model, original: str) -> dict:
     goal = base * target ** (r / o.rounds)
     name = "target_flops" if key == "gflops" else "target_params"
     return {name: min(1.0, goal / now)}
+
+
+def _structural_moves(model, o: PipelineOptions, data, cfg: PruneConfig) -> tuple:
+    """--drop-scale, then --depth (block importance on calibration images), before the first channel cut."""
+    steps = []
+    if o.drop_scale is not None:
+        model, table = drop_scale(model, o.drop_scale, imgsz=o.imgsz, flag="--drop-scale")
+        steps.append(table)
+    if o.depth is not None:
+        images = calib_loader(data, o.imgsz, cfg.calib_images, batch_size=8)
+        model, table = depth_prune(model, o.depth, images, imgsz=o.imgsz, n_images=cfg.calib_images, flag="--depth")
+        steps.append(table)
+    return model, steps
 
 
 def _calib_loader(data, o: PipelineOptions, cfg):

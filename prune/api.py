@@ -1,4 +1,5 @@
-"""Library entry points: build the graph, plan, apply, or all three at once."""
+"""Library entry points: build the graph, plan, apply, or all three at once; the structural moves (remove residual
+blocks by measured importance, drop a detection scale) that return a new model and their table."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from torch import nn
 
 from prune.apply import PruneWarning, apply_plan, recalibrate_bn
 from prune.config import CALIB_NEEDED, PruneConfig, PruneError
+from prune.depth import DepthTable, block_importance, depth_prune, remove_blocks, residual_blocks
 from prune.graph import PruneGraph, build_graph
 from prune.plan import PrunePlan, plan_pruning
 from prune.runs import save_pruned
+from prune.scales import ScaleTable, drop_scale, level_names
 from prune.sweep import SweepResult, sweep
 from prune.table import PruneTable
 
@@ -32,4 +35,6 @@ __all__ = [
     "PruneConfig", "PruneError", "PruneGraph", "PrunePlan", "PruneTable", "PruneWarning",
     "SweepResult",
     "apply_plan", "build_graph", "plan_pruning", "prune_model", "recalibrate_bn", "save_pruned", "sweep",
+    "DepthTable", "ScaleTable", "block_importance", "depth_prune", "drop_scale", "level_names", "remove_blocks",
+    "residual_blocks",
 ]  # fmt: skip

@@ -16,13 +16,16 @@ from prune.config import (
     PruneConfig,
     PruneError,
 )
+from prune.depth import depth_prune
 from prune.graph import build_graph
 from prune.plan import plan_pruning
 from prune.runs import save_pruned
+from prune.scales import check_level_spec, drop_scale
 from prune.sweep import DEFAULT_RATIOS, sweep
 from yolo.checkpoint import load_model
 from yolo.device import select_device
 from yolo.fileio import check_writable, increment_run_dir
+from yolo.imgsz import max_stride
 
 __all__ = ["register", "run_prune", "run_sweep"]
 
@@ -33,10 +36,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "whole model with one global threshold, slice the weights and save a smaller "
                                    "checkpoint plus the prune table in runs/prune/exp*.")  # fmt: skip
     _common(p, name="exp")
-    amount = p.add_mutually_exclusive_group(required=True)
+    amount = p.add_mutually_exclusive_group()
     amount.add_argument("--ratio", type=float, help="fraction of the prunable channels REMOVED, in [0, 1)")
     amount.add_argument("--target-flops", type=float, help="fraction of the FLOPs KEPT, in (0, 1] (e.g. 0.5)")
     amount.add_argument("--target-params", type=float, help="fraction of the parameters KEPT, in (0, 1]")
+    p.add_argument("--depth", type=int, default=None, metavar="N",
+                   help="also remove N residual Bottlenecks (C3 blocks with a shortcut) whose skipping changes the "
+                        "outputs least on --data's training images (--calib-images of them); needs --data")
+    p.add_argument("--drop-scale", default=None, metavar="LEVEL",
+                   help="remove one detection level (P3, P4, P5, ... or its index, 0 = finest) and the layers that "
+                        "only fed it")
     p.add_argument("--recalibrate", type=int, default=0, metavar="N",
                    help="re-estimate BatchNorm statistics on N training images after slicing (needs --data)")
     p.add_argument("--reconstruct", type=int, default=0, metavar="N",
@@ -108,7 +117,7 @@ def _calib(args, config: PruneConfig, model):
         raise PruneError("--importance taylor, --compensate mean, --recalibrate and --reconstruct need training "
                          "images: give --data")
     n = config.images_needed
-    stride = int(max(model.stride.tolist())) if hasattr(model, "stride") else 32
+    stride = max_stride(model)
     return calib_loader(args.data, config.imgsz, n, args.batch_size, stride, args.workers)
 
 
@@ -121,23 +130,61 @@ def _console():
 
 def run_prune(args: argparse.Namespace) -> dict:
     config_from_args(args)  # bad flags fail here, before the checkpoint loads
+    _check_moves(args)
     save_dir = check_writable(increment_run_dir(args.project, args.name, args.exist_ok), "--project/--name")
     model, meta, imgsz, _ = _load(args)
     config = config_from_args(args, imgsz)
-    calib = _calib(args, config, model)
-    graph = build_graph(model, config.imgsz, config.ignore)
-    plan = plan_pruning(graph, config, calib_loader=calib)
-    pruned = apply_plan(model, plan, calib_loader=calib)
-    path = save_pruned(save_dir, pruned, meta, plan.table, config, weights=args.weights)
+    model, steps = _structural_moves(args, model, config.imgsz)
+    table = None
+    if any(v is not None for _, v in config.amount_items()):
+        calib = _calib(args, config, model)
+        graph = build_graph(model, config.imgsz, config.ignore)
+        plan = plan_pruning(graph, config, calib_loader=calib)
+        model, table = apply_plan(model, plan, calib_loader=calib), plan.table
+    path = save_pruned(save_dir, model, meta, table, config, weights=args.weights, steps=steps)
     console = _console()
-    console.print(plan.table.rich_table())
-    for name, why in plan.table.protected:
-        console.print(f"[yellow]protected[/yellow] {name}: {why}")
-    for w in plan.table.warnings:
-        console.print(f"[bold yellow]warning:[/bold yellow] {w}")
-    console.print(plan.table.summary_line())
-    console.print(f"saved {path} and prune_table.csv/.json/.txt in {save_dir}")
-    return {"save_dir": str(save_dir), "weights": str(path), "table": plan.table}
+    for step in steps:
+        console.print(step.rich_table())
+    if table is not None:
+        console.print(table.rich_table())
+        for name, why in table.protected:
+            console.print(f"[yellow]protected[/yellow] {name}: {why}")
+        for w in table.warnings:
+            console.print(f"[bold yellow]warning:[/bold yellow] {w}")
+    for line in [s.summary_line() for s in steps] + ([table.summary_line()] if table is not None else []):
+        console.print(line)
+    files = ", ".join([f"{s.stem}.csv/.json/.txt" for s in steps] + (["prune_table.csv/.json/.txt"] if table else []))
+    console.print(f"saved {path} and {files} in {save_dir}")
+    return {"save_dir": str(save_dir), "weights": str(path), "table": table, "steps": steps}
+
+
+def _check_moves(args: argparse.Namespace) -> None:
+    """What can be checked before the checkpoint loads: something to do, and the structural flags' form."""
+    depth, scale = getattr(args, "depth", None), getattr(args, "drop_scale", None)
+    amounts = (getattr(args, k, None) for k in ("ratio", "target_flops", "target_params"))
+    if depth is None and scale is None and all(v is None for v in amounts):
+        raise PruneError("nothing to prune: give --ratio, --target-flops or --target-params (channels), --depth N "
+                         "(residual blocks) or --drop-scale LEVEL (a detection level)")  # fmt: skip
+    if depth is not None and depth < 1:
+        raise PruneError(f"--depth {depth}: expected a positive number of residual blocks to remove")
+    if depth is not None and not args.data:
+        raise PruneError("--depth measures each block's importance on training images: give --data")
+    if scale is not None:
+        check_level_spec(scale, "--drop-scale")
+
+
+def _structural_moves(args: argparse.Namespace, model, imgsz: int) -> tuple:
+    """--drop-scale, then --depth (so block importance is measured on the outputs that remain); (model, tables)."""
+    steps = []
+    if getattr(args, "drop_scale", None) is not None:
+        model, table = drop_scale(model, args.drop_scale, imgsz=imgsz, flag="--drop-scale")
+        steps.append(table)
+    if getattr(args, "depth", None) is not None:
+        images = calib_loader(args.data, imgsz, args.calib_images, args.batch_size, max_stride(model), args.workers)
+        model, table = depth_prune(model, args.depth, images, imgsz=imgsz, n_images=args.calib_images,
+                                   flag="--depth")  # fmt: skip
+        steps.append(table)
+    return model, steps
 
 
 def run_sweep(args: argparse.Namespace) -> dict:

@@ -79,11 +79,15 @@ def normalise_dynamic(dynamic: DynamicSpec) -> str:
     raise ExportError(f"--dynamic {dynamic!r}: expected one of none, batch, hw, all")
 
 
+PRUNE_OPS = ("prune", "depth", "drop_scale")  # the history ops that changed the architecture
+
+
 def prune_summary(history: Sequence[dict] | None) -> list[dict]:
-    """The 'prune' entries of a checkpoint history, reduced to scalars (tables become a layer count)."""
+    """The pruning entries of a checkpoint history (channel cuts, depth pruning, a dropped scale), reduced to
+    scalars (tables become a layer count)."""
     out = []
     for h in history or []:
-        if not isinstance(h, dict) or h.get("op") != "prune":
+        if not isinstance(h, dict) or h.get("op") not in PRUNE_OPS:
             continue
         s: dict[str, Any] = {}
         for k, v in h.items():

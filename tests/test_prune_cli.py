@@ -95,9 +95,11 @@ def test_not_a_detector_checkpoint(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_amount_flags_are_exclusive_and_required(weights):
-    with pytest.raises(SystemExit):
-        parse("prune", "--weights", str(weights))
+def test_amount_flags_are_exclusive_and_required(weights, tmp_path):
+    args = parse("prune", "--weights", str(weights), "--project", str(tmp_path / "runs"))
+    with pytest.raises(PruneError, match="nothing to prune: give --ratio, --target-flops or --target-params"):
+        args.func(args)  # an amount, --depth or --drop-scale (tests/test_prune_structure.py) is required
+    assert not (tmp_path / "runs").exists()
     with pytest.raises(SystemExit):
         parse("prune", "--weights", str(weights), "--ratio", "0.2", "--target-flops", "0.5")
 

@@ -25,7 +25,12 @@ def to_shape(imgsz: int | Sequence[int]) -> tuple[int, int]:
 
 
 def max_stride(model: nn.Module) -> int:
-    """The model's largest stride (its own `stride`, else its Detect head's); 32 when it has neither."""
+    """The multiple an input side must be: the model's `input_stride` (its deepest downsampling, which exceeds
+    Detect's largest stride once a P5 level was dropped), else its own `stride`, else its Detect head's; 32 when it
+    has none."""
+    model = model.module if hasattr(model, "module") else model
+    if getattr(model, "input_stride", None):
+        return int(model.input_stride)
     stride = getattr(model, "stride", None)
     if stride is None:
         det = next((m for m in model.modules() if isinstance(m, Detect) and m.stride is not None), None)

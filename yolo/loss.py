@@ -107,7 +107,7 @@ class YoloLoss:
         self.device = device
         self.nc, self.nl, self.na = detect.nc, detect.nl, detect.na
         self.anchors = detect.anchors  # (nl, na, 2) in grid units
-        self.balance = [4.0, 1.0, 0.4] if self.nl == 3 else [4.0, 1.0, 0.25, 0.06, 0.02]
+        self.balance = objectness_balance(detect)
         self.gr = 1.0
         self.cp, self.cn = smooth_bce_targets(float(hyp.get("label_smoothing", 0.0)))
         bce_cls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([float(hyp["cls_pw"])], device=device))
@@ -200,6 +200,20 @@ class YoloLoss:
 
 
 ComputeLoss = YoloLoss
+
+
+def objectness_balance(detect: nn.Module) -> list[float]:
+    """Per-level objectness weights: YOLOv5's [4.0, 1.0, 0.4] for P3-P5 and [4.0, 1.0, 0.25, 0.06, 0.02] for
+    P3-P7, looked up by each level's stride, so a head with a dropped level keeps its remaining levels' weights
+    (P4-P5 get [1.0, 0.4], not P3's 4.0 and P4's 1.0)."""
+    table = [4.0, 1.0, 0.4] if detect.nl == 3 else [4.0, 1.0, 0.25, 0.06, 0.02]
+    stride = getattr(detect, "stride", None)
+    if stride is None or detect.nl == 3:
+        return table[: max(detect.nl, 3)]
+    if detect.nl < 3 and float(max(stride)) <= 32:
+        table = [4.0, 1.0, 0.4]
+    idx = [max(0, round(math.log2(float(s) / 8))) for s in stride]
+    return [table[min(i, len(table) - 1)] for i in idx]
 
 
 def _detect_head(model: nn.Module) -> nn.Module:

@@ -169,6 +169,7 @@ def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
     layers, save, c2 = [], [], ch[-1]
     rows = d["backbone"] + d["head"]
     src = d.get("yaml_file", "model config")
+    repeats = block_counts(d, len(rows))
     for i, row in enumerate(rows):
         where = f"{src}: layer {i} {row!r}: "
         if not (isinstance(row, (list, tuple)) and len(row) == 4):
@@ -179,6 +180,10 @@ def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
         spec = get_module_spec(str(name), where)
         args = [_literal(a, nc, anchors) for a in (args or [])]
         n_ = max(round(n * gd), 1) if n > 1 else n
+        if i in repeats:
+            if spec.kind != "csp":
+                raise ModelConfigError(f"{where}'repeats' sets a block count, but {name} has no removable blocks")
+            n_ = repeats[i]
         try:
             args, c2 = _resolve_args(spec, args, f, ch, n_, gw, no, ctx={"nc": nc, "gd": gd, "gw": gw})
             if spec.kind == "csp":
@@ -194,6 +199,22 @@ def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
             ch = []
         ch.append(c2)
     return nn.Sequential(*layers), sorted(set(save))
+
+
+def block_counts(d: dict, n_rows: int) -> dict[int, int]:
+    """The yaml's `repeats` key: {layer: blocks} that replace a CSP row's `number` x depth_multiple exactly.
+
+    Depth pruning writes it (a layer may keep 0 blocks), so the checkpoint's yaml rebuilds the model it left; keys
+    are strings once stored (checkpoint metadata is str-keyed), ints when a caller builds the dict."""
+    raw = d.get("repeats") or {}
+    if not isinstance(raw, dict):
+        raise ModelConfigError(f"'repeats' must map layer index -> block count, got {type(raw).__name__}")
+    out = {}
+    for k, v in raw.items():
+        if not (str(k).isdigit() and int(k) < n_rows and isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            raise ModelConfigError(f"'repeats' entry {k!r}: {v!r} is not a layer index -> a block count >= 0")
+        out[int(k)] = v
+    return out
 
 
 def _resolve_args(spec: ModuleSpec, args: list, f, ch: list[int], n: int, gw: float, no: int, ctx: dict):
@@ -265,10 +286,18 @@ class DetectionModel(nn.Module):
         was_training = self.training
         self.eval()
         m.training = True  # raw maps only: no decode before stride is known
-        with torch.no_grad():
-            outs = self.forward(torch.zeros(1, self.yaml["ch"], s, s))
+        sides: list[int] = []
+        hooks = [layer.register_forward_hook(lambda _m, _i, out: sides.extend(_sides(out))) for layer in self.model]
+        try:
+            with torch.no_grad():
+                outs = self.forward(torch.zeros(1, self.yaml["ch"], s, s))
+        finally:
+            for h in hooks:
+                h.remove()
         self.train(was_training)
         m.stride = torch.tensor([s / x.shape[-3] for x in outs])
+        # input sides must be multiples of the deepest downsampling, which a dropped P5 leaves above Detect's strides
+        self.input_stride = int(s // min(sides)) if sides else int(m.stride.max())
         check_anchor_order(m)
         m.anchors /= m.stride.view(-1, 1, 1)
         self._initialize_biases()
@@ -305,6 +334,12 @@ class DetectionModel(nn.Module):
     @property
     def is_fused(self) -> bool:
         return not any(isinstance(m, nn.BatchNorm2d) for m in self.modules())
+
+
+def _sides(out) -> list[int]:
+    """Spatial sides of a layer's output (a tensor, or Detect's list of maps), for the model's input stride."""
+    maps = out if isinstance(out, (list, tuple)) else [out]
+    return [int(min(t.shape[-2:])) for t in maps if isinstance(t, torch.Tensor) and t.dim() == 4]
 
 
 def check_anchor_order(m: Detect) -> None:

@@ -24,6 +24,7 @@ from yolo.boxes import scale_boxes, xywh2xyxy
 from yolo.data import create_dataloader, load_data_yaml
 from yolo.errors import classes_text
 from yolo.fileio import atomic_write_text
+from yolo.imgsz import max_stride
 from yolo.metrics import (
     DetectionStats,
     coco_evaluate,
@@ -64,7 +65,7 @@ def _predictor(model: Any, device: torch.device, half: bool) -> tuple[Callable, 
         m.eval().to(device)
         if half:
             m.half()
-        stride = int(max(m.stride))
+        stride = max_stride(m)
 
         def run(x: torch.Tensor) -> torch.Tensor:
             out = m(x)
