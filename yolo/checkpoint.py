@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from yolo.fastestv2_weights import AuthorsWeightsError, authors_kind, from_authors_detector
 from yolo.fileio import atomic_torch_save, atomic_write_text, file_sha256, plain  # noqa: F401  (re-exported)
 from yolo.model import DetectionModel, ModelConfigError, de_parallel, module_shapes
 
@@ -174,9 +175,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[De
         model, meta = _from_official(obj, path)
     elif isinstance(obj, StandIn):
         model, meta = _from_official({"model": obj}, path)
+    elif authors_kind(obj) == "detector":
+        model, meta = _from_fastestv2(obj, path)
     else:
+        hint = "; a backbone-only state_dict starts a new model with --backbone" if authors_kind(obj) else ""
         raise CheckpointError(
-            f"{path}: not a YOLOv5 detector checkpoint (expected an official YOLOv5 .pt or a {FORMAT} file, "
+            f"{path}: not a YOLOv5 detector checkpoint (expected an official YOLOv5 .pt, the authors' "
+            f"YOLO-FastestV2 state_dict or a {FORMAT} file{hint}, "
             f"found {type(obj).__name__}{' with keys ' + str(sorted(obj)[:8]) if isinstance(obj, dict) else ''})"
         )
     meta.setdefault("source", {})
@@ -255,6 +260,13 @@ def _from_official(ckpt: dict, path: Path) -> tuple[DetectionModel, dict]:
         "imgsz": _official_imgsz(ckpt),
     }
     return model, meta
+
+
+def _from_fastestv2(state: dict, path: Path) -> tuple[DetectionModel, dict]:
+    try:
+        return from_authors_detector(state)
+    except AuthorsWeightsError as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def _official_activation(src: nn.Module) -> str | None:
