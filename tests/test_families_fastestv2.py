@@ -8,12 +8,20 @@ import pytest
 import torch
 
 from tests.zoo import randomize_bn
-from yolo.checkpoint import CheckpointError, load_model
+from yolo.boxes import scale_boxes
+from yolo.checkpoint import CheckpointError, load_model, save_checkpoint
+from yolo.convention import DEFAULT as DEFAULT_CONVENTION
+from yolo.convention import InputConvention, from_meta
+from yolo.convention import parse as parse_convention
+from yolo.data import load_data_yaml, load_image
+from yolo.data.dataset import DetectionDataset
 from yolo.fastestv2 import DWConvBlock, FastestDetect, ShuffleV2Block, split_even_odd
 from yolo.fastestv2_weights import AuthorsWeightsError, load_backbone
 from yolo.flops import count_gflops, count_params
 from yolo.model import build_model
 from yolo.nms import non_max_suppression
+from yolo.synthetic import make_synthetic_dataset
+from yolo.val import ScoringError, evaluate
 
 COCO = "weights/yolo-fastestv2-coco.pth"
 BACKBONE = "weights/shufflenetv2-x0.5-backbone.pth"
@@ -160,3 +168,48 @@ def test_mismatched_state_dicts_fail_in_one_line(tmp_path):
     with pytest.raises(CheckpointError, match=r"other.pth: key 'backbone.extra.weight' is not part of") as e:
         load_model(p)
     assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------ input convention
+
+
+def test_convention_parse_and_meta():
+    assert parse_convention("stretch-bgr") == InputConvention("stretch", "bgr") == parse_convention("Stretch,BGR")
+    assert from_meta({}) == DEFAULT_CONVENTION == InputConvention("letterbox", "rgb")
+    with pytest.raises(ValueError, match="expected resize letterbox/stretch"):
+        parse_convention("squash-rgb")
+
+
+def test_dataset_feeds_stretched_bgr_and_maps_boxes_back(tmp_path):
+    data = load_data_yaml(make_synthetic_dataset(tmp_path / "d", n_train=1, n_val=2, img_size=96, seed=1))
+    kw = dict(img_size=64, names=data.names, cache="no")
+    plain = DetectionDataset(data.val, **kw)
+    bgr = DetectionDataset(data.val, convention=InputConvention("stretch", "bgr"), **kw)
+    img, labels, path, shapes = bgr.get(0, np.random.default_rng(0))
+    (h0, w0), ratio_pad = shapes
+    assert img.shape == (3, 64, 64) and ratio_pad[2] == "stretch"
+    rgb = load_image(path, 64, stretch=True)[0]
+    assert torch.equal(img, torch.from_numpy(np.ascontiguousarray(rgb[..., ::-1].transpose(2, 0, 1))))
+    assert torch.equal(labels, plain.get(0, np.random.default_rng(0))[1]) or h0 != w0  # normalised boxes kept
+    box = torch.tensor([[0.0, 0.0, 64.0, 32.0]])
+    assert scale_boxes((64, 64), box, (h0, w0), ratio_pad).tolist() == [[0.0, 0.0, float(w0), h0 / 2]]
+    with pytest.raises(ValueError, match="rect batches do not apply"):
+        DetectionDataset(data.val, rect=True, convention=InputConvention("stretch", "rgb"), **kw)
+
+
+def test_checkpoint_carries_its_convention_and_val_refuses_another(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "d", n_train=1, n_val=2, img_size=64, seed=2)
+    model = build_model("yolo-fastestv2", nc=3)
+    model.input_convention = InputConvention("stretch", "bgr")
+    save_checkpoint(tmp_path / "m.pt", model)
+    loaded, meta = load_model(tmp_path / "m.pt")
+    assert meta["input"] == {"resize": "stretch", "channels": "bgr"}
+    assert loaded.input_convention == InputConvention("stretch", "bgr")
+    kw = dict(imgsz=64, batch_size=2, workers=0, progress=False)
+    res = evaluate(loaded.eval(), data, **kw)
+    assert res["input_convention"] == "stretch-bgr"
+    with pytest.raises(ScoringError, match="trained on stretch-bgr input, scoring was asked with letterbox-rgb") as e:
+        evaluate(loaded, data, convention=DEFAULT_CONVENTION, **kw)
+    assert "\n" not in str(e.value)
+    res = evaluate(loaded, data, convention=DEFAULT_CONVENTION, allow_convention_mismatch=True, **kw)
+    assert res["input_convention"] == "letterbox-rgb"

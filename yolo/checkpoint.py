@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from yolo.fastestv2_weights import AuthorsWeightsError, authors_kind, from_authors_detector
+from yolo.convention import DEFAULT as DEFAULT_CONVENTION
+from yolo.convention import from_meta
+from yolo.fastestv2_weights import AuthorsWeightsError, authors_kind, from_authors_detector, load_backbone
 from yolo.fileio import atomic_torch_save, atomic_write_text, file_sha256, plain  # noqa: F401  (re-exported)
 from yolo.model import DetectionModel, ModelConfigError, de_parallel, module_shapes
 
@@ -187,7 +189,20 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[De
     meta.setdefault("source", {})
     meta["source"].setdefault("path", str(path.resolve()))
     meta["source"].setdefault("sha256", file_sha256(path))
+    model.input_convention = from_meta(meta)  # travels with the model: every image path reads it from there
     return model.to(device).float(), meta
+
+
+def load_backbone_weights(model: DetectionModel, path: str | Path) -> DetectionModel:
+    """The authors' ImageNet ShuffleNetV2 x0.5 backbone copied into a new yolo-fastestv2 model (any class count):
+    the starting point for training YOLO-FastestV2 on a user's data."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"backbone weights file {path} not found")
+    try:
+        return load_backbone(model, safe_torch_load(path))
+    except AuthorsWeightsError as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -307,7 +322,8 @@ def _load_state(model: nn.Module, state: dict, path: Path) -> None:
 # ---------------------------------------------------------------- saving
 
 
-_MODEL_DERIVED = ("format", "arch", "state_dict", "names", "stride", "anchors", "date")  # never taken from meta
+# never taken from meta (the input convention is the model's `input_convention`)
+_MODEL_DERIVED = ("format", "arch", "state_dict", "names", "stride", "anchors", "date", "input")
 
 
 def checkpoint_dict(
@@ -328,6 +344,7 @@ def checkpoint_dict(
         "stride": [float(s) for s in m.stride],
         "anchors": (m.detect.anchors * m.stride.view(-1, 1, 1)).cpu().tolist(),
         "imgsz": int(meta.pop("imgsz", 640)),
+        "input": getattr(m, "input_convention", DEFAULT_CONVENTION).as_dict(),
         "history": list(meta.pop("history", [])),
         "source": dict(meta.pop("source", {})),
         "date": _dt.datetime.now().isoformat(timespec="seconds"),

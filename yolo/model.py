@@ -414,8 +414,11 @@ def detect_convs_pattern(model: nn.Module) -> str:
 def reset_detect_head(model: DetectionModel, nc: int, names: list[str] | None = None) -> DetectionModel:
     """New output convolutions for a different class count (transfer learning); keeps anchors and strides."""
     old = model.detect
-    ch = [m.in_channels for m in old.m]
-    new = Detect(nc, [[0.0] * (old.na * 2)] * old.nl, ch, old.inplace)
+    if isinstance(old, FastestDetect):  # its convs are shared by the levels: one (cls, reg) input pair per level
+        ch = [old.m[0].in_channels] * (2 * old.nl)
+    else:
+        ch = [m.in_channels for m in old.m]
+    new = type(old)(nc, [[0.0] * (old.na * 2)] * old.nl, ch, old.inplace)
     new.anchors.data.copy_(old.anchors)
     new.stride = old.stride.clone()
     for k in ("i", "f", "type", "np"):
