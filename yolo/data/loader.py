@@ -41,8 +41,9 @@ def create_dataloader(
     """Dataset + loader; DDP ranks get a DistributedSampler, rect batches are never shuffled.
 
     What the dataset's scan dropped, clipped or did not use is said once per split per run on stderr (main
-    rank), or is an error under `data_checks(strict=True)`: see yolo.data.check. With DDP and rect, batch shapes are computed over groups of `batch_size * world_size` sorted images,
-    so the interleaved sampler hands every rank images of the same group. `rect_batches="exact"` (one shape
+    rank), or is an error under `data_checks(strict=True)`: see yolo.data.check. With DDP and
+    rect, batch shapes are computed over groups of `batch_size * world_size` sorted images, so the interleaved
+    sampler hands every rank images of the same group. `rect_batches="exact"` (one shape
     per batch, see `DetectionDataset._make_exact_rect_shapes`) is for a single process. `cache`: keep the decoded
     images in memory ('auto': for a loader without workers, when they fit AUTO_CACHE_BYTES and a quarter of the
     available memory). `convention`: the model's input convention (yolo.convention; stretching turns rect off).
