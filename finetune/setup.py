@@ -23,9 +23,9 @@ from yolo.checkpoint import load_backbone_weights, load_model
 from yolo.data import create_dataloader, load_data_yaml
 from yolo.device import set_torch_threads, usable_cores
 from yolo.errors import classes_text
+from yolo.fastestv2_loss import build_loss
 from yolo.fileio import check_writable, increment_run_dir
 from yolo.hyp import dump_hyp
-from yolo.loss import YoloLoss, scale_loss_gains
 from yolo.model import build_model, reset_detect_head
 from yolo.val import build_val_loader, has_class_names, short_names
 
@@ -161,8 +161,7 @@ class RunSetup:
         self.nw = warmup_iters(hyp["warmup_epochs"], self.nb)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.ema = ModelEMA(model) if self.is_main else None
-        detect = model.model[-1]
-        self.compute_loss = YoloLoss(model, scale_loss_gains(hyp, detect.nl, detect.nc, o.imgsz))
+        self.compute_loss = build_loss(model, hyp, o.imgsz)  # YOLOv5's, or the YOLO-FastestV2 authors' terms
 
     def _setup_teacher(self) -> None:
         """--teacher: every process holds its own frozen copy (never DDP-wrapped) on its device."""

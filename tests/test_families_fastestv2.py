@@ -16,6 +16,7 @@ from yolo.convention import parse as parse_convention
 from yolo.data import load_data_yaml, load_image
 from yolo.data.dataset import DetectionDataset
 from yolo.fastestv2 import DWConvBlock, FastestDetect, ShuffleV2Block, split_even_odd
+from yolo.fastestv2_loss import FastestV2Loss, build_loss
 from yolo.fastestv2_weights import AuthorsWeightsError, load_backbone
 from yolo.flops import count_gflops, count_params
 from yolo.model import build_model
@@ -213,3 +214,27 @@ def test_checkpoint_carries_its_convention_and_val_refuses_another(tmp_path):
     assert "\n" not in str(e.value)
     res = evaluate(loaded, data, convention=DEFAULT_CONVENTION, allow_convention_mismatch=True, **kw)
     assert res["input_convention"] == "letterbox-rgb"
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def test_one_training_step_lowers_the_authors_loss():
+    torch.manual_seed(0)
+    model = build_model("yolo-fastestv2", nc=3).train()
+    loss_fn = build_loss(model, {}, 64)
+    assert isinstance(loss_fn, FastestV2Loss)
+    x = torch.rand(2, 3, 64, 64)
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.4, 0.5], [1, 2, 0.3, 0.6, 0.25, 0.3]])
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # the authors' gains (obj 64, cls 32) make it large
+    first, parts = loss_fn(model(x), targets)
+    assert torch.isfinite(first) and (parts > 0).all()
+    first.backward()
+    opt.step()
+    opt.zero_grad()
+    for _ in range(3):
+        loss, _ = loss_fn(model(x), targets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert loss_fn(model(x), targets)[0].item() < first.item()
