@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--weights", default="", help="start from: official YOLOv5 .pt, ours, or a pruned checkpoint")
     p.add_argument("--cfg", default="", help="model yaml to start from scratch (e.g. yolo/cfgs/yolov5n.yaml)")
+    p.add_argument("--backbone", default="",
+                   help="the authors' ShuffleNetV2 x0.5 backbone .pth: a new --cfg yolo-fastestv2 model starts from it")
     p.add_argument("--data", default="", help="data.yaml (YOLOv5 format)")
     p.add_argument("--hyp", default=None, help="hyperparameter yaml (default: hyp.scratch-low values)")
     p.add_argument("--epochs", type=int, default=100, help="training epochs (default 100)")

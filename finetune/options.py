@@ -21,6 +21,7 @@ class TrainOptions:
     data: str = ""
     weights: str = ""
     cfg: str = ""
+    backbone: str = ""  # the authors' ImageNet ShuffleNetV2 x0.5 state_dict: a new yolo-fastestv2 model starts from it
     hyp: Optional[str] = None
     hyp_overrides: dict = field(default_factory=dict)
     epochs: int = 100

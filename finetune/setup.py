@@ -19,14 +19,14 @@ from finetune.results import target_text
 from finetune.runs import write_yaml
 from prune.sparse_target import TargetedSelection, prunable_bn_names
 from sparsity.callback import SparsityCallback
-from yolo.checkpoint import load_model
+from yolo.checkpoint import load_backbone_weights, load_model
 from yolo.data import create_dataloader, load_data_yaml
 from yolo.device import set_torch_threads, usable_cores
 from yolo.errors import classes_text
+from yolo.fastestv2_loss import build_loss
 from yolo.fileio import check_writable, increment_run_dir
 from yolo.hyp import dump_hyp
 from yolo.imgsz import max_stride
-from yolo.loss import YoloLoss, scale_loss_gains
 from yolo.model import build_model, reset_detect_head
 from yolo.val import build_val_loader, has_class_names, short_names
 
@@ -38,8 +38,10 @@ class RunSetup:
         o = self.opt
         if not o.data:
             raise TrainError("--data is required (a data yaml)")
-        if not (o.weights or o.cfg):
+        if not (o.weights or o.cfg or o.backbone):
             raise TrainError("give --weights (a checkpoint) or --cfg (a model yaml to start from scratch)")
+        if o.backbone and o.weights:
+            raise TrainError(f"--backbone {o.backbone} starts a new model; it cannot be combined with --weights")
         if o.batch_size % self.dist.world_size:
             raise TrainError(f"--batch-size {o.batch_size} is not a multiple of the {self.dist.world_size} processes")
         if o.epochs < 1 or o.val_every < 1 or o.nbs < 1:
@@ -112,8 +114,13 @@ class RunSetup:
             if self.opt.cfg:
                 log(f"--weights given: --cfg {self.opt.cfg} is ignored", self.is_main)
             return load_model(self.opt.weights)
-        model = build_model(self.opt.cfg, nc=self.data_cfg.nc)
-        return model, {"source": {"cfg": str(self.opt.cfg)}, "history": []}
+        cfg = self.opt.cfg or "yolo-fastestv2"  # only --backbone given: the family that backbone belongs to
+        model = build_model(cfg, nc=self.data_cfg.nc)
+        if self.opt.backbone:
+            load_backbone_weights(model, self.opt.backbone)
+            log(f"backbone weights from {self.opt.backbone} (layers 0-6); neck and head start from scratch",
+                self.is_main)
+        return model, {"source": {"cfg": str(cfg), "backbone": str(self.opt.backbone)}, "history": []}
 
     def _setup_sparsity(self) -> None:
         """The sparse stage's callback, told by the prune stage what to push (built from the run's options, so a
@@ -155,8 +162,7 @@ class RunSetup:
         self.nw = warmup_iters(hyp["warmup_epochs"], self.nb)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.ema = ModelEMA(model) if self.is_main else None
-        detect = model.model[-1]
-        self.compute_loss = YoloLoss(model, scale_loss_gains(hyp, detect.nl, detect.nc, o.imgsz))
+        self.compute_loss = build_loss(model, hyp, o.imgsz)  # YOLOv5's, or the YOLO-FastestV2 authors' terms
 
     def _setup_teacher(self) -> None:
         """--teacher: every process holds its own frozen copy (never DDP-wrapped) on its device."""

@@ -146,6 +146,7 @@ PACKAGED = {
     "yolov5n-repvgg": (None, [8, 16, 32]),  # reparameterised: exactly yolov5n (tests/test_families_repvgg.py)
     "v5lite-s": (None, [8, 16, 32]),  # YOLOv5-Lite-s layout (ShuffleNetV2 backbone), our own yaml
     "yolov5n-shufflenetv2": (None, [8, 16, 32]),
+    "yolo-fastestv2": (243_095, [16, 32]),  # the authors' state_dict: 251,664 numbers with BN statistics
 }
 
 

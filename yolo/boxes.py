@@ -85,12 +85,17 @@ def scale_boxes(
     """Map xyxy boxes in place from the letterboxed input (img1) back to the original image (img0).
 
     Without `ratio_pad` the letterbox is recomputed (centred, uniform gain); with it, the dataset's exact
-    ((gain_h, gain_w), (padw, padh)) is used, as YOLOv5 does, so rectangular-batch padding is undone too.
+    ((gain_h, gain_w), (padw, padh)) is used, as YOLOv5 does, so rectangular-batch padding is undone too; a third
+    element "stretch" marks a stretched input (yolo.convention), undone with a gain per axis.
     """
     if ratio_pad is None:
         gain = min(img1_shape[0] / img0_shape[0], img1_shape[1] / img0_shape[1])
         padw = (img1_shape[1] - img0_shape[1] * gain) / 2
         padh = (img1_shape[0] - img0_shape[0] * gain) / 2
+    elif len(ratio_pad) > 2 and ratio_pad[2] == "stretch":  # stretched input: a gain per axis, no padding
+        boxes[..., [0, 2]] /= ratio_pad[0][1]
+        boxes[..., [1, 3]] /= ratio_pad[0][0]
+        return clip_boxes(boxes, img0_shape)
     else:
         gain = ratio_pad[0][0]
         padw, padh = ratio_pad[1][0], ratio_pad[1][1]

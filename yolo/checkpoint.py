@@ -20,6 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from yolo.convention import DEFAULT as DEFAULT_CONVENTION
+from yolo.convention import from_meta
+from yolo.fastestv2_weights import AuthorsWeightsError, authors_kind, from_authors_detector, load_backbone
 from yolo.fileio import atomic_torch_save, atomic_write_text, file_sha256, plain  # noqa: F401  (re-exported)
 from yolo.model import DetectionModel, ModelConfigError, de_parallel, module_shapes
 
@@ -174,15 +177,32 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[De
         model, meta = _from_official(obj, path)
     elif isinstance(obj, StandIn):
         model, meta = _from_official({"model": obj}, path)
+    elif authors_kind(obj) == "detector":
+        model, meta = _from_fastestv2(obj, path)
     else:
+        hint = "; a backbone-only state_dict starts a new model with --backbone" if authors_kind(obj) else ""
         raise CheckpointError(
-            f"{path}: not a YOLOv5 detector checkpoint (expected an official YOLOv5 .pt or a {FORMAT} file, "
+            f"{path}: not a YOLOv5 detector checkpoint (expected an official YOLOv5 .pt, the authors' "
+            f"YOLO-FastestV2 state_dict or a {FORMAT} file{hint}, "
             f"found {type(obj).__name__}{' with keys ' + str(sorted(obj)[:8]) if isinstance(obj, dict) else ''})"
         )
     meta.setdefault("source", {})
     meta["source"].setdefault("path", str(path.resolve()))
     meta["source"].setdefault("sha256", file_sha256(path))
+    model.input_convention = from_meta(meta)  # travels with the model: every image path reads it from there
     return model.to(device).float(), meta
+
+
+def load_backbone_weights(model: DetectionModel, path: str | Path) -> DetectionModel:
+    """The authors' ImageNet ShuffleNetV2 x0.5 backbone copied into a new yolo-fastestv2 model (any class count):
+    the starting point for training YOLO-FastestV2 on a user's data."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"backbone weights file {path} not found")
+    try:
+        return load_backbone(model, safe_torch_load(path))
+    except AuthorsWeightsError as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -257,6 +277,13 @@ def _from_official(ckpt: dict, path: Path) -> tuple[DetectionModel, dict]:
     return model, meta
 
 
+def _from_fastestv2(state: dict, path: Path) -> tuple[DetectionModel, dict]:
+    try:
+        return from_authors_detector(state)
+    except AuthorsWeightsError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
 def _official_activation(src: nn.Module) -> str | None:
     for m in src.modules():
         if type(m).__name__ == "Conv" and hasattr(m, "act"):
@@ -295,7 +322,8 @@ def _load_state(model: nn.Module, state: dict, path: Path) -> None:
 # ---------------------------------------------------------------- saving
 
 
-_MODEL_DERIVED = ("format", "arch", "state_dict", "names", "stride", "anchors", "date")  # never taken from meta
+# never taken from meta (the input convention is the model's `input_convention`)
+_MODEL_DERIVED = ("format", "arch", "state_dict", "names", "stride", "anchors", "date", "input")
 
 
 def checkpoint_dict(
@@ -316,6 +344,7 @@ def checkpoint_dict(
         "stride": [float(s) for s in m.stride],
         "anchors": (m.detect.anchors * m.stride.view(-1, 1, 1)).cpu().tolist(),
         "imgsz": int(meta.pop("imgsz", 640)),
+        "input": getattr(m, "input_convention", DEFAULT_CONVENTION).as_dict(),
         "history": list(meta.pop("history", [])),
         "source": dict(meta.pop("source", {})),
         "date": _dt.datetime.now().isoformat(timespec="seconds"),

@@ -15,6 +15,8 @@ from typing import Any, Callable
 import torch
 
 from yolo.checkpoint import load_model
+from yolo.convention import InputConvention
+from yolo.convention import parse as parse_convention
 from yolo.data import data_checks, load_data_yaml
 from yolo.device import choose_threads, select_device, set_torch_threads
 from yolo.fileio import check_writable
@@ -41,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rect-batches", choices=("exact", "yolov5"), default="exact",
                    help="exact: batch images of one shape, scores equal batch 1's at any batch size (default); "
                    "yolov5: pad consecutive groups to one shape as the official val.py (score moves with batch)")
+    p.add_argument("--input-convention", default=None, metavar="RESIZE-CHANNELS",
+                   help="how images are fed: letterbox-rgb, stretch-bgr, ... (default: the one the checkpoint records; "
+                   "another one is refused unless --allow-convention-mismatch)")
+    p.add_argument("--allow-convention-mismatch", action="store_true",
+                   help="score with an --input-convention other than the model's own")
     p.add_argument("--workers", type=int, default=2, help="dataloader workers (default 2)")
     p.add_argument("--threads", type=int, default=0,
                    help="intra-op threads of torch (.pt), ONNX Runtime (.onnx), OpenVINO (.xml) or ncnn (.param) "
@@ -85,6 +92,7 @@ def run_val(args: argparse.Namespace) -> dict:
     if save_json:
         check_writable(save_json, "--save-json", folder=False)  # before the scoring, not after it
     device = select_device(args.device)
+    convention = _convention_flag(args.input_convention)
     data = load_data_yaml(args.data)
     threads, threads_text = _threads(args.threads, str(args.weights))
     model = load_scorable(args.weights, str(device), threads, getattr(args, "load_exported", None))
@@ -95,10 +103,20 @@ def run_val(args: argparse.Namespace) -> dict:
         res = evaluate(model, data, split=args.split, imgsz=args.imgsz, batch_size=args.batch_size,
                        conf_thres=args.conf_thres, iou_thres=args.iou_thres, max_det=args.max_det, device=device,
                        half=args.half, rect=not args.no_rect, verbose=False, save_json=save_json,
-                       workers=args.workers, rect_batches=args.rect_batches)
+                       workers=args.workers, rect_batches=args.rect_batches, convention=convention,
+                       allow_convention_mismatch=args.allow_convention_mismatch)
     res["threads"] = threads_text
     print_results(res, verbose=args.verbose)
     return res
+
+
+def _convention_flag(text: str | None) -> InputConvention | None:
+    if not text:
+        return None
+    try:
+        return parse_convention(text)
+    except ValueError as e:
+        raise ValueError(f"--input-convention: {e}") from None
 
 
 def _threads(requested: int, weights: str) -> tuple[int, str]:

@@ -13,6 +13,7 @@ import torch
 import yaml
 from torch import nn
 
+from yolo.fastestv2 import DWConvBlock, FastestDetect, ShuffleV2Block
 from yolo.fileio import yaml_error_text
 from yolo.modules import (
     C3,
@@ -80,6 +81,11 @@ for _alias in ("ConvBNReLUMaxPool", "conv_bn_relu_maxpool"):
     register_module(_alias, ConvBNReLUMaxPool, "conv")
 for _alias in ("ShuffleBlock", "Shuffle_Block"):
     register_module(_alias, ShuffleBlock, "conv")
+# YOLO-FastestV2: the authors' ShuffleNetV2 unit ([c2, stride]), the LightFPN branch ([c2, k]) and the head whose
+# three output convs are shared by both levels (from: a (cls, reg) pair of maps per level).
+register_module("ShuffleV2Block", ShuffleV2Block, "conv")
+register_module("DWConvBlock", DWConvBlock, "conv")
+register_module("FastestDetect", FastestDetect, "detect")
 
 
 def get_module_spec(name: str, where: str = "") -> ModuleSpec:
@@ -264,7 +270,7 @@ class DetectionModel(nn.Module):
         self.names = [str(i) for i in range(self.yaml["nc"])]
         self.inplace = self.yaml.get("inplace", True)
         self._init_detect()
-        initialize_weights(self)
+        initialize_weights(self, **batchnorm_settings(self.yaml))
 
     @property
     def nc(self) -> int:
@@ -305,6 +311,9 @@ class DetectionModel(nn.Module):
     def _initialize_biases(self) -> None:
         """Prior objectness/class biases so early training is stable (YOLOv5 recipe)."""
         m = self.detect
+        if isinstance(m, FastestDetect):
+            m.init_biases()
+            return
         for mi, s in zip(m.m, m.stride):
             b = mi.bias.view(m.na, -1)
             b.data[:, 4] += math.log(8 / (640 / float(s)) ** 2)
@@ -327,7 +336,8 @@ class DetectionModel(nn.Module):
                 m.conv = fuse_conv_and_bn(m.conv, m.bn)
                 delattr(m, "bn")
                 m.forward = m.forward_fuse
-            elif isinstance(m, (ConvBNReLUMaxPool, ShuffleBlock, RepVGG)):  # RepVGG: before its branches are walked
+            elif isinstance(m, (ConvBNReLUMaxPool, ShuffleBlock, ShuffleV2Block, DWConvBlock, RepVGG)):
+                # RepVGG: fused before its branches are walked
                 m.fuse()
         return self
 
@@ -350,12 +360,21 @@ def check_anchor_order(m: Detect) -> None:
         m.anchors[:] = m.anchors.flip(0)
 
 
-def initialize_weights(model: nn.Module) -> None:
-    """YOLOv5's BatchNorm eps/momentum and in-place activations."""
+def batchnorm_settings(d: dict) -> dict[str, float]:
+    """The yaml's optional `batchnorm: {eps, momentum}`: YOLOv5's 1e-3 / 0.03 unless a family was trained with
+    others (YOLO-FastestV2 uses PyTorch's 1e-5 / 0.1, and its weights only reproduce their outputs with that eps)."""
+    bn = d.get("batchnorm") or {}
+    if not isinstance(bn, dict) or set(bn) - {"eps", "momentum"}:
+        raise ModelConfigError(f"batchnorm: expected a mapping with eps and/or momentum, got {bn!r}")
+    return {"eps": float(bn.get("eps", 1e-3)), "momentum": float(bn.get("momentum", 0.03))}
+
+
+def initialize_weights(model: nn.Module, eps: float = 1e-3, momentum: float = 0.03) -> None:
+    """BatchNorm eps/momentum (YOLOv5's by default) and in-place activations."""
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
-            m.eps = 1e-3
-            m.momentum = 0.03
+            m.eps = eps
+            m.momentum = momentum
         elif isinstance(m, (nn.Hardswish, nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.SiLU)):
             m.inplace = True
 
@@ -430,8 +449,11 @@ def detect_convs_pattern(model: nn.Module) -> str:
 def reset_detect_head(model: DetectionModel, nc: int, names: list[str] | None = None) -> DetectionModel:
     """New output convolutions for a different class count (transfer learning); keeps anchors and strides."""
     old = model.detect
-    ch = [m.in_channels for m in old.m]
-    new = Detect(nc, [[0.0] * (old.na * 2)] * old.nl, ch, old.inplace)
+    if isinstance(old, FastestDetect):  # its convs are shared by the levels: one (cls, reg) input pair per level
+        ch = [old.m[0].in_channels] * (2 * old.nl)
+    else:
+        ch = [m.in_channels for m in old.m]
+    new = type(old)(nc, [[0.0] * (old.na * 2)] * old.nl, ch, old.inplace)
     new.anchors.data.copy_(old.anchors)
     new.stride = old.stride.clone()
     for k in ("i", "f", "type", "np"):

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from yolo.boxes import scale_boxes, xywh2xyxy
+from yolo.convention import DEFAULT as DEFAULT_CONVENTION
+from yolo.convention import InputConvention
 from yolo.data import create_dataloader, load_data_yaml
 from yolo.errors import classes_text
 from yolo.fileio import atomic_write_text
@@ -116,8 +118,10 @@ def build_val_loader(
     rect: bool = True,
     workers: int = 2,
     rect_batches: str = "exact",
+    convention: InputConvention = DEFAULT_CONVENTION,
 ):
-    """The scoring dataloader: rectangular batches (pad 0.5) unless rect is off (fixed square input).
+    """The scoring dataloader: rectangular batches (pad 0.5) unless rect is off (fixed square input) or the model's
+    input `convention` stretches images to the square size.
 
     `rect_batches="exact"` batches only images of one letterboxed shape, so the score does not depend on
     the batch size; "yolov5" pads consecutive groups to a common shape as the official val.py does.
@@ -138,6 +142,7 @@ def build_val_loader(
         shuffle=False,
         prefix=f"{split}: ",
         rect_batches=rect_batches,
+        convention=convention,
     )
     return loader
 
@@ -161,19 +166,24 @@ def evaluate(
     progress: bool = True,
     rect_batches: str = "exact",
     stats: DetectionStats | None = None,
+    convention: InputConvention | None = None,
+    allow_convention_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Score `model` on a split; returns COCO mAP (pycocotools), YOLOv5-style P/R and per-stage speed.
 
-    `stats`, when given (empty), receives the per-image matches (for a paired bootstrap of two models' scores)."""
+    `stats`, when given (empty), receives the per-image matches (for a paired bootstrap of two models' scores).
+    Images are fed in the model's own input convention (`model.input_convention`, yolo.convention); another
+    `convention` is refused unless `allow_convention_mismatch` (its score would silently be the wrong one)."""
     if not hasattr(data_cfg, "names"):
         data_cfg = load_data_yaml(data_cfg)
     device = torch.device(device) if not isinstance(device, torch.device) else device
     run, names, stride, fixed = _predictor(model, device, half and device.type == "cuda")
     _check_classes(names, data_cfg.names, data_cfg.yaml_path)
+    convention = _convention(model, convention, allow_convention_mismatch)
     if dataloader is None:
         size = max(fixed) if fixed else imgsz
         dataloader = build_val_loader(
-            data_cfg, split, size, batch_size, stride, rect and not fixed, workers, rect_batches
+            data_cfg, split, size, batch_size, stride, rect and not fixed, workers, rect_batches, convention
         )
     acc = _Accumulator(data_cfg.names, stats)
     timer = Timer()
@@ -185,11 +195,21 @@ def evaluate(
     result = acc.finish(verbose)
     result["speed_ms"] = timer.per_image(result["images"])
     result.update({"split": split, "imgsz": imgsz if not fixed else list(fixed), "conf_thres": conf_thres,
-                   "iou_thres": iou_thres, "max_det": max_det})
+                   "iou_thres": iou_thres, "max_det": max_det, "input_convention": convention.text})
     if save_json:
         _write_json(Path(save_json), acc.json_predictions)
         result["predictions_json"] = str(save_json)
     return result
+
+
+def _convention(model: Any, asked: InputConvention | None, allow_mismatch: bool) -> InputConvention:
+    own = getattr(de_parallel(model) if isinstance(model, nn.Module) else model, "input_convention", DEFAULT_CONVENTION)
+    if asked is None or asked == own:
+        return own
+    if not allow_mismatch:
+        raise ScoringError(f"the model was trained on {own.text} input, scoring was asked with {asked.text}: its "
+                           "score would be the wrong one (--allow-convention-mismatch to score it anyway)")
+    return asked
 
 
 def _timed_batch(run, imgs, device, half, timer, conf_thres, iou_thres, max_det):

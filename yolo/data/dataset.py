@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from yolo.convention import DEFAULT as DEFAULT_CONVENTION
+from yolo.convention import InputConvention
 from yolo.data.augment import augment_hsv, mixup, mosaic_tile, random_perspective, xywhn2xyxy, xyxy2xywhn
 from yolo.data.cache import CACHE_MODES, PackedImages, auto_cache_limit
 from yolo.data.files import DataError, PathLike, img2label_path, non_image_files
@@ -90,11 +92,15 @@ class DetectionDataset(Dataset):
         prefix: str = "",
         rect_batches: str = "yolov5",
         cache: str = "auto",
+        convention: InputConvention = DEFAULT_CONVENTION,
     ) -> None:
         if rect_batches not in RECT_BATCHES:
             raise ValueError(f"rect_batches: expected one of {', '.join(RECT_BATCHES)}, got {rect_batches!r}")
         if cache not in CACHE_MODES:
             raise ValueError(f"cache: expected one of {', '.join(CACHE_MODES)}, got {cache!r}")
+        if convention.stretch and rect:
+            raise ValueError("a stretched input is square: rect batches do not apply (rect=False)")
+        self.convention = convention
         self.img_size = img_size
         self.names = list(names) if names is not None else None
         self.augment = augment
@@ -119,6 +125,8 @@ class DetectionDataset(Dataset):
 
     def cache_bytes(self) -> int:
         """Memory the decoded images take at img_size (long side), as load_image returns them."""
+        if self.convention.stretch:
+            return self.n * self.img_size * self.img_size * 3
         r = self.img_size / self.shapes.max(1)
         return int(sum(scaled_side(int(w), k) * scaled_side(int(h), k) * 3 for (w, h), k in zip(self.shapes, r)))
 
@@ -126,14 +134,14 @@ class DetectionDataset(Dataset):
         """Decode every image once (a loader without workers otherwise decodes and resizes every image every
         epoch: 2.4x the batch time on helmets)."""
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-            images = pool.map(lambda f: load_image(f, self.img_size), self.im_files)
+            images = pool.map(lambda f: load_image(f, self.img_size, self.convention.stretch), self.im_files)
             self._cached = PackedImages(images, self.cache_bytes())
 
     def image(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         """load_image of image `index` at img_size, from memory when cached."""
         if self._cached is not None:
             return self._cached[index]
-        return load_image(self.im_files[index], self.img_size)
+        return load_image(self.im_files[index], self.img_size, self.convention.stretch)
 
     def _scan(self, files: list[Path]) -> None:
         """Check every image and parse every label once, keeping only readable images; `self.report` counts and
@@ -244,6 +252,7 @@ class DetectionDataset(Dataset):
             img, labels = self._photometric_and_flips(img, labels, rng)
         out = torch.zeros((len(labels), 6))
         out[:, 1:] = torch.from_numpy(labels.astype(np.float32))
+        img = self.convention.channels_from_rgb(img)  # augmentation ran in RGB; the model's order only here
         chw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
         return chw, out, str(self.im_files[index]), shapes
 
@@ -251,8 +260,9 @@ class DetectionDataset(Dataset):
         """Single image: resize, letterbox to the (batch) shape, optionally warp; labels as pixel xyxy."""
         img, (h0, w0), (h, w) = self.image(index)
         shape = self.batch_shapes[self.batch[index]] if self.rect else self.img_size
-        img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
-        shapes = ((h0, w0), ((h / h0, w / w0), pad))
+        img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)  # stretched: already square
+        ratio_pad = ((h / h0, w / w0), pad) + (("stretch",) if self.convention.stretch else ())
+        shapes = ((h0, w0), ratio_pad)
         labels = self.labels[index].astype(np.float64)
         if len(labels):
             labels[:, 1:] = xywhn2xyxy(labels[:, 1:], ratio[0] * w, ratio[1] * h, pad[0], pad[1])

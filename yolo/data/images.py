@@ -68,8 +68,11 @@ def _ends_with_jpeg_marker(path: Path) -> bool:
         return f.read() == b"\xff\xd9"
 
 
-def load_image(path: PathLike, img_size: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
-    """Decode upright RGB and resize so the long side is `img_size`; returns (img, (h0, w0), (h, w))."""
+def load_image(
+    path: PathLike, img_size: int, stretch: bool = False
+) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """Decode upright RGB and resize so the long side is `img_size` (`stretch`: both sides, in one resize from the
+    original as the stretch convention's models were fed); returns (img, (h0, w0), (h, w))."""
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im).convert("RGB")
@@ -77,7 +80,9 @@ def load_image(path: PathLike, img_size: int) -> tuple[np.ndarray, tuple[int, in
         raise _unreadable(path, e) from None
     w0, h0 = im.size
     r = img_size / max(h0, w0)
-    if r != 1:
+    if stretch and (w0, h0) != (img_size, img_size):
+        im = im.resize((img_size, img_size), Image.Resampling.BILINEAR)
+    elif r != 1 and not stretch:
         im = im.resize((scaled_side(w0, r), scaled_side(h0, r)), Image.Resampling.BILINEAR)
     img = np.array(im, dtype=np.uint8)
     return img, (h0, w0), img.shape[:2]

@@ -11,6 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from yolo.convention import DEFAULT as DEFAULT_CONVENTION
+from yolo.convention import InputConvention
 from yolo.data.check import settle_report
 from yolo.data.dataset import DetectionDataset
 from yolo.data.files import PathLike
@@ -34,18 +36,19 @@ def create_dataloader(
     prefix: str = "",
     rect_batches: str = "yolov5",
     cache: str = "auto",
+    convention: InputConvention = DEFAULT_CONVENTION,
 ) -> tuple[DataLoader, DetectionDataset]:
     """Dataset + loader; DDP ranks get a DistributedSampler, rect batches are never shuffled.
 
     What the dataset's scan dropped, clipped or did not use is said once per split per run on stderr (main
-    rank), or is an error under `data_checks(strict=True)`: see yolo.data.check.
-
-    With DDP and rect, batch shapes are computed over groups of `batch_size * world_size` sorted images,
-    so the interleaved sampler hands every rank images of the same group. `rect_batches="exact"` (one shape
+    rank), or is an error under `data_checks(strict=True)`: see yolo.data.check. With DDP and
+    rect, batch shapes are computed over groups of `batch_size * world_size` sorted images, so the interleaved
+    sampler hands every rank images of the same group. `rect_batches="exact"` (one shape
     per batch, see `DetectionDataset._make_exact_rect_shapes`) is for a single process. `cache`: keep the decoded
     images in memory ('auto': for a loader without workers, when they fit AUTO_CACHE_BYTES and a quarter of the
-    available memory).
+    available memory). `convention`: the model's input convention (yolo.convention; stretching turns rect off).
     """
+    rect = rect and not convention.stretch
     if rank != -1:
         rect_batches = "yolov5"
     if rect and shuffle:
@@ -67,6 +70,7 @@ def create_dataloader(
         prefix=prefix,
         rect_batches=rect_batches,
         cache=cache,
+        convention=convention,
     )
     settle_report(dataset.report, show=rank in (-1, 0))
     _share_cache_with_workers(dataset, workers)

@@ -1,0 +1,240 @@
+"""YOLO-FastestV2 family: blocks, the yaml build (size as published), the authors' two checkpoints, and parity
+with their own code's outputs on bus.jpg (`../shared/reference/fastestv2_bus352.npz`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.zoo import randomize_bn
+from yolo.boxes import scale_boxes
+from yolo.checkpoint import CheckpointError, load_model, save_checkpoint
+from yolo.convention import DEFAULT as DEFAULT_CONVENTION
+from yolo.convention import InputConvention, from_meta
+from yolo.convention import parse as parse_convention
+from yolo.data import load_data_yaml, load_image
+from yolo.data.dataset import DetectionDataset
+from yolo.fastestv2 import DWConvBlock, FastestDetect, ShuffleV2Block, split_even_odd
+from yolo.fastestv2_loss import FastestV2Loss, build_loss
+from yolo.fastestv2_weights import AuthorsWeightsError, load_backbone
+from yolo.flops import count_gflops, count_params
+from yolo.model import build_model
+from yolo.nms import non_max_suppression
+from yolo.synthetic import make_synthetic_dataset
+from yolo.val import ScoringError, evaluate
+
+COCO = "weights/yolo-fastestv2-coco.pth"
+BACKBONE = "weights/shufflenetv2-x0.5-backbone.pth"
+GOLDEN = "reference/fastestv2_bus352.npz"
+
+
+def head_inputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The eval output and, through a pre-hook, the head's six raw conv outputs (their reg, obj, cls order)."""
+    seen = {}
+    h = model.detect.register_forward_pre_hook(lambda mod, a: seen.__setitem__("x", a[0]))
+    try:
+        with torch.no_grad():
+            decoded, _ = model(x)
+            raw = model.detect.raw_maps(seen["x"])
+    finally:
+        h.remove()
+    return decoded, raw
+
+
+def golden_in_our_order(decoded: np.ndarray, grids=(22, 11), na: int = 3) -> torch.Tensor:
+    """Their rows run (y, x, anchor) per level; ours (anchor, y, x) as YOLOv5's Detect lays them out."""
+    parts, off = [], 0
+    g = torch.from_numpy(decoded)
+    for n in grids:
+        k = n * n * na
+        parts.append(g[:, off : off + k].view(1, n, n, na, -1).permute(0, 3, 1, 2, 4).reshape(1, k, -1))
+        off += k
+    return torch.cat(parts, 1)
+
+
+# ------------------------------------------------------------------------------------------------ blocks
+
+
+def test_shuffle_v2_block_is_even_odd_split_then_plain_concat():
+    torch.manual_seed(0)
+    b = randomize_bn(ShuffleV2Block(16, 16, 1)).eval()
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        ref = torch.cat((x[:, 0::2], b.branch_main(x[:, 1::2])), 1)
+        assert torch.equal(b(x), ref)
+    even, odd = split_even_odd(x)
+    assert torch.equal(even, x[:, 0::2]) and torch.equal(odd, x[:, 1::2])
+    b2 = ShuffleV2Block(8, 24, 2)
+    assert b2(torch.randn(1, 8, 8, 8)).shape == (1, 24, 4, 4)
+    with pytest.raises(ValueError, match="keeps an even width"):
+        ShuffleV2Block(8, 16, 1)
+
+
+def test_dwconv_block_layout_and_fuse():
+    torch.manual_seed(0)
+    b = randomize_bn(DWConvBlock(8, 8, 5)).eval()
+    assert [type(m).__name__ for m in b.block] == [
+        "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "Conv2d", "BatchNorm2d", "ReLU", "Conv2d",
+        "BatchNorm2d",
+    ]  # fmt: skip
+    x = torch.randn(1, 8, 10, 10)
+    with torch.no_grad():
+        y = b(x)
+        b.fuse()
+        assert torch.allclose(b(x), y, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+def test_build_size_as_published():
+    m = build_model("yolo-fastestv2").eval()
+    assert isinstance(m.detect, FastestDetect) and m.stride.tolist() == [16.0, 32.0]
+    assert count_params(m) == 243_095  # trainable parameters
+    # the authors' file holds 251,664 numbers (parameters + BatchNorm statistics); ours adds the 12 anchors
+    assert sum(v.numel() for k, v in m.state_dict().items() if not k.endswith("anchors")) == 251_664
+    assert abs(count_gflops(m, 352) - 0.2128) < 5e-4  # 2 FLOPs per multiply-accumulate; authors: 0.212
+    assert all(bn.eps == 1e-5 for bn in m.modules() if isinstance(bn, torch.nn.BatchNorm2d))
+    anchors = (m.detect.anchors * m.stride.view(-1, 1, 1)).view(2, 6)
+    assert torch.allclose(anchors[0], torch.tensor([12.64, 19.39, 37.88, 51.48, 55.71, 138.31]))
+
+
+def test_decoded_follows_the_project_convention():
+    torch.manual_seed(0)
+    m = build_model("yolo-fastestv2", nc=4).eval()
+    with torch.no_grad():
+        decoded, maps = m(torch.rand(2, 3, 64, 96))
+    assert decoded.shape == (2, 3 * (4 * 6 + 2 * 3), 9)
+    assert [t.shape for t in maps] == [(2, 3, 4, 6, 9), (2, 3, 2, 3, 9)]
+    probs = decoded[..., 5:]
+    assert torch.allclose(probs.sum(-1), torch.ones(2, decoded.shape[1]), atol=1e-5)  # softmax, not sigmoid
+    first = decoded[:, : 4 * 6 * 3].view(2, 3, 4 * 6, 9)  # (anchor, cell) rows: one class vector per cell
+    assert torch.allclose(first[:, 0, :, 5:], first[:, 2, :, 5:])
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        eval_out = m(x)[0]
+        m.detect.export = True
+        assert torch.equal(m(x), eval_out)  # export mode: the decoded tensor alone
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def test_coco_checkpoint_reproduces_the_authors_outputs(shared_dir):
+    model, meta = load_model(shared_dir / COCO)
+    model.eval()
+    assert meta["input"] == {"resize": "stretch", "channels": "bgr"} and meta["imgsz"] == 352
+    z = np.load(shared_dir / GOLDEN)
+    decoded, raw = head_inputs(model, torch.from_numpy(z["images"]))
+    for i, r in enumerate(raw):
+        assert r.shape == z[f"raw{i}"].shape
+        assert (r - torch.from_numpy(z[f"raw{i}"])).abs().max().item() < 1e-4, f"raw{i}"
+    golden = golden_in_our_order(z["decoded"])
+    with torch.no_grad():  # our decode of their raw maps: within 1e-4 (pixels and probabilities)
+        ours, _ = model.detect.from_raw([torch.from_numpy(z[f"raw{i}"]) for i in range(6)])
+    assert (ours - golden).abs().max().item() < 1e-4
+    # end to end: scores within 1e-4; boxes (pixels up to 352, float32 ulp 3e-5) within 1e-5 relative, the
+    # raw maps' few-1e-6 differences (conv algorithms) magnified by the wh decode (8 * sigmoid * anchor)
+    err = (decoded - golden).abs()
+    assert err[..., 4:].max().item() < 1e-4
+    assert (err[..., :4] / golden[..., :4].abs().clamp(min=1)).max().item() < 1e-5
+    dets = non_max_suppression(decoded, conf_thres=0.3, iou_thres=0.4)[0]  # class-aware, one label per box
+    ref = torch.from_numpy(z["nms"])
+    assert dets.shape == ref.shape
+    assert torch.equal(dets[:, 5], ref[:, 5])
+    assert torch.allclose(dets[:, :5], ref[:, :5], atol=1e-3)
+
+
+def test_backbone_checkpoint_starts_a_new_model(shared_dir):
+    state = torch.load(shared_dir / BACKBONE, map_location="cpu", weights_only=True)
+    model = load_backbone(build_model("yolo-fastestv2", nc=3), state)
+    assert torch.equal(model.model[0].conv[0].weight, state["first_conv.0.weight"])
+    assert torch.equal(model.model[6][2].branch_main[3].weight, state["stage4.3.branch_main.3.weight"])
+    assert model.nc == 3
+    with pytest.raises(CheckpointError, match="backbone-only state_dict starts a new model with --backbone"):
+        load_model(shared_dir / BACKBONE)
+
+
+def test_mismatched_state_dicts_fail_in_one_line(tmp_path):
+    full = build_model("yolo-fastestv2", nc=2)
+    with pytest.raises(AuthorsWeightsError, match="not the authors' ShuffleNetV2"):
+        load_backbone(full, {"foo.weight": torch.zeros(1)})
+    bad = {"first_conv.0.weight": torch.zeros(8, 3, 3, 3), "stage4.0.branch_main.0.weight": torch.zeros(1)}
+    with pytest.raises(AuthorsWeightsError, match="does not fit yolo-fastestv2's backbone"):
+        load_backbone(full, bad)
+    p = tmp_path / "other.pth"
+    torch.save({"output_cls_layers.weight": torch.zeros(2, 72, 1, 1), "backbone.first_conv.0.weight": torch.zeros(1),
+                "backbone.extra.weight": torch.zeros(1)}, p)
+    with pytest.raises(CheckpointError, match=r"other.pth: key 'backbone.extra.weight' is not part of") as e:
+        load_model(p)
+    assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------ input convention
+
+
+def test_convention_parse_and_meta():
+    assert parse_convention("stretch-bgr") == InputConvention("stretch", "bgr") == parse_convention("Stretch,BGR")
+    assert from_meta({}) == DEFAULT_CONVENTION == InputConvention("letterbox", "rgb")
+    with pytest.raises(ValueError, match="expected resize letterbox/stretch"):
+        parse_convention("squash-rgb")
+
+
+def test_dataset_feeds_stretched_bgr_and_maps_boxes_back(tmp_path):
+    data = load_data_yaml(make_synthetic_dataset(tmp_path / "d", n_train=1, n_val=2, img_size=96, seed=1))
+    kw = dict(img_size=64, names=data.names, cache="no")
+    plain = DetectionDataset(data.val, **kw)
+    bgr = DetectionDataset(data.val, convention=InputConvention("stretch", "bgr"), **kw)
+    img, labels, path, shapes = bgr.get(0, np.random.default_rng(0))
+    (h0, w0), ratio_pad = shapes
+    assert img.shape == (3, 64, 64) and ratio_pad[2] == "stretch"
+    rgb = load_image(path, 64, stretch=True)[0]
+    assert torch.equal(img, torch.from_numpy(np.ascontiguousarray(rgb[..., ::-1].transpose(2, 0, 1))))
+    assert torch.equal(labels, plain.get(0, np.random.default_rng(0))[1]) or h0 != w0  # normalised boxes kept
+    box = torch.tensor([[0.0, 0.0, 64.0, 32.0]])
+    assert scale_boxes((64, 64), box, (h0, w0), ratio_pad).tolist() == [[0.0, 0.0, float(w0), h0 / 2]]
+    with pytest.raises(ValueError, match="rect batches do not apply"):
+        DetectionDataset(data.val, rect=True, convention=InputConvention("stretch", "rgb"), **kw)
+
+
+def test_checkpoint_carries_its_convention_and_val_refuses_another(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "d", n_train=1, n_val=2, img_size=64, seed=2)
+    model = build_model("yolo-fastestv2", nc=3)
+    model.input_convention = InputConvention("stretch", "bgr")
+    save_checkpoint(tmp_path / "m.pt", model)
+    loaded, meta = load_model(tmp_path / "m.pt")
+    assert meta["input"] == {"resize": "stretch", "channels": "bgr"}
+    assert loaded.input_convention == InputConvention("stretch", "bgr")
+    kw = dict(imgsz=64, batch_size=2, workers=0, progress=False)
+    res = evaluate(loaded.eval(), data, **kw)
+    assert res["input_convention"] == "stretch-bgr"
+    with pytest.raises(ScoringError, match="trained on stretch-bgr input, scoring was asked with letterbox-rgb") as e:
+        evaluate(loaded, data, convention=DEFAULT_CONVENTION, **kw)
+    assert "\n" not in str(e.value)
+    res = evaluate(loaded, data, convention=DEFAULT_CONVENTION, allow_convention_mismatch=True, **kw)
+    assert res["input_convention"] == "letterbox-rgb"
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def test_one_training_step_lowers_the_authors_loss():
+    torch.manual_seed(0)
+    model = build_model("yolo-fastestv2", nc=3).train()
+    loss_fn = build_loss(model, {}, 64)
+    assert isinstance(loss_fn, FastestV2Loss)
+    x = torch.rand(2, 3, 64, 64)
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.4, 0.5], [1, 2, 0.3, 0.6, 0.25, 0.3]])
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # the authors' gains (obj 64, cls 32) make it large
+    first, parts = loss_fn(model(x), targets)
+    assert torch.isfinite(first) and (parts > 0).all()
+    first.backward()
+    opt.step()
+    opt.zero_grad()
+    for _ in range(3):
+        loss, _ = loss_fn(model(x), targets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert loss_fn(model(x), targets)[0].item() < first.item()

@@ -1,0 +1,64 @@
+"""YOLO-FastestV2's training loss: YOLOv5's anchor matching with the authors' differences (their utils/loss.py).
+
+- anchors match a target when its width and height ratios stay within 2 (YOLOv5: `anchor_t`, 4);
+- the box term is YOLOv5's (CIoU of 2 * sigmoid - 0.5 offsets and (2 * sigmoid)^2 * anchor sizes);
+- objectness is BCE against 1.0 at every assigned (anchor, cell), not against the IoU;
+- classes: softmax cross-entropy of the cell's one class vector (the head repeats it for each anchor, so any
+  anchor's copy is the vector) against the target class, divided by the class count; counted once per assignment
+  as theirs is;
+- per-level objectness balance [1.0, 0.4] (strides 16, 32) and the authors' fixed gains box 3.2, obj 64, cls 32
+  (the hyp file's box/obj/cls gains are YOLOv5's and are not used).
+
+Returned like `YoloLoss`: (total * batch size, detached (box, obj, cls)), so the trainer treats both alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from yolo.fastestv2 import FastestDetect
+from yolo.loss import YoloLoss, bbox_ciou, scale_loss_gains
+
+ANCHOR_T = 2.0
+BALANCE = (1.0, 0.4)
+GAINS = {"box": 3.2, "obj": 64.0, "cls": 32.0}
+
+
+class FastestV2Loss(YoloLoss):
+    """The loss of a model whose head is `yolo.fastestv2.FastestDetect`."""
+
+    def __init__(self, model: nn.Module, hyp: Mapping | None = None):
+        base = {"cls_pw": 1.0, "obj_pw": 1.0, "fl_gamma": 0.0}
+        super().__init__(model, {**base, **dict(hyp or {}), **GAINS, "anchor_t": ANCHOR_T, "fl_gamma": 0.0})
+        self.balance = list(BALANCE) + [BALANCE[-1]] * max(0, self.nl - len(BALANCE))
+
+    def __call__(self, preds: Sequence[torch.Tensor], targets: torch.Tensor):
+        zero = torch.zeros(1, device=self.device)
+        lbox, lobj, lcls = zero.clone(), zero.clone(), zero.clone()
+        tcls, tbox, indices, anchors = self.build_targets(preds, targets)
+        for i, pi in enumerate(preds):
+            b, a, gj, gi = indices[i]
+            tobj = torch.zeros(pi.shape[:4], dtype=pi.dtype, device=pi.device)
+            if b.shape[0]:
+                pxy, pwh, _, pcls = pi[b, a, gj, gi].split((2, 2, 1, self.nc), 1)
+                pbox = torch.cat((pxy.sigmoid() * 2 - 0.5, (pwh.sigmoid() * 2) ** 2 * anchors[i]), 1)
+                lbox += (1.0 - bbox_ciou(pbox, tbox[i])).mean()
+                tobj[b, a, gj, gi] = 1.0
+                if self.nc > 1:
+                    lcls += F.cross_entropy(pcls, tcls[i]) / self.nc
+            lobj += F.binary_cross_entropy_with_logits(pi[..., 4], tobj) * self.balance[i]
+        lbox, lobj, lcls = lbox * GAINS["box"], lobj * GAINS["obj"], lcls * GAINS["cls"]
+        return (lbox + lobj + lcls) * preds[0].shape[0], torch.cat((lbox, lobj, lcls)).detach()
+
+
+def build_loss(model: nn.Module, hyp: Mapping, imgsz: int) -> YoloLoss:
+    """The family's loss: FastestV2Loss for a FastestDetect head, else YOLOv5's with its scaled gains."""
+    inner = model.module if hasattr(model, "module") else model
+    head = inner.model[-1]
+    if isinstance(head, FastestDetect):
+        return FastestV2Loss(model, hyp)
+    return YoloLoss(model, scale_loss_gains(hyp, head.nl, head.nc, imgsz))
