@@ -161,6 +161,15 @@ def conv_graph(spec: ConvSpec, cin: int, cout: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def call_overhead_ms(threads: int, runs: int = 21) -> float:
+    """What one session.run costs with no work (a 1-element Identity): a whole model pays it once, not per layer,
+    so it is taken off every layer's time."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 1, 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 1, 1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "nop", [x], [y])
+    return time_graph(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), threads, runs)
+
+
 def time_graph(proto: onnx.ModelProto, threads: int, runs: int = 7, min_ms: float = 20.0) -> float:
     """Median ms of one run of a one-input graph: at least `runs` runs and `min_ms` of timed work."""
     opts = ort.SessionOptions()
@@ -253,8 +262,9 @@ def profile_layers(
     specs: Mapping[str, ConvSpec], threads: int, round_to: int, runs: int = 7,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, LayerTable]:
-    """Time every conv at its grid of widths; identical geometries are timed once."""
+    """Time every conv at its grid of widths (less the empty call's overhead); identical geometries are timed once."""
     seen: dict[tuple, float] = {}
+    overhead = call_overhead_ms(threads)
     out = {}
     for i, (name, spec) in enumerate(specs.items()):
         cins, couts = _layer_points(spec, round_to)
@@ -265,7 +275,7 @@ def profile_layers(
                     continue
                 geo = (ci, co, spec.k, spec.stride, spec.pad, spec.groups > 1, spec.depthwise, spec.h, spec.w, spec.act)
                 if geo not in seen:
-                    seen[geo] = time_graph(conv_graph(spec, ci, co), threads, runs)
+                    seen[geo] = max(time_graph(conv_graph(spec, ci, co), threads, runs) - overhead, 0.0)
                 grid[a, b] = seen[geo]
         if spec.depthwise:  # only cin == cout exists: fill the grid so interpolation near the diagonal holds
             diag = np.diag(grid).copy()
