@@ -11,8 +11,8 @@ import yaml
 from pipeline.latency import profile_and_check
 from pipeline.run import SPARSITY_MODES, PipelineOptions, run_pipeline
 from prune.config import DEFAULT_MIN_KEEP, DEFAULT_ROUND_TO, IMPORTANCES, PruneConfig, PruneError
-from yolo.checkpoint import load_model
 from sparsity.bn_l1 import SCHEDULES
+from yolo.checkpoint import load_model
 from yolo.data import CACHE_MODES, check_splits, data_checks
 from yolo.model import load_model_yaml
 from yolo.synthetic import make_synthetic_dataset

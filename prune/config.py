@@ -34,7 +34,8 @@ class PruneError(ValueError):
     """A pruning request that cannot be carried out; the message is one line saying why."""
 
 
-_FIELD = re.compile(r"\b(ratio|target_flops|target_params|target_latency|target_speedup|importance|min_keep|round_to|compensate|recalibrate|"
+_FIELD = re.compile(r"\b(ratio|target_flops|target_params|target_latency|target_speedup|importance|min_keep|round_to|"
+                    r"compensate|recalibrate|"
                     r"reconstruct|calib_images|imgsz)\b")
 
 

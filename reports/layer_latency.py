@@ -80,7 +80,7 @@ def conv_specs(model: nn.Module, imgsz: int | Sequence[int]) -> dict[str, ConvSp
     for n, m in mods.items():
         if isinstance(m, nn.Conv2d):
             hooks.append(m.register_forward_hook(
-                lambda mod, i, o, n=n: shapes.__setitem__(n, (i[0].shape[-2], i[0].shape[-1], o.shape[-2] * o.shape[-1]))
+                lambda mod, i, o, n=n: shapes.__setitem__(n, (*i[0].shape[-2:], o.shape[-2] * o.shape[-1]))
             ))  # fmt: skip
     was_training = model.training
     try:
