@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(sub)
     if "val" in sub.choices:  # yolo/ runs no exported model itself: the predictors live in reports/
         sub.choices["val"].set_defaults(load_exported=exported_predictor)
+    if "prune" in sub.choices:  # prune/ times no exported model itself: the latency table and timer join it here
+        sub.choices["prune"].set_defaults(latency_tools=latency_tools)
     return parser
 
 
@@ -56,6 +58,14 @@ def exported_predictor(path, threads: int = 0):
     from reports.backends import load_backend
 
     return load_backend(path, threads=threads)
+
+
+def latency_tools(model, config, threads: int = 1, path=None, log=print):
+    """`prune --target-latency`: the table-backed predictor and the ONNX Runtime timer (pipeline/latency.py)."""
+    # start-up: onnxruntime and the latency table load only when a latency budget is asked for
+    from pipeline.latency import latency_tools as tools
+
+    return tools(model, config, threads=threads, path=path, log=log)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.latency import profile_and_check
 from pipeline.run import SPARSITY_MODES, PipelineOptions, run_pipeline
-from prune.config import IMPORTANCES
+from prune.config import DEFAULT_MIN_KEEP, DEFAULT_ROUND_TO, IMPORTANCES, PruneConfig, PruneError
 from sparsity.bn_l1 import SCHEDULES
+from yolo.checkpoint import load_model
 from yolo.data import CACHE_MODES, check_splits, data_checks
 from yolo.model import load_model_yaml
 from yolo.synthetic import make_synthetic_dataset
@@ -126,6 +128,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--data-dir", default="runs/demo/data", help="where the synthetic dataset is written")
     _add_common(q, dd)
     q.set_defaults(func=run_demo, project="runs/demo", name="exp")
+    register_profile(sub)
+
+
+def register_profile(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("profile", help="time each layer at candidate widths: the latency table --target-latency uses",
+                       description="Time every convolution of the model alone in ONNX Runtime at a grid of input x "
+                                   "output widths on this machine, fit the rest on whole-model timings, store the "
+                                   "table (reused while CPU, ONNX Runtime version, threads, size and model match), "
+                                   "then print predicted vs measured latency of the model and of random cuts.")
+    r.add_argument("--weights", required=True, help="official YOLOv5 .pt or a yolov5-slim checkpoint")
+    r.add_argument("--imgsz", "--img", type=int, default=None, help="input size (default: the checkpoint's, else 640)")
+    r.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
+    r.add_argument("--out", default=None, metavar="FILE",
+                   help="table file (default ~/.cache/yolov5-slim/latency/<arch hash>.json)")
+    r.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO, help="widths on the grid are multiples of N")
+    r.add_argument("--min-keep", type=float, default=DEFAULT_MIN_KEEP,
+                   help="the floor of the narrowest calibration cut (as prune --min-keep)")
+    r.add_argument("--checks", type=int, default=2, help="random cuts whose prediction is checked (default 2)")
+    r.add_argument("--runs", type=int, default=30, help="interleaved runs per whole model (default 30)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the random cuts")
+    r.set_defaults(func=run_profile)
+
+
+def run_profile(args: argparse.Namespace) -> dict:
+    if args.threads < 1 or args.checks < 0 or args.runs < 1:
+        raise PruneError(f"--threads {args.threads} and --runs {args.runs} must be >= 1, --checks >= 0")
+    if args.out and Path(args.out).resolve() == Path(args.weights).resolve():
+        raise PruneError(f"--out {args.out}: that is the input weights; give another file")
+    model, meta = load_model(args.weights, "cpu")
+    imgsz = int(args.imgsz or meta.get("imgsz") or 640)
+    config = PruneConfig.from_flags(ratio=0.5, min_keep=args.min_keep, round_to=args.round_to, imgsz=imgsz)
+    res = profile_and_check(model.eval(), config, args.threads, args.out, args.checks, args.seed, args.runs)
+    print(f"latency table {res['table']}: rest {res['rest_a']:.3f} ms + {res['rest_b'] * 1e6:.3f} ms per M "
+          f"activations; {args.threads} thread(s) at {imgsz}")
+    for name, r in res["check"].items():
+        print(f"  {name:>9}: predicted {r['predicted_ms']:8.3f} ms, measured {r['measured_ms']:8.3f} ms, "
+              f"error {r['error_pct']:+.1f}%")
+    return res
 
 
 def demo_defaults() -> PipelineOptions:

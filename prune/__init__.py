@@ -2,6 +2,8 @@
 
 from prune.api import (
     DepthTable,
+    LatencyGoal,
+    LatencyPredictor,
     PruneConfig,
     PruneError,
     PruneGraph,
@@ -18,6 +20,7 @@ from prune.api import (
     level_names,
     plan_pruning,
     prune_model,
+    prune_to_latency,
     recalibrate_bn,
     remove_blocks,
     residual_blocks,
@@ -30,5 +33,5 @@ __all__ = [
     "SweepResult",
     "apply_plan", "build_graph", "plan_pruning", "prune_model", "recalibrate_bn", "save_pruned", "sweep",
     "DepthTable", "ScaleTable", "block_importance", "depth_prune", "drop_scale", "level_names", "remove_blocks",
-    "residual_blocks",
+    "residual_blocks", "LatencyGoal", "LatencyPredictor", "prune_to_latency",
 ]  # fmt: skip

@@ -11,7 +11,8 @@ from prune.apply import PruneWarning, apply_plan, recalibrate_bn
 from prune.config import CALIB_NEEDED, PruneConfig, PruneError
 from prune.depth import DepthTable, block_importance, depth_prune, remove_blocks, residual_blocks
 from prune.graph import PruneGraph, build_graph
-from prune.plan import PrunePlan, plan_pruning
+from prune.latency import prune_to_latency
+from prune.plan import LatencyGoal, LatencyPredictor, PrunePlan, plan_pruning
 from prune.runs import save_pruned
 from prune.scales import ScaleTable, drop_scale, level_names
 from prune.sweep import SweepResult, sweep
@@ -21,7 +22,10 @@ from prune.table import PruneTable
 def prune_model(
     model: nn.Module, config: PruneConfig, calib_loader=None, graph: PruneGraph | None = None
 ) -> tuple[nn.Module, PruneTable]:
-    """Plan and apply in one call; returns (pruned copy, prune table). The input model is not changed."""
+    """Plan and apply in one call; returns (pruned copy, prune table). The input model is not changed. A latency
+    amount needs a predictor and a timer: prune_to_latency."""
+    if config.wants_latency:
+        raise PruneError(f"{config.amount[0]}: use prune_to_latency (it needs a latency predictor and a timer)")
     if config.needs_images and calib_loader is None:
         raise PruneError(CALIB_NEEDED)
     plan = plan_pruning(graph if graph is not None else model, config, calib_loader=calib_loader)
@@ -36,5 +40,5 @@ __all__ = [
     "SweepResult",
     "apply_plan", "build_graph", "plan_pruning", "prune_model", "recalibrate_bn", "save_pruned", "sweep",
     "DepthTable", "ScaleTable", "block_importance", "depth_prune", "drop_scale", "level_names", "remove_blocks",
-    "residual_blocks",
+    "residual_blocks", "LatencyGoal", "LatencyPredictor", "prune_to_latency",
 ]  # fmt: skip

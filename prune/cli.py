@@ -18,6 +18,7 @@ from prune.config import (
 )
 from prune.depth import depth_prune
 from prune.graph import build_graph
+from prune.latency import DEFAULT_ITERATIONS, DEFAULT_TOLERANCE, prune_to_latency
 from prune.plan import plan_pruning
 from prune.runs import save_pruned
 from prune.scales import check_level_spec, drop_scale
@@ -40,6 +41,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     amount.add_argument("--ratio", type=float, help="fraction of the prunable channels REMOVED, in [0, 1)")
     amount.add_argument("--target-flops", type=float, help="fraction of the FLOPs KEPT, in (0, 1] (e.g. 0.5)")
     amount.add_argument("--target-params", type=float, help="fraction of the parameters KEPT, in (0, 1]")
+    amount.add_argument("--target-latency", type=float, metavar="MS",
+                        help="measured ONNX Runtime median to reach, in ms (this machine, --threads): the plan "
+                             "searches on a per-layer latency table (prune.py profile), then times the cut and "
+                             "corrects")
+    amount.add_argument("--target-speedup", type=float, metavar="X",
+                        help="like --target-latency with the budget = the model's measured median / X (X > 1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="ONNX Runtime threads the latency budget is measured with (default 1)")
+    p.add_argument("--latency-table", default=None, metavar="FILE",
+                   help="latency table to reuse or (re)build (default ~/.cache/yolov5-slim/latency/<arch hash>.json)")
+    p.add_argument("--latency-tolerance", type=float, default=DEFAULT_TOLERANCE,
+                   help=f"accept a cut whose measured median is within this fraction of the budget (default "
+                        f"{DEFAULT_TOLERANCE}); up to {DEFAULT_ITERATIONS} cuts are tried")
     p.add_argument("--depth", type=int, default=None, metavar="N",
                    help="also remove N residual Bottlenecks (C3 blocks with a shortcut) whose skipping changes the "
                         "outputs least on --data's training images (--calib-images of them); needs --data")
@@ -96,7 +110,8 @@ def config_from_args(args: argparse.Namespace, imgsz: int | None = None) -> Prun
     --imgsz, else 640, until the checkpoint's own size is known."""
     return PruneConfig.from_flags(
         ratio=getattr(args, "ratio", None), target_flops=getattr(args, "target_flops", None),
-        target_params=getattr(args, "target_params", None), importance=args.importance, min_keep=args.min_keep,
+        target_params=getattr(args, "target_params", None), target_latency=getattr(args, "target_latency", None),
+        target_speedup=getattr(args, "target_speedup", None), importance=args.importance, min_keep=args.min_keep,
         round_to=args.round_to, ignore=tuple(args.ignore or ()), compensate=args.compensate,
         recalibrate=int(getattr(args, "recalibrate", 0) or 0), reconstruct=int(getattr(args, "reconstruct", 0) or 0),
         calib_images=args.calib_images, warn_gamma=args.warn_gamma, imgsz=imgsz or args.imgsz or 640,
@@ -136,7 +151,9 @@ def run_prune(args: argparse.Namespace) -> dict:
     config = config_from_args(args, imgsz)
     model, steps = _structural_moves(args, model, config.imgsz)
     table = None
-    if any(v is not None for _, v in config.amount_items()):
+    if config.wants_latency:
+        model, table = _latency_cut(args, model, config)
+    elif any(v is not None for _, v in config.amount_items()):
         calib = _calib(args, config, model)
         graph = build_graph(model, config.imgsz, config.ignore)
         plan = plan_pruning(graph, config, calib_loader=calib)
@@ -158,12 +175,37 @@ def run_prune(args: argparse.Namespace) -> dict:
     return {"save_dir": str(save_dir), "weights": str(path), "table": table, "steps": steps}
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _latency_cut(args: argparse.Namespace, model, config: PruneConfig) -> tuple:
+    """--target-latency / --target-speedup: the predictor and timer come from the dispatcher (prune.py sets
+    `latency_tools`: prune/ runs no exported model itself); errors name the flags."""
+    tools = getattr(args, "latency_tools", None)
+    if tools is None:
+        raise PruneError(f"--{config.amount[0].replace('_', '-')} needs ONNX Runtime timing: run it through prune.py")
+    if not 0 < args.latency_tolerance < 1 or args.threads < 1:
+        raise PruneError(f"--latency-tolerance {args.latency_tolerance} must be in (0, 1) and --threads >= 1")
+    calib = _calib(args, config, model)
+    try:
+        predictor, measure, facts = tools(model, config, threads=args.threads, path=args.latency_table, log=_stderr)
+        pruned, table = prune_to_latency(model, config, predictor, measure, calib_loader=calib,
+                                         tolerance=args.latency_tolerance, log=_stderr)  # fmt: skip
+    except PruneError as e:
+        raise PruneError(PruneConfig.flag_names(str(e))) from None
+    table.latency.update(facts)
+    return pruned, table
+
+
 def _check_moves(args: argparse.Namespace) -> None:
     """What can be checked before the checkpoint loads: something to do, and the structural flags' form."""
     depth, scale = getattr(args, "depth", None), getattr(args, "drop_scale", None)
-    amounts = (getattr(args, k, None) for k in ("ratio", "target_flops", "target_params"))
+    amounts = (getattr(args, k, None) for k in ("ratio", "target_flops", "target_params", "target_latency",
+                                                "target_speedup"))
     if depth is None and scale is None and all(v is None for v in amounts):
-        raise PruneError("nothing to prune: give --ratio, --target-flops or --target-params (channels), --depth N "
+        raise PruneError("nothing to prune: give --ratio, --target-flops, --target-params, --target-latency or "
+                         "--target-speedup (channels), --depth N "
                          "(residual blocks) or --drop-scale LEVEL (a detection level)")  # fmt: skip
     if depth is not None and depth < 1:
         raise PruneError(f"--depth {depth}: expected a positive number of residual blocks to remove")

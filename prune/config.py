@@ -24,7 +24,8 @@ DEFAULT_MIN_KEEP = 0.1
 DEFAULT_ROUND_TO = 8
 DEFAULT_WARN_GAMMA = 0.05
 EXACTLY_ONE = ("give exactly one of ratio (fraction of channels REMOVED), target_flops or target_params "
-               "(fraction KEPT)")
+               "(fraction KEPT), target_latency (ms) or target_speedup (x)")
+LATENCY_AMOUNTS = ("target_latency", "target_speedup")
 CALIB_NEEDED = ("importance 'taylor', compensate='mean', recalibrate and reconstruct need calibration images "
                 "(--data / calib_loader)")
 
@@ -33,7 +34,8 @@ class PruneError(ValueError):
     """A pruning request that cannot be carried out; the message is one line saying why."""
 
 
-_FIELD = re.compile(r"\b(ratio|target_flops|target_params|importance|min_keep|round_to|compensate|recalibrate|"
+_FIELD = re.compile(r"\b(ratio|target_flops|target_params|target_latency|target_speedup|importance|min_keep|round_to|"
+                    r"compensate|recalibrate|"
                     r"reconstruct|calib_images|imgsz)\b")
 
 
@@ -45,6 +47,9 @@ class PruneConfig:
       ratio          fraction of the prunable channels REMOVED (0 <= ratio < 1)
       target_flops   fraction of the model's FLOPs KEPT (0 < x <= 1), reached by bisection on the threshold
       target_params  fraction of the model's parameters KEPT (0 < x <= 1)
+      target_latency the measured ONNX Runtime median to reach, in ms (> 0); needs a latency predictor and a
+                     timer from the caller (prune/latency.py)
+      target_speedup the baseline's measured median divided by this (> 1) is the latency budget
     importance     'slim' (BatchNorm |gamma|, one global threshold), 'l1' / 'l2' (mean |w| / RMS of the filters),
                    'taylor' (the detection loss's first-order change on calibration images; prune/importance.py)
     min_keep       per-layer floor: a fraction (< 1) of the layer's channels, or (>= 1) a channel count; >= 1 always
@@ -63,6 +68,8 @@ class PruneConfig:
     ratio: float | None = None
     target_flops: float | None = None
     target_params: float | None = None
+    target_latency: float | None = None
+    target_speedup: float | None = None
     importance: str = "slim"
     min_keep: float = DEFAULT_MIN_KEEP
     round_to: int = DEFAULT_ROUND_TO
@@ -87,6 +94,10 @@ class PruneConfig:
             v = getattr(self, name)
             if v is not None and not 0.0 < v <= 1.0:
                 raise PruneError(f"{name} {v} is outside (0, 1]: it is the fraction KEPT")
+        if self.target_latency is not None and not self.target_latency > 0:
+            raise PruneError(f"target_latency {self.target_latency} must be > 0 (milliseconds)")
+        if self.target_speedup is not None and not self.target_speedup > 1:
+            raise PruneError(f"target_speedup {self.target_speedup} must be > 1 (baseline latency / pruned latency)")
         self._check_choices()
 
     @classmethod
@@ -103,7 +114,12 @@ class PruneConfig:
         try:
             return cls(**values)
         except PruneError as e:
-            raise PruneError(_FIELD.sub(lambda m: "--" + m.group(1).replace("_", "-"), str(e))) from None
+            raise PruneError(cls.flag_names(str(e))) from None
+
+    @staticmethod
+    def flag_names(message: str) -> str:
+        """A library message with its setting names written as the command line's flags (--target-latency)."""
+        return _FIELD.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)
 
     @classmethod
     def _refuse_unknown(cls, values: Mapping[str, Any]) -> None:
@@ -152,7 +168,13 @@ class PruneConfig:
         return max(self.calib_images, self.recalibrate, self.reconstruct)
 
     def amount_items(self) -> list[tuple[str, float | None]]:
-        return [("ratio", self.ratio), ("target_flops", self.target_flops), ("target_params", self.target_params)]
+        return [("ratio", self.ratio), ("target_flops", self.target_flops), ("target_params", self.target_params),
+                ("target_latency", self.target_latency), ("target_speedup", self.target_speedup)]
+
+    @property
+    def wants_latency(self) -> bool:
+        """Whether the amount is a latency budget (the plan then needs a predictor, the cut a timer)."""
+        return self.target_latency is not None or self.target_speedup is not None
 
     def floor(self, channels: int) -> int:
         """Fewest channels a layer of `channels` may keep."""

@@ -55,6 +55,14 @@ class CostModel:
         params = float((cout * cin_pg * self.kk + self.bias * cout).sum() + 2 * bn.sum())
         return flops, params
 
+    def widths(self, removed: np.ndarray) -> dict[str, tuple[int, int]]:
+        """(input, output) channels of every conv with `removed[g]` channels taken out of group g: what a latency
+        predictor reads."""
+        removed = np.asarray(removed, dtype=np.float64)
+        cout = self.cout - self._reduction("out", removed, len(self.cout))
+        cin = np.where(self.dw, cout, self.cin - self._reduction("in", removed, len(self.cin)))
+        return {n: (int(round(i)), int(round(o))) for n, i, o in zip(self.conv_names, cin, cout)}
+
     def evaluate(self, removed: np.ndarray) -> tuple[float, float]:
         """(FLOPs, params) of the model with `removed[g]` channels taken out of group g."""
         flops, params = self._convs(np.asarray(removed, dtype=np.float64))

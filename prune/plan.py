@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -21,6 +23,24 @@ from prune.cost import CostModel
 from prune.graph import GroupInfo, Member, PruneGraph, Sink, build_graph
 from prune.importance import group_scores
 from prune.table import PruneRow, PruneTable
+
+
+class LatencyPredictor(Protocol):
+    """What the latency search needs from its caller (reports.layer_latency.TablePredictor is one): a model's
+    predicted ms from its conv widths, {conv module name: (input channels, output channels)}."""
+
+    def layer_ms(self, widths: Mapping[str, tuple[int, int]]) -> dict[str, float]: ...
+
+    def total_ms(self, widths: Mapping[str, tuple[int, int]]) -> float: ...
+
+
+@dataclass
+class LatencyGoal:
+    """A latency search: reach `goal_ms` predicted; `label` names the request in errors ('target_latency 12 ms')."""
+
+    predictor: LatencyPredictor
+    goal_ms: float
+    label: str
 
 
 @dataclass
@@ -109,12 +129,34 @@ class Selector:
                 lo = mid + 1
         return lo
 
+    def predicted_ms(self, predictor: LatencyPredictor, k: int) -> float:
+        return predictor.total_ms(self.cost.widths(self.sizes - self.keeps(k)))
+
+    def k_for_latency(self, goal: LatencyGoal) -> int:
+        """Fewest candidates whose plan is predicted to run within goal_ms (the predictor is monotone in widths and
+        widths shrink with k, so bisection holds); one line naming the floor when even the narrowest model is not."""
+        floor = self.predicted_ms(goal.predictor, self.total)
+        if floor > goal.goal_ms:
+            c = self.config
+            raise PruneError(f"{goal.label}: below the floor {floor:.3g} ms the layers can reach at min_keep "
+                             f"{c.min_keep:g} (round_to {c.round_to})")  # fmt: skip
+        lo, hi = 0, self.total
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.predicted_ms(goal.predictor, mid) <= goal.goal_ms:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
 
 def plan_pruning(
-    model: nn.Module | PruneGraph, config: PruneConfig, scores: list[np.ndarray] | None = None, calib_loader=None
+    model: nn.Module | PruneGraph, config: PruneConfig, scores: list[np.ndarray] | None = None, calib_loader=None,
+    latency: LatencyGoal | None = None,
 ) -> PrunePlan:
     """Decide which channels to remove. `model` may be a PruneGraph already built (see build_graph); the taylor
-    importance reads labelled images from `calib_loader`."""
+    importance reads labelled images from `calib_loader`. A latency amount needs `latency` (predictor and goal;
+    prune.latency.prune_to_latency builds it and corrects the goal by timing the cut)."""
     amount, value = config.amount
     graph = model if isinstance(model, PruneGraph) else build_graph(model, config.imgsz, config.ignore)
     if tuple(config.ignore) != graph.ignore:
@@ -124,12 +166,16 @@ def plan_pruning(
     sel = Selector(graph, scores, config)
     if amount == "ratio":
         k = sel.k_for_ratio(value)
+    elif config.wants_latency:
+        if latency is None:
+            raise PruneError(f"{amount} needs a latency predictor and goal (prune.latency.prune_to_latency)")
+        k = sel.k_for_latency(latency)
     else:
         k = sel.k_for_target("flops" if amount == "target_flops" else "params", value)
-    return _make_plan(graph, sel, k)
+    return _make_plan(graph, sel, k, latency)
 
 
-def _make_plan(graph: PruneGraph, sel: Selector, k: int) -> PrunePlan:
+def _make_plan(graph: PruneGraph, sel: Selector, k: int, latency: LatencyGoal | None = None) -> PrunePlan:
     keep = sel.keeps(k)
     plans = []
     for g, s, kp in zip(graph.groups, sel.scores, keep):
@@ -137,6 +183,8 @@ def _make_plan(graph: PruneGraph, sel: Selector, k: int) -> PrunePlan:
         plans.append(GroupPlan(g, int(kp), np.sort(order[: g.channels - int(kp)])))
     flops, params = sel.cost.evaluate(sel.sizes - keep)
     table = _table(graph, sel, plans, k, flops, params)
+    if latency is not None:
+        _latency_columns(table, graph, sel, keep, latency)
     shapes = {n: (c.cout, c.cin, c.groups) for n, c in graph.convs.items()}
     shapes.update({n: (c,) for n, c in graph.bns.items()})
     plan = PrunePlan(sel.config, plans, dict(graph.sinks), shapes, table, graph.in_ch, graph.probe_size)
@@ -168,12 +216,31 @@ def _table(graph: PruneGraph, sel: Selector, plans: list[GroupPlan], k: int, flo
     return table
 
 
+def _latency_columns(table: PruneTable, graph: PruneGraph, sel: Selector, keep: np.ndarray, goal: LatencyGoal):
+    """Each row's predicted ms before and after (its producing convs'), and the totals, from the predictor."""
+    pred = goal.predictor
+    before = pred.layer_ms(sel.cost.widths(np.zeros(len(sel.sizes))))
+    after = pred.layer_ms(sel.cost.widths(sel.sizes - keep))
+    for row, g in zip(table.rows, graph.groups):
+        names = [n for n in g.producers if n in before]
+        row.ms_before = float(sum(before[n] for n in names))
+        row.ms_after = float(sum(after[n] for n in names))
+    table.latency.update({
+        "goal_ms": goal.goal_ms, "predicted_before_ms": pred.total_ms(sel.cost.widths(np.zeros(len(sel.sizes)))),
+        "predicted_ms": pred.total_ms(sel.cost.widths(sel.sizes - keep)),
+    })  # fmt: skip
+
+
 def _request(c: PruneConfig) -> str:
     if c.ratio is not None:
         return f"ratio {c.ratio:g} (fraction of channels REMOVED)"
     if c.target_flops is not None:
         return f"target_flops {c.target_flops:g} (fraction of FLOPs KEPT)"
-    return f"target_params {c.target_params:g} (fraction of parameters KEPT)"
+    if c.target_params is not None:
+        return f"target_params {c.target_params:g} (fraction of parameters KEPT)"
+    if c.target_latency is not None:
+        return f"target_latency {c.target_latency:g} ms (measured ONNX Runtime median)"
+    return f"target_speedup {c.target_speedup:g}x (baseline median / pruned median)"
 
 
 def _warnings(table: PruneTable, c: PruneConfig) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from yolo.fileio import atomic_write_text
 
 COLUMNS = ("layer", "name", "type", "coupled", "before", "after", "removed_pct", "min_kept_gamma",
-           "max_removed_gamma", "min_kept_score")  # fmt: skip
+           "max_removed_gamma", "min_kept_score", "ms_before", "ms_after")  # fmt: skip
 
 
 @dataclass
@@ -26,6 +26,8 @@ class PruneRow:
     min_kept_gamma: float  # smallest |gamma| kept (group max over its BNs)
     max_removed_gamma: float  # largest |gamma| removed
     min_kept_score: float  # smallest importance kept (= min_kept_gamma for 'slim')
+    ms_before: float = math.nan  # predicted ms of the group's producing convs (latency targets only)
+    ms_after: float = math.nan
 
     @property
     def removed_pct(self) -> float:
@@ -51,6 +53,9 @@ class PruneTable:
     protected: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    # latency targets: budget_ms, goal_ms, predicted_before_ms, predicted_ms, measured_before_ms, measured_ms,
+    # iterations (goal, predicted, measured of each correction), table (the latency table's file and key)
+    latency: dict = field(default_factory=dict)
 
     @property
     def channels_before(self) -> int:
@@ -83,7 +88,20 @@ class PruneTable:
             f"(-{100 * self.removed_fraction:.1f}%), params {self.params_before / 1e6:.3f}M -> "
             f"{self.params_after / 1e6:.3f}M ({self.params_kept:.1%} kept), GFLOPs@{self.imgsz} "
             f"{self.gflops_before:.3f} -> {self.gflops_after:.3f} ({self.flops_kept:.1%} kept)"
+            + (f"; {self.latency_line()}" if self.latency else "")
         )
+
+    def latency_line(self) -> str:
+        """Budget, predicted and measured latency of a latency-targeted cut."""
+        lat = self.latency
+        parts = [f"budget {lat['budget_ms']:.2f} ms" if "budget_ms" in lat else ""]
+        if "predicted_ms" in lat:
+            parts.append(f"predicted {lat.get('predicted_before_ms', math.nan):.2f} -> {lat['predicted_ms']:.2f} ms")
+        if "measured_ms" in lat:
+            before = lat.get("measured_before_ms")
+            parts.append(f"measured {'' if before is None else f'{before:.2f} -> '}{lat['measured_ms']:.2f} ms "
+                         f"({lat.get('threads', '?')} thread(s))")  # fmt: skip
+        return "latency " + ", ".join(p for p in parts if p)
 
     def to_rows(self) -> list[dict]:
         return [r.as_dict() for r in self.rows]
@@ -98,6 +116,7 @@ class PruneTable:
             "params_kept": round(self.params_kept, 6), "gflops_before": round(self.gflops_before, 4),
             "gflops_after": round(self.gflops_after, 4), "flops_kept": round(self.flops_kept, 6),
             "imgsz": self.imgsz, "max_removed_gamma": _none_if_nan(self.max_removed_gamma),
+            **({"latency": self.latency} if self.latency else {}),
         }  # fmt: skip
 
     def summary(self) -> dict:
@@ -131,15 +150,22 @@ class PruneTable:
                           ("channels", "right"), ("removed", "right"), ("min kept |γ|", "right"),
                           ("max removed |γ|", "right")):  # fmt: skip
             t.add_column(col, justify=just)
+        timed = bool(self.latency)
+        if timed:
+            t.add_column("predicted ms", justify="right")
         for r in self.rows:
+            ms = [f"{r.ms_before:.3f} -> {r.ms_after:.3f}"] if timed else []
             t.add_row(str(r.layer), r.name, r.type, str(r.coupled), f"{r.before} -> {r.after}",
-                      f"{r.removed_pct:.0f}%", _fmt(r.min_kept_gamma), _fmt(r.max_removed_gamma))  # fmt: skip
+                      f"{r.removed_pct:.0f}%", _fmt(r.min_kept_gamma), _fmt(r.max_removed_gamma), *ms)  # fmt: skip
         t.add_section()
+        total_ms = [f"{self.latency.get('predicted_before_ms', math.nan):.2f} -> "
+                    f"{self.latency.get('predicted_ms', math.nan):.2f}"] if timed else []  # fmt: skip
         t.add_row("", "total", "", "", f"{self.channels_before} -> {self.channels_after}",
-                  f"{100 * self.removed_fraction:.1f}%", "", _fmt(self.max_removed_gamma))  # fmt: skip
+                  f"{100 * self.removed_fraction:.1f}%", "", _fmt(self.max_removed_gamma), *total_ms)  # fmt: skip
         t.caption = (
             f"params {self.params_before / 1e6:.3f}M -> {self.params_after / 1e6:.3f}M ({self.params_kept:.1%} kept); "
             f"GFLOPs@{self.imgsz} {self.gflops_before:.3f} -> {self.gflops_after:.3f} ({self.flops_kept:.1%} kept)"
+            + (f"; {self.latency_line()}" if timed else "")
         )
         return t
 

@@ -97,7 +97,7 @@ def test_not_a_detector_checkpoint(tmp_path):
 
 def test_amount_flags_are_exclusive_and_required(weights, tmp_path):
     args = parse("prune", "--weights", str(weights), "--project", str(tmp_path / "runs"))
-    with pytest.raises(PruneError, match="nothing to prune: give --ratio, --target-flops or --target-params"):
+    with pytest.raises(PruneError, match="nothing to prune: give --ratio, --target-flops, --target-params"):
         args.func(args)  # an amount, --depth or --drop-scale (tests/test_prune_structure.py) is required
     assert not (tmp_path / "runs").exists()
     with pytest.raises(SystemExit):
