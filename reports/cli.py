@@ -56,11 +56,14 @@ def _threads(values: list[str] | None) -> list[int | None]:
 def cmd_export(args: Any) -> int:
     # start-up: onnx and onnxruntime (1.6 s of a 1.9 s prune.py start, measured) load only for the command that runs
     from reports.export import ExportError, check_parity, export_onnx
+    from reports.quantize import check_variant_tags
     from reports.runtime_export import check_format_request
 
     check_format_request(args.format, args.int8, args.dynamic)  # one line, before anything is written
     if args.int8 and not args.calib_data:
         raise ValueError("--int8 needs --calib-data DATA.yaml (its train images calibrate the activations)")
+    if args.int8_variants:
+        check_variant_tags(args.int8_variants, "--int8-variants")
     weights = Path(args.weights)
     model, meta = load_model(weights)
     if getattr(args, "replace_focus", False):  # exact rewrite: no Slice/Concat stem in the graph
@@ -128,16 +131,17 @@ def _synthetic_images(imgsz) -> list:
 
 def _export_int8(args: Any, fp32: Path, data, imgsz: int) -> None:
     # start-up: onnx and onnxruntime (1.6 s of a 1.9 s prune.py start, measured) load only for the command that runs
-    from reports.quantize import quantize_best
+    from reports.quantize import AUTO_VARIANTS, quantize_best
 
 
-    explicit = args.int8_activations != "auto"
+    explicit = args.int8_activations != "auto" or bool(args.int8_variants)
+    variants = args.int8_variants or ([args.int8_activations] if args.int8_activations != "auto" else AUTO_VARIANTS)
     res = quantize_best(
         fp32,
         data if data is not None else args.calib_data,
         fp32.with_name(f"{fp32.stem}-int8.onnx"),
         imgsz=imgsz,
-        activations=[args.int8_activations] if explicit else ["u8", "s8"],
+        variants=variants,
         method=args.int8_method,
         calib_images=args.calib_images,
         map_tolerance=args.int8_map_tol,
@@ -146,7 +150,7 @@ def _export_int8(args: Any, fp32: Path, data, imgsz: int) -> None:
         keep_best_measured=explicit,
     )
     if res["path"]:
-        note = "" if res["chosen"] else " (kept because --int8-activations was given, although it did not qualify)"
+        note = "" if res["chosen"] else " (kept because the variant was named, although it did not qualify)"
         print(f"int8: wrote {res['path']}{note}")
     else:
         print(f"int8: no int8 file written; the deliverable is {fp32}")
@@ -346,7 +350,10 @@ def register(subparsers) -> None:
     p.add_argument("--int8", action="store_true", help="also write a static int8 (QDQ) model if it pays off")
     p.add_argument("--calib-data", help="data.yaml: train images calibrate int8, val images score it")
     p.add_argument("--calib-images", type=int, default=32, help="number of calibration images")
-    p.add_argument("--int8-activations", choices=["auto", "u8", "s8"], default="auto", help="auto: time both")
+    p.add_argument("--int8-activations", choices=["auto", "u8", "s8"], default="auto",
+                   help="auto: time the default variants (u8, u8-rr, s8)")
+    p.add_argument("--int8-variants", nargs="+", default=None, metavar="TAG",
+                   help="int8 variants to time and score instead, e.g. u8 u8-rr u8-rr-qhead s8 (docs/runtimes.md)")
     p.add_argument("--int8-method", choices=["minmax", "entropy", "percentile"], default="percentile",
                    help="activation calibration (default percentile: the best measured on coco128)")
     p.add_argument("--int8-map-tol", type=float, default=0.01, help="max mAP50-95 loss vs fp32 to keep int8")

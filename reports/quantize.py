@@ -49,6 +49,13 @@ METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 # many bins as the quantised range, so the full range always wins). Hence Percentile is the default.
 
 
+# What `export --int8` tries by default, timed and scored on the user's machine (bench/results/int8_profile.md):
+# u8 is the fast one where the CPU has VNNI; on AVX2 without VNNI its u8 x s8 products saturate 16-bit sums and
+# yolov5n lost 0.053 mAP50-95, which reduce_range (7-bit weights, 'rr') mostly avoids; s8 runs as float
+# convolutions between Q/DQ pairs on x86 (slower than fp32) but is the ARM kernel.
+AUTO_VARIANTS = ("u8", "u8-rr", "s8")
+
+
 class QuantizeError(ValueError):
     """Quantisation that cannot be done; one-line cause."""
 
@@ -116,6 +123,7 @@ _TAG_FLAGS = {
     "rr": ("reduce_range", True),
     "qop": ("operator_format", True),
     "qhead": ("quantize_head_outputs", True),
+    "wu8": ("unsigned_weights", True),
 }
 
 
@@ -129,26 +137,27 @@ class Int8Config:
     float_head_convs: bool = False  # also keep the Detect convolutions in float
     operator_format: bool = False  # QOperator (QLinearConv nodes written out) instead of QDQ pairs
     quantize_head_outputs: bool = False  # the Detect convolutions write int8 too (a Q/DQ pair before the decode)
+    unsigned_weights: bool = False  # QUInt8 weights (u8u8 kernels) instead of QInt8: no int16 saturation on AVX2
 
     @property
     def tag(self) -> str:
         parts = [self.activations, self.method, f"n{self.images}"]
         flags = {"fhead": self.float_head_convs, "tensor": not self.per_channel, "rr": self.reduce_range,
-                 "qop": self.operator_format, "qhead": self.quantize_head_outputs}
+                 "qop": self.operator_format, "qhead": self.quantize_head_outputs, "wu8": self.unsigned_weights}
         return "-".join(parts + [k for k, on in flags.items() if on])
 
     @classmethod
-    def from_tag(cls, tag: str) -> Int8Config:
-        """'u8-minmax-n32' / 's8-entropy-n64-fhead' (the parts after the first may be omitted)."""
+    def from_tag(cls, tag: str, method: str | None = None, images: int | None = None) -> Int8Config:
+        """'u8-minmax-n32' / 's8-entropy-n64-fhead' / 'u8-rr' (the parts after the first may be omitted: then
+        `method` and `images`, else the defaults, apply)."""
         parts = tag.strip().lower().split("-")
         cfg = cls(activations=parts[0])
+        cfg.method, cfg.images = method or cfg.method, images or cfg.images
         for p in parts[1:]:
             if p in METHODS:
                 cfg.method = p
             elif p.startswith("n") and p[1:].isdigit():
                 cfg.images = int(p[1:])
-            elif p == "fhead":
-                cfg.float_head_convs = True
             elif p in _TAG_FLAGS:
                 setattr(cfg, _TAG_FLAGS[p][0], _TAG_FLAGS[p][1])
             else:
@@ -167,6 +176,15 @@ class Int8Config:
         if self.images < 1:
             raise QuantizeError(f"--calib-images {self.images}: need at least 1 calibration image")
         return self
+
+
+def check_variant_tags(tags: Sequence[str], flag: str) -> None:
+    """Every tag parses, else one line naming the flag (before anything is written)."""
+    for t in tags:
+        try:
+            Int8Config.from_tag(t)
+        except QuantizeError as e:
+            raise QuantizeError(f"{flag}: {e}") from None
 
 
 def quantize_int8(
@@ -248,7 +266,7 @@ def _quantize_static(src: Path, dst: Path, reader, cfg: Int8Config, exclude: lis
         per_channel=cfg.per_channel,
         reduce_range=cfg.reduce_range,
         activation_type=getattr(QuantType, ACTIVATIONS[cfg.activations]),
-        weight_type=QuantType.QInt8,
+        weight_type=QuantType.QUInt8 if cfg.unsigned_weights else QuantType.QInt8,
         nodes_to_exclude=exclude,
         extra_options={"CalibStridedMinMax": calibration_stride(len(reader))},  # any method, despite the name
     )
@@ -409,7 +427,7 @@ def quantize_best(
     data: Any,
     out_path: str | Path,
     imgsz: int = 640,
-    activations: Sequence[str] = ("u8", "s8"),
+    variants: Sequence[str] = AUTO_VARIANTS,
     method: str = "percentile",
     calib_images: int = 32,
     map_tolerance: float = 0.01,
@@ -418,7 +436,8 @@ def quantize_best(
     keep_best_measured: bool = True,
     log=print,
 ) -> dict[str, Any]:
-    """Quantise `fp32_path` with each activation type, keep the fastest that holds accuracy at `out_path`.
+    """Quantise `fp32_path` as each variant (tags, Int8Config.from_tag), keep the fastest that holds accuracy at
+    `out_path`.
 
     `data` (data.yaml path or DataConfig): its train images calibrate, its val images score (unless
     `score=False`). Returns {"path", "chosen", "reason", "metrics", "latency", "notes"}: `chosen` says whether
@@ -433,7 +452,7 @@ def quantize_best(
     images = list(cfg_data.train)[:calib_images]
     if not images:
         raise QuantizeError(f"{getattr(cfg_data, 'yaml_path', data)}: the train split has no images to calibrate on")
-    configs = [Int8Config(a, method, calib_images) for a in activations]
+    configs = [Int8Config.from_tag(v, method, calib_images) for v in variants]
     scoring = cfg_data if (score and cfg_data.val) else None
     sel = select_int8(
         fp32_path, out_path.parent, images, configs, data_cfg=scoring, map_tolerance=map_tolerance,

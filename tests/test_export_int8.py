@@ -96,8 +96,9 @@ def test_config_tags_and_errors(fp32, tmp_path):
 
 
 def test_variant_tags_round_trip_every_part():
-    c = Int8Config.from_tag("u8-minmax-n8-tensor-rr-qop-qhead")
-    assert (c.per_channel, c.reduce_range, c.operator_format, c.quantize_head_outputs) == (False, True, True, True)
+    c = Int8Config.from_tag("u8-minmax-n8-tensor-rr-qop-qhead-wu8")
+    assert (c.per_channel, c.reduce_range, c.operator_format, c.quantize_head_outputs, c.unsigned_weights) == (
+        False, True, True, True, True)
     assert Int8Config.from_tag(c.tag) == c
     with pytest.raises(QuantizeError, match="contradict"):
         Int8Config.from_tag("u8-fhead-qhead")
