@@ -59,6 +59,7 @@ KNOWN_MODULES += (ConvBNReLUMaxPool, ShuffleBlock)
 KNOWN_MODULES += (ShuffleV2Block, DWConvBlock, FastestDetect)
 
 SPLIT_REASON = "(a channel split/shuffle ties channel positions; not handled)"
+MISMAPPED = "channel mapping through a concat"
 
 # Element-wise autograd operations that keep channel i in channel i (and keep a constant channel constant).
 SAFE_ELEMENTWISE = {
@@ -302,7 +303,7 @@ def _remap_concats(dg: tp.DependencyGraph, true_sizes: dict) -> dict:
         node.module.concat_sizes, node.module.offsets = list(sizes), None
         update_concat_index_mapping(dg, node)
         if node.module.offsets != want:
-            bad[node.grad_fn] = f"channel mapping through a concat of {sizes} channels could not be derived"
+            bad[node.grad_fn] = f"{MISMAPPED} of {sizes} channels could not be derived"
     return bad
 
 
@@ -343,7 +344,7 @@ def _collect_groups(work: nn.Module, dg, ctx: _Context) -> tuple[list[GroupInfo]
         if not reasons:
             reasons = _shared_reader(members, ctx) or _check_members(members, len(group[0].idxs))
         if reasons:
-            reasons.sort(key=lambda r: SPLIT_REASON not in r)  # a split/slice is the root cause: say it first
+            reasons.sort(key=lambda r: r.startswith(MISMAPPED))  # a concat mis-mapped is a symptom: the cause first
             protected.append((", ".join(producers) or ctx.names.get(group[0].dep.target.module, "?"), reasons[0]))
             continue
         layer, ltype = layer_of(work, producers[0])
