@@ -8,8 +8,13 @@ student, and the student is pulled towards its raw per-level maps, objectness-sc
 
     obj  KL(sigmoid(t_obj) || sigmoid(s_obj)), mean over every cell, levels balanced like the label loss
     cls  KL(sigmoid(t_cls) || sigmoid(s_cls)), mean over classes, averaged over cells weighted by sigmoid(t_obj)
+         (a YOLO-FastestV2 head: KL(softmax(t_cls) || softmax(s_cls)), its one class vector per cell)
     box  squared error of the decoded box, xy = 2 sigmoid - 0.5 (cells) and wh = (2 sigmoid)^2 (student
          anchors), averaged over cells weighted by sigmoid(t_obj)
+
+Teacher and student heads must be of one kind with the same levels, anchors and classes: a yolov5 teacher for a
+YOLO-FastestV2 student is refused in one line (different levels, anchors and class activations leave no
+anchor-for-anchor pairs to compare); its own unpruned model can teach a pruned YOLO-FastestV2.
 
 KL is BCE with the teacher's probability as soft target minus that target's entropy: the same gradient as BCE,
 but 0 when the student matches the teacher, so the logged value reads as "distance to the teacher". Weighting
@@ -40,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from yolo.checkpoint import load_model
+from yolo.fastestv2 import FastestDetect
 from yolo.loss import scale_loss_gains
 from yolo.model import detect_convs_pattern
 
@@ -74,6 +80,8 @@ def check_compatible(teacher: nn.Module, student: nn.Module, name: str = "") -> 
     """Raise TeacherError unless both models predict the same maps: classes, levels, anchors per level, strides."""
     t, s = _detect(teacher), _detect(student)
     what = name or "the teacher"
+    if type(t) is not type(s):
+        raise TeacherError(f"--teacher {what}: {_head_mismatch(t, s)}")
     checks = (
         ("classes (nc)", t.nc, s.nc),
         ("Detect levels", t.nl, s.nl),
@@ -83,6 +91,17 @@ def check_compatible(teacher: nn.Module, student: nn.Module, name: str = "") -> 
     for label, tv, sv in checks:
         if tv != sv:
             raise TeacherError(f"--teacher {what}: {label} differ, teacher {tv} vs student {sv}")
+
+
+def _head_mismatch(t: nn.Module, s: nn.Module) -> str:
+    """Why a head of another kind cannot teach: the maps are compared anchor by anchor, cell by cell."""
+    def desc(d: nn.Module) -> str:
+        cls = "one softmax class vector per cell" if isinstance(d, FastestDetect) else "sigmoid classes per anchor"
+        return f"{d.nl} levels (strides {'/'.join(str(int(x)) for x in d.stride)}), its own anchors, {cls}"
+
+    return (f"a {type(t).__name__} teacher cannot teach a {type(s).__name__} student: distillation compares their "
+            f"raw maps anchor for anchor, and the student's head has {desc(s)} where the teacher's has {desc(t)} "
+            "(use a teacher of the student's family, e.g. the unpruned model, or train without --teacher)")
 
 
 def check_same_detect_inputs(teacher: nn.Module, student: nn.Module, name: str = "") -> None:
@@ -127,6 +146,7 @@ class Distiller:
         self.teacher = teacher
         d = _detect(student)
         self.nl, self.nc = d.nl, d.nc
+        self.softmax_cls = isinstance(d, FastestDetect)  # one softmax class vector per cell (YOLO-FastestV2)
         gains = scale_loss_gains(
             {"obj": hyp["distill_obj"], "cls": hyp["distill_cls"], "box": hyp["distill_box"]}, d.nl, d.nc, imgsz
         )
@@ -183,7 +203,7 @@ class Distiller:
             w = q[..., 4]  # teacher objectness: where there is something to learn about classes and boxes
             wsum = w.sum().clamp_min(1e-6)
             lobj = lobj + binary_kl(s[..., 4], t[..., 4], q[..., 4]).mean() * self.balance[i]
-            kl_cls = binary_kl(s[..., 5:], t[..., 5:], q[..., 5:]).mean(-1)
+            kl_cls = (softmax_kl if self.softmax_cls else binary_kl)(s[..., 5:], t[..., 5:], q[..., 5:]).mean(-1)
             lcls = lcls + (kl_cls * w).sum() / wsum
             ps = s[..., :4].sigmoid()
             sb = torch.cat((ps[..., :2] * 2 - 0.5, (ps[..., 2:4] * 2) ** 2), -1)
@@ -210,6 +230,13 @@ class Distiller:
             total = total + self.feat_gain * self.feature_loss(self.features["student"], self.features["teacher"])
         self.last_item = total.detach().reshape(1).cpu()
         return total * imgs.shape[0]
+
+
+def softmax_kl(s_logit: torch.Tensor, t_logit: torch.Tensor, _q: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(t) || softmax(s)) over the last axis, repeated along it (its mean is the KL), so it takes
+    binary_kl's place in the class term."""
+    logp_t, logp_s = F.log_softmax(t_logit, -1), F.log_softmax(s_logit, -1)
+    return (logp_t.exp() * (logp_t - logp_s)).sum(-1, keepdim=True).expand_as(s_logit)
 
 
 def binary_kl(s_logit: torch.Tensor, t_logit: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,8 @@ upsampling and max-pooling, possibly several times as in SPPF). A group is prune
 Anything the graph cannot be trusted with is protected, i.e. every group touching it is left whole, with a
 reason: grouped convolutions, channel split/slice/reshape/shuffle, operations or modules this tool does not
 know, parameters used outside standard layers, tensors that leave the model directly, user --ignore patterns.
-Detect's output convolutions keep their na*(nc+5) outputs; their inputs are pruned with the layers feeding them.
+Detect's output convolutions keep their na*(nc+5) outputs; their inputs are pruned with the layers feeding them,
+unless one conv reads several levels (YOLO-FastestV2's shared head), whose inputs are protected.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 from torch_pruning.dependency.index_mapping import update_concat_index_mapping
 
 from prune.config import PruneError
+from yolo.fastestv2 import DWConvBlock, FastestDetect, ShuffleV2Block
 from yolo.imgsz import check_imgsz, max_stride
 from yolo.model import DetectionModel, de_parallel
 from yolo.modules import C3, SPP, SPPF, Bottleneck, BottleneckCSP, Concat, Conv, Detect, DWConv, Focus
@@ -48,6 +50,16 @@ KNOWN_MODULES += (RepVGG,)
 # output channels is protected by operation type; only branch2's internal channels (1x1 -> depthwise -> 1x1) and a
 # stride-2 block's input from a prunable layer form prunable groups.
 KNOWN_MODULES += (ConvBNReLUMaxPool, ShuffleBlock)
+# YOLO-FastestV2: ShuffleV2Block's even/odd split is two strided channel slices, traced as slice operations, so
+# like ShuffleBlock every group touching a stride-1 block's input or output channels is protected (the split ties
+# channel positions: channel 2i passes, 2i+1 enters the branch); branch_main's internal channels and a stride-2
+# block's input stay prunable. DWConvBlock is a plain conv/BN chain. FastestDetect's three 1x1 output convs are
+# shared by both levels: their outputs are fixed like Detect's, and the traced graph couples their input channels
+# across the levels; those two groups (each level's last DWConvBlock output) are protected (see _shared_reader).
+KNOWN_MODULES += (ShuffleV2Block, DWConvBlock, FastestDetect)
+
+SPLIT_REASON = "(a channel split/shuffle ties channel positions; not handled)"
+MISMAPPED = "channel mapping through a concat"
 
 # Element-wise autograd operations that keep channel i in channel i (and keep a constant channel constant).
 SAFE_ELEMENTWISE = {
@@ -202,7 +214,7 @@ def build_graph(model: nn.Module, imgsz: int = 640, ignore=(), verbose: bool = F
     imgsz = check_imgsz(imgsz, stride, round_up=True)[0]
     dg, unknown, outputs, probe_hw, mismapped = _trace(work, torch.zeros(1, in_ch, probe, probe))
     names = {m: n for n, m in work.named_modules()}
-    ctx = _Context(dg, names, ignored, unknown, outputs, _keep_out(work), mismapped)
+    ctx = _Context(dg, names, ignored, unknown, outputs, _keep_out(work), mismapped, _shared_convs(work, names))
     groups, protected = _collect_groups(work, dg, ctx)
     convs, flops = _geometry(work, probe_hw, (imgsz / probe) ** 2)
     bns = {n: m.num_features for n, m in work.named_modules() if isinstance(m, nn.BatchNorm2d)}
@@ -291,12 +303,17 @@ def _remap_concats(dg: tp.DependencyGraph, true_sizes: dict) -> dict:
         node.module.concat_sizes, node.module.offsets = list(sizes), None
         update_concat_index_mapping(dg, node)
         if node.module.offsets != want:
-            bad[node.grad_fn] = f"channel mapping through a concat of {sizes} channels could not be derived"
+            bad[node.grad_fn] = f"{MISMAPPED} of {sizes} channels could not be derived"
     return bad
 
 
 def _is_unknown(m: nn.Module) -> bool:
     return type(m) not in KNOWN_MODULES
+
+
+def _shared_convs(work: nn.Module, names: dict) -> set[str]:
+    """Output convs one head applies to every level (FastestDetect's reg/obj/cls)."""
+    return {names[c] for d in work.modules() if isinstance(d, FastestDetect) for c in d.m}
 
 
 def _keep_out(work: nn.Module) -> set:
@@ -313,6 +330,7 @@ class _Context:
     outputs: set  # grad_fns of the model's output tensors
     keep_out: set
     mismapped: dict = field(default_factory=dict)  # grad_fn of a concat -> why its index mapping is not trusted
+    shared: set = field(default_factory=set)  # names of output convs shared by several levels
 
 
 def _collect_groups(work: nn.Module, dg, ctx: _Context) -> tuple[list[GroupInfo], list[tuple[str, str]]]:
@@ -324,8 +342,9 @@ def _collect_groups(work: nn.Module, dg, ctx: _Context) -> tuple[list[GroupInfo]
         members, reasons = _members(group, ctx)
         producers = sorted((m.name for m in members if m.kind in ("out", "dw")), key=order.get)
         if not reasons:
-            reasons = _check_members(members, len(group[0].idxs))
+            reasons = _shared_reader(members, ctx) or _check_members(members, len(group[0].idxs))
         if reasons:
+            reasons.sort(key=lambda r: r.startswith(MISMAPPED))  # a concat mis-mapped is a symptom: the cause first
             protected.append((", ".join(producers) or ctx.names.get(group[0].dep.target.module, "?"), reasons[0]))
             continue
         layer, ltype = layer_of(work, producers[0])
@@ -337,6 +356,17 @@ def _collect_groups(work: nn.Module, dg, ctx: _Context) -> tuple[list[GroupInfo]
     for i, g in enumerate(groups):
         g.gid = i
     return groups, protected
+
+
+def _shared_reader(members: list[Member], ctx: _Context) -> list[str]:
+    """A group read by an output conv shared by several levels couples those levels' features, which the conv reads
+    at separate calls (not summed, as the graph's coupled producers otherwise are): a removed channel's constant
+    differs per level and one bias cannot absorb both, so the cut would not be exact. Protected."""
+    readers = sorted(m.name for m in members if m.kind == "in" and m.name in ctx.shared)
+    if not readers:
+        return []
+    return [f"read by {', '.join(readers)}, output convs shared by both levels (the levels' removed channels "
+            "would leave different constants for one bias)"]
 
 
 def _members(group, ctx: _Context) -> tuple[list[Member], list[str]]:
@@ -376,7 +406,7 @@ def _layer_reason(mod, t, item, ctx: _Context) -> str | None:
     if t == OPT.OUTPUT:
         return "its channels leave the model directly (a model output)"
     if t in (OPT.RESHAPE, OPT.SPLIT, OPT.SLICE, OPT.UNBIND, OPT.EXPAND):
-        return f"channel {t.name.lower()} operation (split/shuffle/view of channels is not handled)"
+        return f"channel {t.name.lower()} operation {SPLIT_REASON}"
     if t not in (OPT.CONV, OPT.DEPTHWISE_CONV, OPT.BN) or type(mod) not in (nn.Conv2d, nn.BatchNorm2d):
         return f"unsupported layer {type(mod).__name__} ({t.name})"
     name = ctx.names[mod]

@@ -22,6 +22,7 @@ from reports.export import ExportError, export_ready
 from reports.imaging import ImageLike, list_images, prepare, read_rgb
 from yolo.boxes import scale_boxes
 from yolo.checkpoint import load_model
+from yolo.convention import of as convention_of
 from yolo.fileio import atomic_write_text, increment_run_dir
 from yolo.imgsz import check_imgsz, max_stride, to_shape
 from yolo.nms import non_max_suppression
@@ -36,6 +37,7 @@ class TorchPredictor:
         self.model = export_ready(model).to(self.device)
         self.names = [str(n) for n in getattr(model, "names", [])]
         self.stride = max_stride(model)
+        self.input_convention = convention_of(model)
         self.input_shape = None
         self.batch_fixed = None
 
@@ -73,17 +75,19 @@ def predict(
 
     Same preprocessing (OpenCV's bilinear resize, minimum-rectangle letterbox for a dynamic model, the fixed
     input of a static ONNX) and the same post-processing: boxes mapped back from the letterbox shapes and
-    rounded to whole pixels.
+    rounded to whole pixels. A model of the stretch convention (yolo.convention) gets the image stretched to the
+    square size and in its channel order, as its authors fed it.
     """
 
     fixed = getattr(predictor, "input_shape", None)
     shape, auto = (fixed, False) if fixed else (to_shape(imgsz), True)
     stride = int(getattr(predictor, "stride", 32))
-    x, hw0, _, rgb = prepare(img, shape, auto=auto, stride=stride, opencv=True)
+    convention = convention_of(predictor)
+    x, hw0, ratio_pad, rgb = prepare(img, shape, auto=auto, stride=stride, opencv=True, convention=convention)
     pred = predictor(torch.from_numpy(x))
     det = non_max_suppression(pred, conf_thres, iou_thres, max_det=max_det)[0]
-    if len(det):
-        det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], hw0).round()
+    if len(det):  # a letterbox is recomputed from the shapes, as the official detect.py does
+        det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], hw0, ratio_pad if convention.stretch else None).round()
     return det.numpy(), rgb
 
 

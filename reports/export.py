@@ -31,6 +31,7 @@ from torch import nn
 from reports.imaging import ImageLike, prepare
 from reports.onnx_backend import OnnxDetector
 from yolo.boxes import box_iou
+from yolo.convention import of as convention_of
 from yolo.fileio import check_writable
 from yolo.imgsz import check_imgsz, max_stride, to_shape
 from yolo.nms import non_max_suppression
@@ -133,6 +134,7 @@ def build_metadata(model: nn.Module, hw: tuple[int, int], dynamic: str, extra: d
             continue
         if isinstance(v, (str, int, float, bool, list, dict)) or v is None:
             md[k] = v
+    md["input"] = convention_of(model).as_dict()  # how images are fed: val, detect and calibration of the file read it
     out = {k: _meta_value(v) for k, v in md.items()}
     out.update(stride=str(md["stride"]), names=official_names(names))  # as official YOLOv5 loaders expect
     return out
@@ -410,7 +412,7 @@ def _raw_outputs(model: nn.Module, det: Any, images: Sequence[ImageLike], imgsz)
         shape, auto = to_shape(imgsz if imgsz is not None else det.imgsz), True
     res: dict[str, Any] = {"box": 0.0, "score": 0.0, "box_noise": 0.0, "score_noise": 0.0, "outputs": [], "shapes": []}
     for img in images:
-        x, _, _, _ = prepare(img, shape, auto=auto, stride=det.stride)
+        x, _, _, _ = prepare(img, shape, auto=auto, stride=det.stride, convention=convention_of(det))
         res["shapes"].append(list(x.shape[2:]))
         xt = torch.from_numpy(x)
         with torch.no_grad():

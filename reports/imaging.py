@@ -1,4 +1,5 @@
-"""Reading and letterboxing images for the ONNX side (parity, calibration, detect): numpy in, numpy out.
+"""Reading images and turning them into network input for the ONNX side (parity, calibration, detect): numpy in,
+numpy out, in the model's input convention (letterboxed RGB, or stretched BGR for the authors' YOLO-FastestV2).
 
 The letterbox is the evaluator's own (`yolo.data.letterbox`), so exported models see what scoring feeds them.
 `detect` asks for `opencv=True` instead: the image is resized as the official detect.py resizes it
@@ -14,7 +15,10 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps
 
+from yolo.convention import DEFAULT as DEFAULT_CONVENTION
+from yolo.convention import InputConvention
 from yolo.data import letterbox as yolo_letterbox
+from yolo.data.resize import resize_linear
 from yolo.imgsz import to_shape
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -45,48 +49,6 @@ def as_rgb(img: ImageLike) -> np.ndarray:
     return a
 
 
-# OpenCV's fixed-point bilinear resize of uint8 images: 11-bit coefficients, then its SIMD rounding
-_COEF_SCALE = 1 << 11
-
-
-def _linear_taps(src: int, dst: int, clamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """First source index and the two fixed-point weights per output index, computed as OpenCV computes them
-    (half-pixel centres, the offset rounded to float32, weights rounded to 1/2048; columns clamped at the edges)."""
-    scale = 1.0 / (dst / src)  # OpenCV keeps inv_scale = dst / src and inverts it: the last bit matters
-    f = ((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
-    first = np.floor(f).astype(np.int64)
-    f = (f - first.astype(np.float32)).astype(np.float32)
-    if clamp:
-        for edge in (first < 0, first >= src - 1):
-            f[edge] = 0
-        first = np.clip(first, 0, src - 1)
-    w0 = np.rint((np.float32(1) - f) * np.float32(_COEF_SCALE)).astype(np.int64)
-    w1 = np.rint(f * np.float32(_COEF_SCALE)).astype(np.int64)
-    return first, w0, w1
-
-
-def resize_linear(img: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
-    """`cv2.resize(img, size_wh, interpolation=cv2.INTER_LINEAR)` for uint8 HxW(xC) images, in numpy.
-
-    Identical to OpenCV 4.13 and 5.1 on every pixel (816 random and real cases checked, max difference 0); Pillow's
-    bilinear resize antialiases when shrinking and differs by up to 90/255 on bus.jpg. An exact 2x shrink is
-    OpenCV's 2x2 average, as OpenCV switches to it.
-    """
-    h, w = img.shape[:2]
-    nw, nh = int(size_wh[0]), int(size_wh[1])
-    x = img.reshape(h, w, -1).astype(np.int64)
-    if w == 2 * nw and h == 2 * nh:
-        s = x[0::2, 0::2] + x[0::2, 1::2] + x[1::2, 0::2] + x[1::2, 1::2]
-        return ((s + 2) >> 2).astype(np.uint8).reshape((nh, nw) + img.shape[2:])
-    cols, a0, a1 = _linear_taps(w, nw, clamp=True)
-    rows = x[:, cols] * a0[None, :, None] + x[:, np.minimum(cols + 1, w - 1)] * a1[None, :, None]
-    top, b0, b1 = _linear_taps(h, nh, clamp=False)
-    r0, r1 = rows[np.clip(top, 0, h - 1)], rows[np.clip(top + 1, 0, h - 1)]
-    b0, b1 = b0[:, None, None], b1[:, None, None]
-    out = ((((r0 >> 4) * b0) >> 16) + (((r1 >> 4) * b1) >> 16) + 2) >> 2
-    return np.clip(out, 0, 255).astype(np.uint8).reshape((nh, nw) + img.shape[2:])
-
-
 def letterbox(
     img: np.ndarray, new_shape: tuple[int, int], auto: bool = False, stride: int = 32, opencv: bool = False
 ):
@@ -107,17 +69,33 @@ def letterbox(
     return out, (r, r), pad
 
 
-def prepare(img: ImageLike, shape: int | Sequence[int], auto: bool = False, stride: int = 32, opencv: bool = False):
-    """Letterboxed network input for one image.
+def prepare(
+    img: ImageLike,
+    shape: int | Sequence[int],
+    auto: bool = False,
+    stride: int = 32,
+    opencv: bool = False,
+    convention: InputConvention = DEFAULT_CONVENTION,
+):
+    """Network input for one image, in the model's input `convention` (yolo.convention): the one place the
+    exported-model paths (parity, calibration, detect, runtime checks) turn an image into a tensor.
 
-    Returns (x float32 1x3xHxW in 0-1, original (h0, w0), ratio_pad ((r, r), (dw, dh)), the RGB original).
-    With `auto` the padding is the minimum that makes each side a multiple of `stride` (dynamic models);
-    `opencv` resizes as the official detect.py (see `letterbox`).
+    Returns (x float32 1x3xHxW in 0-1, original (h0, w0), ratio_pad for yolo.boxes.scale_boxes, the RGB original).
+    Letterbox: with `auto` the padding is the minimum that makes each side a multiple of `stride` (dynamic
+    models); `opencv` resizes as the official detect.py (see `letterbox`). Stretch: the whole image resized to
+    `shape` with OpenCV's INTER_LINEAR, as the dataset stretches (`auto` and `opencv` do not apply).
     """
     rgb = as_rgb(img)
-    lb, ratio, pad = letterbox(rgb, to_shape(shape), auto=auto, stride=stride, opencv=opencv)
+    h, w = to_shape(shape)
+    if convention.stretch:
+        lb = resize_linear(rgb, (w, h)) if rgb.shape[:2] != (h, w) else rgb
+        ratio_pad = ((h / rgb.shape[0], w / rgb.shape[1]), (0.0, 0.0), "stretch")
+    else:
+        lb, ratio, pad = letterbox(rgb, (h, w), auto=auto, stride=stride, opencv=opencv)
+        ratio_pad = (ratio, pad)
+    lb = convention.channels_from_rgb(lb)
     x = np.ascontiguousarray(lb.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
-    return x, rgb.shape[:2], (ratio, pad), rgb
+    return x, rgb.shape[:2], ratio_pad, rgb
 
 
 def list_images(source: str | Path | Iterable[str | Path]) -> list[Path]:

@@ -29,6 +29,9 @@ from reports.export import ExportError
 from reports.imaging import prepare
 from reports.runtime_common import FixedInputPredictor, find_model_file
 from reports.runtime_files import publish_dir, runtime_metadata, staging_dir
+from yolo.convention import DEFAULT as DEFAULT_CONVENTION
+from yolo.convention import InputConvention
+from yolo.convention import from_meta as convention_from_meta
 
 RT_INFO_KEY = ["model_info", "yolov5_slim"]
 STOP_TYPES = ("Convolution", "GroupConvolution")  # the last convolutions of each Detect branch end the decode
@@ -68,16 +71,18 @@ def quantized_decode_ops(model: ov.Model) -> list[str]:
     return [f"{t} {n}" for n, t in decode_ops(model).items() if t in ("FakeQuantize", "FakeConvert")]
 
 
-def _calibration_dataset(images: Sequence[Any], shape: tuple[int, int], stride: int):
+def _calibration_dataset(images: Sequence[Any], shape: tuple[int, int], stride: int, convention: InputConvention):
     import nncf  # optional: only the int8 export needs it
 
     def transform(img: Any) -> np.ndarray:
-        return prepare(img, shape, auto=False, stride=stride)[0]  # letterboxed exactly as at inference
+        return prepare(img, shape, stride=stride, convention=convention)[0]  # exactly as at inference
 
     return nncf.Dataset(list(images), transform)
 
 
-def quantize_nncf(model: ov.Model, images: Sequence[Any], stride: int) -> ov.Model:
+def quantize_nncf(
+    model: ov.Model, images: Sequence[Any], stride: int, convention: InputConvention = DEFAULT_CONVENTION
+) -> ov.Model:
     """nncf post-training int8 of `model` calibrated on `images`, the decode ops kept float (ignored_scope)."""
     import nncf  # optional: only the int8 export needs it
 
@@ -86,7 +91,7 @@ def quantize_nncf(model: ov.Model, images: Sequence[Any], stride: int) -> ov.Mod
     shape = tuple(int(d) for d in model.input(0).get_shape()[2:])
     nncf.set_log_level(logging.WARNING)  # its INFO lines list every ignored node: noise to a user
     scope = nncf.IgnoredScope(names=list(decode_ops(model)))
-    q = nncf.quantize(model, _calibration_dataset(images, shape, stride), subset_size=len(images),
+    q = nncf.quantize(model, _calibration_dataset(images, shape, stride, convention), subset_size=len(images),
                       ignored_scope=scope)  # fmt: skip
     bad = quantized_decode_ops(q)
     if bad:
@@ -114,7 +119,7 @@ def export_openvino(
         raise ExportError(f"OpenVINO could not convert {onnx_path}: {str(e).strip().splitlines()[0]}") from e
     md = runtime_metadata(onnx_path, "openvino", "int8" if int8 else "fp32", "openvino", extra_metadata)
     if int8:
-        model = quantize_nncf(model, calib_images, int(md.get("stride", 32)))
+        model = quantize_nncf(model, calib_images, int(md.get("stride", 32)), convention_from_meta(md))
         md["int8"] = {"tool": "nncf", "calib_images": len(calib_images), "float_ops": len(decode_ops(model))}
     model.set_rt_info(json.dumps(md), RT_INFO_KEY)
     with staging_dir(folder) as tmp:

@@ -37,6 +37,9 @@ from reports.imaging import prepare
 from reports.latency import OnnxRunner, benchmark
 from reports.onnx_backend import OnnxDetector, read_metadata
 from reports.onnx_graph import decode_nodes, float_decode_check, keep_head_outputs_float, name_nodes
+from yolo.convention import DEFAULT as DEFAULT_CONVENTION
+from yolo.convention import InputConvention
+from yolo.convention import from_meta as convention_from_meta
 from yolo.data import load_data_yaml
 from yolo.fileio import atomic_write_text
 from yolo.imgsz import to_shape
@@ -69,10 +72,18 @@ def _reader_base():
 
 
 class ImageCalibrationReader(_reader_base()):
-    """Feeds letterboxed images one at a time to the calibrator."""
+    """Feeds images one at a time to the calibrator, as at inference (the model's input convention)."""
 
-    def __init__(self, images: Sequence[Any], input_name: str, shape: tuple[int, int], stride: int = 32):
+    def __init__(
+        self,
+        images: Sequence[Any],
+        input_name: str,
+        shape: tuple[int, int],
+        stride: int = 32,
+        convention: InputConvention = DEFAULT_CONVENTION,
+    ):
         self.images = list(images)
+        self.convention = convention
         self.input_name = input_name
         self.shape = shape
         self.stride = stride
@@ -82,7 +93,7 @@ class ImageCalibrationReader(_reader_base()):
         img = next(self._it, None)
         if img is None:
             return None
-        x, _, _, _ = prepare(img, self.shape, auto=False, stride=self.stride)
+        x, _, _, _ = prepare(img, self.shape, auto=False, stride=self.stride, convention=self.convention)
         return {self.input_name: x}
 
     def rewind(self) -> None:
@@ -213,7 +224,7 @@ def quantize_int8(
     input_name, (h, w) = _input_info(base)
     if h is None or w is None:
         h, w = to_shape(imgsz if imgsz is not None else meta.get("imgsz", 640))
-    reader = ImageCalibrationReader(images, input_name, (h, w), int(meta.get("stride", 32)))
+    reader = ImageCalibrationReader(images, input_name, (h, w), int(meta.get("stride", 32)), convention_from_meta(meta))
     tmpdir = Path(tempfile.mkdtemp(prefix=".int8-", dir=out_path.parent))
     try:
         src = _prepared_copy(base, fp32_path, tmpdir / "prep.onnx", preprocess)

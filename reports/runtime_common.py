@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from yolo.convention import from_meta as convention_from_meta
 from yolo.imgsz import to_shape
 
 
@@ -85,6 +86,7 @@ class FixedInputPredictor:
         imgsz = md.get("imgsz") or (list(self.input_shape) if self.input_shape else [640, 640])
         self.imgsz: tuple[int, int] = (int(imgsz[0]), int(imgsz[-1])) if isinstance(imgsz, list) else (imgsz, imgsz)
         self.device = torch.device("cpu")
+        self.input_convention = convention_from_meta(md)  # how images are fed: val, detect and parity read it
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path.name}, input_shape={self.input_shape}, threads={self.threads})"

@@ -23,6 +23,7 @@ from torch import nn
 from reports.backends import MissingExtraError, require_extra
 from reports.export import ExportError
 from reports.imaging import ImageLike, prepare
+from yolo.convention import of as convention_of
 from yolo.val import evaluate
 
 REL_TOL = 1e-3
@@ -90,7 +91,7 @@ def check_runtime_parity(
         ref.detect.export = True
     box = score = box_ref = score_ref = 0.0
     for img in images:
-        x = torch.from_numpy(prepare(img, det.input_shape, auto=False, stride=det.stride)[0])
+        x = torch.from_numpy(prepare(img, det.input_shape, stride=det.stride, convention=convention_of(det))[0])
         with torch.no_grad():
             pt = ref(x)
         pt = pt[0] if isinstance(pt, (tuple, list)) else pt

@@ -3,10 +3,21 @@ with their own code's outputs on bus.jpg (`../shared/reference/fastestv2_bus352.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
+from finetune.distill import Distiller, TeacherError, check_compatible
+from prune import PruneConfig, apply_plan, build_graph, plan_pruning, prune_model, save_pruned
+from prune.apply import removals
+from reports.detect import TorchPredictor, predict
+from reports.export import check_parity, export_onnx
+from reports.imaging import prepare
+from reports.onnx_backend import OnnxDetector
+from reports.onnx_meta import read_metadata
+from reports.quantize import ImageCalibrationReader
 from tests.zoo import randomize_bn
 from yolo.boxes import scale_boxes
 from yolo.checkpoint import CheckpointError, load_model, save_checkpoint
@@ -15,11 +26,13 @@ from yolo.convention import InputConvention, from_meta
 from yolo.convention import parse as parse_convention
 from yolo.data import load_data_yaml, load_image
 from yolo.data.dataset import DetectionDataset
+from yolo.data.resize import resize_linear
 from yolo.fastestv2 import DWConvBlock, FastestDetect, ShuffleV2Block, split_even_odd
 from yolo.fastestv2_loss import FastestV2Loss, build_loss
 from yolo.fastestv2_weights import AuthorsWeightsError, load_backbone
 from yolo.flops import count_gflops, count_params
-from yolo.model import build_model
+from yolo.hyp import load_hyp
+from yolo.model import build_model, module_shapes
 from yolo.nms import non_max_suppression
 from yolo.synthetic import make_synthetic_dataset
 from yolo.val import ScoringError, evaluate
@@ -238,3 +251,146 @@ def test_one_training_step_lowers_the_authors_loss():
         opt.step()
         opt.zero_grad()
     assert loss_fn(model(x), targets)[0].item() < first.item()
+
+
+# ------------------------------------------------------------------------------------------------ pruning
+
+STRETCH_BGR = InputConvention("stretch", "bgr")
+
+
+@pytest.fixture(scope="module")
+def pruned_setup():
+    torch.manual_seed(0)
+    model = randomize_bn(build_model("yolo-fastestv2", nc=3), seed=2).eval()
+    graph = build_graph(model, 128)  # the 5-D view of the authors' split never finished here (strided slices do)
+    return model, graph, plan_pruning(graph, PruneConfig(ratio=0.4, round_to=1, imgsz=128))
+
+
+def test_prune_graph_protects_the_split_and_the_shared_head(pruned_setup):
+    model, graph, _ = pruned_setup
+    reasons = {n: why for names, why in graph.protected for n in names.split(", ")}
+    for name in ("model.8.block.8", "model.13.block.8", "model.9.block.8", "model.14.block.8"):
+        assert "shared by both levels" in reasons[name]  # one 1x1 conv reads both levels' features
+    for name in ("model.2.0.branch_main.5", "model.4.3.branch_main.5", "model.6.0.branch_main.5"):
+        assert "split/shuffle ties channel positions" in reasons[name]
+    producers = {p for g in graph.groups for p in g.producers}
+    blocks = [n for n, m in model.named_modules() if isinstance(m, ShuffleV2Block)]
+    assert {f"{b}.branch_main.0" for b in blocks} <= producers  # every block's internal channels are prunable
+    assert {"model.0.conv.0", "model.7.conv", "model.12.conv", "model.8.block.3", "model.14.block.3"} <= producers
+    readers = {m.name for g in graph.groups for m in g.members if m.kind == "in"}
+    assert not readers & {"model.15.m.0", "model.15.m.1", "model.15.m.2"}
+
+
+def test_zero_gamma_channels_are_removed_losslessly(pruned_setup):
+    """Masked (gamma = 0 on the planned channels) and physically pruned models agree away from the borders."""
+    model, _, plan = pruned_setup
+    masked = copy.deepcopy(model)
+    for (name, kind), idx in removals(plan).items():
+        if kind == "bn":
+            masked.get_submodule(name).weight.data[torch.as_tensor(idx)] = 0.0
+    assert plan.removed_channels > 0
+    pruned = apply_plan(masked, plan).double()
+    x = torch.rand(1, 3, 512, 512, dtype=torch.float64)
+    with torch.no_grad():
+        ref, out = masked.double()(x)[1], pruned(x)[1]
+    for r, o in zip(ref, out):
+        c = r.shape[2] // 3
+        assert (r - o)[:, :, c:-c, c:-c].abs().max().item() < 1e-6
+
+
+@pytest.mark.filterwarnings("ignore::prune.apply.PruneWarning")  # an unsparsified model: large gammas go
+def test_pruned_checkpoint_reloads_trains_and_exports_with_parity(tmp_path):
+    torch.manual_seed(0)
+    model = randomize_bn(build_model("yolo-fastestv2", nc=3), seed=3)
+    model.input_convention = STRETCH_BGR
+    pruned, table = prune_model(model, PruneConfig(ratio=0.3, imgsz=64))
+    assert table.params_after < table.params_before and any(r.after < r.before for r in table.rows)
+    assert any("shared by both levels" in why for _, why in table.protected)
+    ckpt = save_pruned(tmp_path / "prune", pruned, {"imgsz": 64}, table)
+    loaded, meta = load_model(ckpt)
+    assert module_shapes(loaded) == module_shapes(pruned) and loaded.input_convention == STRETCH_BGR
+    loss_fn = build_loss(loaded.train(), load_hyp(None), 64)
+    x, targets = torch.rand(2, 3, 64, 64), torch.tensor([[0, 1, 0.5, 0.5, 0.4, 0.5], [1, 2, 0.3, 0.6, 0.25, 0.3]])
+    opt = torch.optim.SGD(loaded.parameters(), lr=1e-4)
+    first = loss_fn(loaded(x), targets)[0]
+    first.backward()
+    opt.step()
+    assert loss_fn(loaded(x), targets)[0].item() < first.item()
+    loaded.eval()
+    path = export_onnx(loaded, tmp_path / "p.onnx", 64)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((48, 80), (90, 60))]
+    report = check_parity(loaded, path, images)
+    assert report.passed and report.max_score_diff < 1e-4, report.summary()
+    assert read_metadata(path)["input"] == {"resize": "stretch", "channels": "bgr"}
+
+
+# ------------------------------------------------------------------------------------------------ exported files
+
+
+def test_onnx_records_the_convention_and_val_of_the_file_uses_it(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "d", n_train=1, n_val=3, img_size=80, seed=4)
+    torch.manual_seed(0)
+    model = randomize_bn(build_model("yolo-fastestv2", nc=3), seed=4).eval()
+    model.input_convention = STRETCH_BGR
+    det = OnnxDetector(export_onnx(model, tmp_path / "m.onnx", 64))
+    assert det.input_convention == STRETCH_BGR
+    kw = dict(imgsz=64, batch_size=1, workers=0, progress=False, rect=False, conf_thres=0.0)
+    onnx_res, torch_res = evaluate(det, data, **kw), evaluate(model, data, **kw)
+    assert onnx_res["input_convention"] == torch_res["input_convention"] == "stretch-bgr"
+    for k in ("map50", "map", "yolo_map50", "precision", "recall"):
+        assert abs(onnx_res[k] - torch_res[k]) < 1e-3, k  # an untrained head: fp32 noise reorders tied scores
+    with pytest.raises(ScoringError, match="trained on stretch-bgr input"):
+        evaluate(det, data, convention=DEFAULT_CONVENTION, **kw)
+    plain = build_model("yolo-fastestv2", nc=3).eval()
+    assert OnnxDetector(export_onnx(plain, tmp_path / "p.onnx", 64)).input_convention == DEFAULT_CONVENTION
+
+
+def test_prepare_and_detect_feed_a_stretched_bgr_model_its_own_input():
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (50, 90, 3), dtype=np.uint8)
+    x, hw0, ratio_pad, _ = prepare(rgb, 64, convention=STRETCH_BGR)
+    want = resize_linear(rgb, (64, 64))[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255
+    assert np.array_equal(x, want) and hw0 == (50, 90) and ratio_pad[2] == "stretch"
+    reader = ImageCalibrationReader([rgb], "images", (64, 64), 32, STRETCH_BGR)
+    assert np.array_equal(reader.get_next()["images"], want)
+    torch.manual_seed(0)
+    model = randomize_bn(build_model("yolo-fastestv2", nc=3), seed=5).eval()
+    model.input_convention = STRETCH_BGR
+    det, _ = predict(TorchPredictor(model), rgb, 64, conf_thres=0.0, max_det=5)
+    with torch.no_grad():
+        ref = non_max_suppression(model(torch.from_numpy(want))[0], 0.0, 0.45, max_det=5)[0]
+    ref[:, [0, 2]] *= 90 / 64  # a gain per axis: stretched, not letterboxed
+    ref[:, [1, 3]] *= 50 / 64
+    ref[:, [0, 2]], ref[:, [1, 3]] = ref[:, [0, 2]].clamp(0, 90), ref[:, [1, 3]].clamp(0, 50)  # clipped to the image
+    assert len(det) == 5 and np.allclose(det[:, :4], ref[:, :4].round().numpy(), atol=1)
+    assert np.allclose(det[:, 4], ref[:, 4].numpy(), atol=1e-6)
+
+
+def test_coco_checkpoint_carries_coco_names(shared_dir):
+    model, meta = load_model(shared_dir / COCO)
+    assert len(model.names) == 80 and model.names[0] == "person" and model.names[-1] == "toothbrush"
+    assert meta["names"] == model.names
+
+
+# ------------------------------------------------------------------------------------------------ teacher
+
+
+def test_yolov5_teacher_is_refused_in_one_line():
+    with pytest.raises(TeacherError, match="Detect teacher cannot teach a FastestDetect student") as e:
+        check_compatible(build_model("yolov5n", nc=3), build_model("yolo-fastestv2", nc=3), "yolov5n.pt")
+    assert "\n" not in str(e.value) and "strides 16/32" in str(e.value)
+
+
+def test_unpruned_fastestv2_teaches_its_pruned_self(pruned_setup):
+    teacher, _, plan = pruned_setup
+    student = apply_plan(teacher, plan).train()
+    hyp = load_hyp(None)
+    distiller = Distiller(copy.deepcopy(teacher), student, hyp, 64, balance=[1.0, 0.4])
+    x = torch.rand(2, 3, 64, 64)
+    t_maps = distiller.teacher_outputs(x)
+    same, _ = distiller.loss(t_maps, t_maps)
+    assert abs(same.item()) < 1e-6  # softmax class KL, objectness KL and box error all vanish at the teacher
+    total, items = distiller.loss(student(x), t_maps)
+    assert total.item() > 0 and (items > 0).all()
+    total.backward()

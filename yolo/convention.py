@@ -62,3 +62,11 @@ def parse(text: str) -> InputConvention:
     if len(parts) != 2:
         raise ValueError(f"input convention {text!r}: expected <{'|'.join(RESIZES)}>-<{'|'.join(CHANNELS)}>")
     return InputConvention(*parts)
+
+
+def of(obj: Any) -> InputConvention:
+    """The convention a model (also wrapped in DataParallel) or a predictor of an exported file carries; the
+    project's default for one that carries none (an official YOLOv5 file)."""
+    obj = getattr(obj, "module", obj) if not hasattr(obj, "input_convention") else obj
+    conv = getattr(obj, "input_convention", DEFAULT)
+    return conv if isinstance(conv, InputConvention) else DEFAULT

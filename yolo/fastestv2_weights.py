@@ -15,6 +15,7 @@ import re
 
 import torch
 
+from yolo.coco_names import COCO80
 from yolo.model import DetectionModel, build_model
 
 CONFIG = "yolo-fastestv2"
@@ -105,6 +106,8 @@ def from_authors_detector(state: dict) -> tuple[DetectionModel, dict]:
     nc = int(state["output_cls_layers.weight"].shape[0]) if "output_cls_layers.weight" in state else 80
     model = build_model(CONFIG, nc=nc)
     _fit(model, map_state(state, "detector"), "detector", prefix_only=False)
+    if nc == len(COCO80):  # their file has no names; 80 classes is their COCO model
+        model.names = list(COCO80)
     meta = {
         "format": "yolo-fastestv2 (authors' state_dict)",
         "names": model.names,

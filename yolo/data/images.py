@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from yolo.data.files import IMG_FORMATS, DataError, PathLike, is_image
+from yolo.data.resize import resize_linear
 
 PAD_COLOR = (114, 114, 114)
 MIN_IMAGE_SIDE = 10  # YOLOv5 rejects images of 9 px or less
@@ -72,7 +73,8 @@ def load_image(
     path: PathLike, img_size: int, stretch: bool = False
 ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
     """Decode upright RGB and resize so the long side is `img_size` (`stretch`: both sides, in one resize from the
-    original as the stretch convention's models were fed); returns (img, (h0, w0), (h, w))."""
+    original with OpenCV's INTER_LINEAR, as the stretch convention's models were fed); returns (img, (h0, w0),
+    (h, w))."""
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im).convert("RGB")
@@ -80,9 +82,11 @@ def load_image(
         raise _unreadable(path, e) from None
     w0, h0 = im.size
     r = img_size / max(h0, w0)
-    if stretch and (w0, h0) != (img_size, img_size):
-        im = im.resize((img_size, img_size), Image.Resampling.BILINEAR)
-    elif r != 1 and not stretch:
+    if stretch:
+        img = np.asarray(im, dtype=np.uint8)
+        img = resize_linear(img, (img_size, img_size)) if (w0, h0) != (img_size, img_size) else img.copy()
+        return img, (h0, w0), img.shape[:2]
+    if r != 1:
         im = im.resize((scaled_side(w0, r), scaled_side(h0, r)), Image.Resampling.BILINEAR)
     img = np.array(im, dtype=np.uint8)
     return img, (h0, w0), img.shape[:2]
