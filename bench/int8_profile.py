@@ -1,10 +1,10 @@
 """Question: does ONNX Runtime int8 run 1.5x faster than fp32 here, and if not, where does the time go?
 
-For yolov5n and for yolov5n cut to 0.5x FLOPs (prune_model, BN-|gamma| importance, the cut re-fit by least
-squares on 64 train images, not fine-tuned: its int8 loss is measured against its own fp32), exports the fp32
-ONNX (fixed square 640), builds every int8 variant asked for (QDQ or QOperator, per-channel or per-tensor
-weights, reduce_range, the Detect convolutions writing float or int8, signed or unsigned activations), times
-them interleaved with fp32 at 1 thread, scores each on coco128 val (pycocotools), and profiles fp32 and every
+For yolov5n and for yolov5n cut to 0.5x FLOPs (--pruned-weights: a cut fine-tuned on the data; else cut here with
+BN-|gamma| importance and a least-squares re-fit, not fine-tuned; its int8 loss is measured against its own
+fp32), exports the fp32 ONNX (fixed square 640), builds every int8 variant asked for (QDQ or QOperator,
+per-channel or per-tensor weights, reduce_range, the Detect convolutions writing float or int8, signed or unsigned
+activations and weights), times them interleaved with fp32 at 1 thread, scores each on coco128 val (pycocotools), and profiles fp32 and every
 variant per operator type with ORT's profiler (reports.op_profile). Writes bench/results/int8_profile.json/.md.
 
 Each model's part is kept in --workdir once done, so a stopped run resumes with the next model. --retime times
@@ -35,11 +35,13 @@ from yolo.checkpoint import load_model
 from yolo.data import load_data_yaml
 
 VARIANTS = [
-    "u8-percentile-n32",  # the default of export --int8
-    "u8-percentile-n32-qop",
-    "u8-percentile-n32-qhead",
+    "u8-percentile-n32",  # export --int8 times u8, u8-rr and s8 by default
     "u8-percentile-n32-rr",
     "u8-percentile-n32-tensor",
+    "u8-percentile-n32-qop",
+    "u8-percentile-n32-qhead",
+    "u8-percentile-n32-wu8",
+    "u8-percentile-n32-wu8-qhead",
     "s8-percentile-n32",
 ]
 MODELS = {"yolov5n": None, "yolov5n-0.5x": 0.5}  # name -> FLOPs kept by the cut (None: as loaded)
@@ -53,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data", default=str(SHARED / "datasets" / "coco128" / "coco128.yaml"))
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    ap.add_argument("--pruned-weights", default=None,
+                    help="checkpoint for yolov5n-0.5x (e.g. the cut fine-tuned on the data); default: cut here, "
+                         "not fine-tuned")
     ap.add_argument("--variants", nargs="+", default=VARIANTS)
     ap.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds (each runs every model once)")
     ap.add_argument("--profile-runs", type=int, default=10, help="profiled runs per model (after 3 warm-up runs)")
@@ -75,8 +80,8 @@ def model_part(name: str, args: argparse.Namespace, data) -> dict[str, Any]:
             write_json(done, part)
         return part
     t0 = time.time()
-    model, meta = load_model(args.weights)
-    if MODELS[name] is not None:
+    model, meta = load_model(args.pruned_weights if MODELS[name] is not None and args.pruned_weights else args.weights)
+    if MODELS[name] is not None and not args.pruned_weights:
         cfg = PruneConfig(target_flops=MODELS[name], imgsz=args.imgsz, reconstruct=RECONSTRUCT)
         model, _ = prune_model(model, cfg, calib_loader=calib_loader(data, args.imgsz, RECONSTRUCT, batch_size=8))
     fp32 = export_onnx(model, work / f"{name}.onnx", args.imgsz, metadata=meta)
@@ -165,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"weights": args.weights, "data": args.data, "imgsz": args.imgsz, "threads": 1,
                      "rounds": args.rounds, "profile_runs": args.profile_runs, "variants": args.variants,
                      "map_tolerance": args.map_tolerance,
-                     "pruned": f"prune_model(target_flops=0.5, reconstruct={RECONSTRUCT}), BN-|gamma| importance, "
-                               "not fine-tuned"},
+                     "pruned": args.pruned_weights or f"prune_model(target_flops=0.5, reconstruct={RECONSTRUCT}), "
+                                                      "BN-|gamma| importance, not fine-tuned"},
         "models": models,
         "seconds": round(time.time() - t0, 1),
     }
