@@ -135,5 +135,5 @@ def _record(best: _Cut, rounds: list[dict], tolerance: float) -> dict:
         "budget_ms": chosen["budget_ms"], "goal_ms": chosen["goal_ms"], "predicted_ms": chosen["predicted_ms"],
         "measured_ms": chosen["measured_ms"], "measured_before_ms": chosen["baseline_ms"],
         "error_pct": 100.0 * (chosen["measured_ms"] - chosen["budget_ms"]) / chosen["budget_ms"],
-        "tolerance_pct": 100.0 * tolerance, "within_tolerance": best.error <= tolerance, "iterations": rounds,
+        "tolerance_pct": 100.0 * tolerance, "within_tolerance": bool(best.error <= tolerance), "iterations": rounds,
     }  # fmt: skip

@@ -76,8 +76,8 @@ class BlockMove:
     ms_saved: float = math.nan  # predicted, when the search took it
 
     def as_dict(self) -> dict:
-        return {"layer": self.block[0], "block": self.block[1], "name": self.name, "importance": self.importance,
-                "price": self.price, "ms_saved": self.ms_saved}  # fmt: skip
+        return {"layer": self.block[0], "block": self.block[1], "name": self.name, "importance": float(self.importance),
+                "price": float(self.price), "ms_saved": float(self.ms_saved)}  # fmt: skip
 
 
 def block_moves(graph: PruneGraph, model: nn.Module, images, n_images: int = 64) -> list[BlockMove]:
