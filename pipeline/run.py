@@ -296,11 +296,7 @@ class Pipeline:
                 sparse_params["lr_window"] = window
             target = {}
             if o.sparsity_mode == "targeted":  # only then in the key: earlier uniform runs keep their stage
-                target = {k: prune_params[k] for k in ("ratio", "target_flops", "target_params", "min_keep",
-                                                        "round_to", "ignore")}
-                aim = {k: v for k, v in o.latency_key.items() if k not in ("latency_tolerance", "latency_moves")}
-                sparse_params["target"] = {**target, **aim}  # the width-only equivalent: tolerance, moves not in it
-                target.update(self._latency_target())
+                sparse_params["target"], target = self._sparse_target(prune_params)
             sparse = self._stage(
                 "sparse", sparse_params,
                 lambda r: self._train("sparse", r, epochs=o.sparse_epochs, sparsity=o.sparsity,
@@ -336,6 +332,15 @@ class Pipeline:
         summary = {"run_dir": str(self.run_dir), "baseline": baseline, "models": models, "report": report}
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
         return summary
+
+    def _sparse_target(self, prune_params: dict) -> tuple[dict, dict]:
+        """(the sparse stage key's target, the target it trains with): the cut's amount and floors; a latency budget
+        keys on itself (not on tolerance or moves: the width-only equivalent does not read them)."""
+        o = self.opt
+        target = {k: prune_params[k] for k in ("ratio", "target_flops", "target_params", "min_keep", "round_to",
+                                               "ignore")}  # fmt: skip
+        aim = {k: v for k, v in o.latency_key.items() if k not in ("latency_tolerance", "latency_moves")}
+        return {**target, **aim}, {**target, **self._latency_target()}
 
     def _latency_target(self) -> dict:
         """A latency amount in a targeted sparse stage pushes the channels of the width-only plan for the budget,
