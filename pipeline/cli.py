@@ -68,6 +68,21 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
     amount.add_argument("--target-flops", type=float, default=None,
                         help=f"fraction of FLOPs KEPT (default {d.target_flops})")
     amount.add_argument("--target-params", type=float, default=None, help="fraction of parameters KEPT")
+    amount.add_argument("--target-latency", type=float, default=None, metavar="MS",
+                        help="measured ONNX Runtime median to reach, in ms (as prune --target-latency; checked "
+                             "against the floor before training; --latency-threads threads)")
+    amount.add_argument("--target-speedup", type=float, default=None, metavar="X",
+                        help="budget = the prune stage input's measured median / X (as prune --target-speedup)")
+    p.add_argument("--latency-threads", type=int, default=d.latency_threads, metavar="N",
+                   help=f"ONNX Runtime threads the latency budget is measured with (default {d.latency_threads}; "
+                        "--threads are the report's)")
+    p.add_argument("--latency-table", default=d.latency_table, metavar="FILE",
+                   help="latency table to reuse or build (as prune --latency-table)")
+    p.add_argument("--latency-tolerance", type=float, default=d.latency_tolerance,
+                   help=f"as prune --latency-tolerance (default {d.latency_tolerance})")
+    p.add_argument("--latency-moves", default=d.latency_moves, metavar="width[,depth]",
+                   help="what the latency search may remove: width (default) or width,depth (also residual blocks, "
+                        "as prune --latency-moves)")
     p.add_argument("--depth", type=int, default=None, metavar="N",
                    help="also remove N residual blocks before the channel cut (as prune --depth)")
     p.add_argument("--drop-scale", default=None, metavar="LEVEL",
@@ -180,7 +195,8 @@ def demo_defaults() -> PipelineOptions:
 def options_from_args(args: argparse.Namespace, base: PipelineOptions | None = None) -> PipelineOptions:
     base = base or PipelineOptions()
     values = {f.name: getattr(args, f.name) for f in fields(PipelineOptions) if hasattr(args, f.name)}
-    if values.get("ratio") is None and values.get("target_flops") is None and values.get("target_params") is None:
+    amounts = ("ratio", "target_flops", "target_params", "target_latency", "target_speedup")
+    if all(values.get(k) is None for k in amounts):
         values["target_flops"] = base.target_flops
     values["threads"] = list(values.get("threads") or [1])
     opt = PipelineOptions(**{**base.__dict__, **values})

@@ -4,7 +4,8 @@ prune/ may not import reports/ (import_rules.yaml), and reports/ does not know w
 both, joins them: the latency table (reports.layer_latency) is calibrated on the models a cut can produce (the
 narrowest the floors allow, a half-width cut) and handed to prune.latency.prune_to_latency together with a timer.
 `prune.py prune --target-latency` gets `latency_tools` as a default the dispatcher sets, as `val` gets its
-exported-model loader.
+exported-model loader. The pipeline checks a budget against the floor before its run folder exists
+(`check_budget`) and cuts with `latency_cut`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import numpy as np
 from torch import nn
 
 from prune.apply import apply_plan
-from prune.config import PruneConfig
+from prune.config import PruneConfig, PruneError
+from prune.depth import residual_blocks
 from prune.graph import build_graph
-from prune.latency import Measure
-from prune.plan import plan_pruning
+from prune.importance import group_scores
+from prune.latency import Measure, prune_to_latency
+from prune.plan import LatencyGoal, Selector, plan_pruning
+from prune.scales import drop_scale
 from reports.layer_latency import LatencyTable, TablePredictor, check_prediction, load_or_profile, measure_models
 
 FLOOR_RATIO = 1 - 1e-9  # every channel a candidate: each layer at its floor
@@ -87,3 +91,61 @@ def profile_and_check(
     models = {"full": model, **{f"random{i + 1}": random_cut(model, config, rng) for i in range(checks)}}
     rows = check_prediction(table, models, config.imgsz, threads, runs)
     return {"table": str(where), "key": table.key, "rest_a": table.rest_a, "rest_b": table.rest_b, "check": rows}
+
+
+def _block_ms(model: nn.Module, predictor: TablePredictor, widths: dict) -> list[float]:
+    """Predicted ms of each removable residual block's convs at `widths`, largest first."""
+    ms = predictor.layer_ms(widths)
+    blocks = [r.name + "." for r in residual_blocks(model) if r.residual]
+    return sorted((sum(v for n, v in ms.items() if n.startswith(b)) for b in blocks), reverse=True)
+
+
+def check_budget(
+    model: nn.Module, config: PruneConfig, threads: int = 1, path: str | Path | None = None, *,
+    scale: str | None = None, depth: int | None = None, moves: tuple[str, ...] = ("width",),
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Before any training: the budget against the floor the cut can reach (one-line PruneError when below it) and
+    the FLOPs fraction of the width-only plan for it (what a targeted sparse stage aims at).
+
+    The floor is predicted on the model the prune stage will cut: after --drop-scale, every layer at its floor,
+    minus the convs of the blocks --depth N (the N dearest to run) or depth moves (all) may remove, so it never
+    refuses a budget the stage could reach. A speedup's budget is predicted (full / X); the stage measures it."""
+    base = model
+    if scale is not None:
+        model = drop_scale(model, scale, imgsz=config.imgsz, flag="--drop-scale")[0]
+    table, where = latency_table(model, config, threads, path, log)
+    pred = TablePredictor(table)
+    graph = build_graph(model, config.imgsz, config.ignore)
+    sel = Selector(graph, group_scores(graph, "slim" if config.importance == "taylor" else config.importance),
+                   config)  # fmt: skip
+    full, floor = sel.predicted_ms(pred, 0), sel.predicted_ms(pred, sel.total)
+    blocks = _block_ms(model, pred, sel.cost.widths(sel.sizes - sel.keeps(sel.total)))
+    n_blocks = len(blocks) if "depth" in moves else min(depth or 0, len(blocks))
+    floor -= sum(blocks[:n_blocks])
+    budget = config.target_latency if config.target_latency is not None else full / config.target_speedup
+    label = f"--target-latency {budget:g} ms" if config.target_latency is not None else \
+        f"--target-speedup {config.target_speedup:g} (predicted budget {budget:.3g} ms of {full:.3g})"
+    if floor > budget:
+        moved = f" with {n_blocks} residual blocks removed" if n_blocks else ""
+        raise PruneError(f"{label}: below the floor {floor:.3g} ms the layers can reach at --min-keep "
+                         f"{config.min_keep:g} (--round-to {config.round_to}){moved}; predicted with {where}")
+    try:
+        k = sel.k_for_latency(LatencyGoal(pred, budget, label))
+    except PruneError:  # reachable only with blocks removed: the width-only equivalent is the floor
+        k = sel.total
+    base_flops = graph.flops if base is model else build_graph(base, config.imgsz, config.ignore).flops
+    return {"table": str(where), "full_ms": full, "floor_ms": floor, "budget_ms": budget,
+            "flops_equivalent": float(sel.cost_at(k)[0] / base_flops)}  # fmt: skip
+
+
+def latency_cut(
+    model: nn.Module, config: PruneConfig, threads: int, path: str | Path | None, tolerance: float,
+    moves: tuple[str, ...], calib_loader=None, images=None, log: Callable[[str], None] = print,
+) -> tuple[nn.Module, Any]:
+    """The pipeline's prune stage for a latency amount: the table, then prune_to_latency; (pruned, table)."""
+    predictor, measure, facts = latency_tools(model, config, threads=threads, path=path, log=log)
+    pruned, table = prune_to_latency(model, config, predictor, measure, calib_loader=calib_loader,
+                                     tolerance=tolerance, log=log, moves=moves, images=images)  # fmt: skip
+    table.latency.update(facts)
+    return pruned, table

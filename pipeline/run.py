@@ -21,17 +21,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from finetune.trainer import TrainOptions, finished_run, train
-from pipeline.state import PipelineState, stage_key
-from prune.api import depth_prune, drop_scale, prune_model
-from prune.calib import calib_loader
+from pipeline.cut import channel_cut, round_amount, structural_moves
+from pipeline.latency import check_budget
+from pipeline.state import PipelineState, file_id, resolve_run_dir, stage_key
 from prune.config import PruneConfig, PruneError
 from prune.graph import resolve_ignore
+from prune.latency import DEFAULT_TOLERANCE
+from prune.latency_moves import parse_moves
 from prune.runs import save_pruned
 from prune.scales import check_level_spec
 from yolo.checkpoint import load_model, strip_checkpoint
 from yolo.data import load_data_yaml
 from yolo.errors import classes_text, raise_if_terminated
-from yolo.fileio import atomic_write_text, file_sha256, increment_run_dir
+from yolo.fileio import atomic_write_text
 from yolo.flops import model_info
 from yolo.hyp import load_hyp
 from yolo.model import build_model
@@ -78,6 +80,12 @@ class PipelineOptions:
     ratio: float | None = None
     target_flops: float | None = 0.7
     target_params: float | None = None
+    target_latency: float | None = None  # ms, measured in ONNX Runtime with latency_threads (the prune stage times it)
+    target_speedup: float | None = None  # the prune stage's input's measured median / this is the budget
+    latency_threads: int = 1
+    latency_table: str | None = None  # default ~/.cache/yolov5-slim/latency/<arch hash>.json
+    latency_tolerance: float = DEFAULT_TOLERANCE
+    latency_moves: str = "width"  # or width,depth: the latency search may remove residual blocks
     depth: int | None = None  # residual blocks removed before the channel cut (first round)
     drop_scale: str | None = None  # detection level removed before the channel cut (first round)
     importance: str = "slim"
@@ -113,10 +121,9 @@ class PipelineOptions:
             raise PipelineError("give --weights (a checkpoint to shrink) or --cfg (a model yaml to train from scratch)")
         if self.cfg and not self.weights and self.sparse_epochs < 1:
             raise PipelineError("--cfg trains from scratch: --sparse-epochs must be >= 1")
-        amounts = [x for x in (self.ratio, self.target_flops, self.target_params) if x is not None]
-        if len(amounts) != 1:
+        if len([x for x in self.amount.values() if x is not None]) != 1:
             raise PipelineError("give exactly one of --ratio (fraction REMOVED), --target-flops or --target-params "
-                                "(fraction KEPT)")
+                                "(fraction KEPT), --target-latency (ms) or --target-speedup")
         for flag, v in (("--weights", self.weights), ("--data", self.data), ("--hyp", self.hyp),
                         ("--finetune-hyp", self.finetune_hyp)):
             if v and not Path(v).is_file():
@@ -144,11 +151,36 @@ class PipelineOptions:
         try:  # now, not after the sparse stage
             if self.drop_scale is not None:
                 check_level_spec(self.drop_scale, "--drop-scale")
-            self.prune_config({"ratio": self.ratio, "target_flops": self.target_flops,
-                               "target_params": self.target_params})
+            cfg = self.prune_config(self.amount)
+            if cfg.wants_latency:
+                self._check_latency()
         except PruneError as e:
             raise PipelineError(str(e)) from None
         return self
+
+    @property
+    def amount(self) -> dict:
+        return {k: getattr(self, k) for k in ("ratio", "target_flops", "target_params", "target_latency",
+                                              "target_speedup")}  # fmt: skip
+
+    def _check_latency(self) -> None:
+        """A latency amount's own flags (the budget against the floor is check_inputs', it needs the model)."""
+        if self.rounds > 1:
+            raise PipelineError("--rounds > 1 with --target-latency/--target-speedup is not supported: one cut, "
+                                "timed and corrected, then the fine-tune")
+        if not 0 < self.latency_tolerance < 1 or self.latency_threads < 1:
+            raise PipelineError(f"--latency-tolerance {self.latency_tolerance} must be in (0, 1) and "
+                                f"--latency-threads {self.latency_threads} >= 1")
+        parse_moves(self.latency_moves)
+
+    @property
+    def latency_key(self) -> dict:
+        """The prune stage key's latency part; {} for a FLOPs / params / ratio amount (their keys stay as they were)."""
+        if self.target_latency is None and self.target_speedup is None:
+            return {}
+        amount = {k: v for k, v in self.amount.items() if v is not None}
+        return {**amount, "latency_threads": self.latency_threads, "latency_tolerance": self.latency_tolerance,
+                "latency_moves": ",".join(parse_moves(self.latency_moves))}  # fmt: skip
 
     def _check_formats(self) -> None:
         """--formats: known names and their optional extras installed, checked now, not after hours of training."""
@@ -190,8 +222,10 @@ def _train_args(opt: PipelineOptions, run_dir: Path, name: str, epochs: int, **k
 class Pipeline:
     """Runs the stages in order, each one skipped, resumed or redone according to pipeline.json."""
 
-    def __init__(self, opt: PipelineOptions, run_dir: Path, log: Callable[[str], None] = print):
+    def __init__(self, opt: PipelineOptions, run_dir: Path, log: Callable[[str], None] = print,
+                 budget: dict | None = None):
         self.opt = opt.validate()
+        self.budget = budget  # check_inputs' latency facts (the FLOPs equivalent a targeted sparse stage aims at)
         self.run_dir = Path(run_dir)
         self.state = PipelineState(self.run_dir)
         self.log = log
@@ -241,9 +275,9 @@ class Pipeline:
     # ---------------------------------------------------------------- stages
     def run(self) -> dict:
         o = self.opt
-        start = {"weights": _file_id(o.weights), "cfg": o.cfg, "data": _file_id(o.data), "imgsz": o.imgsz}
+        start = {"weights": file_id(o.weights), "cfg": o.cfg, "data": file_id(o.data), "imgsz": o.imgsz}
         baseline = self._stage("baseline", start, lambda r: self._baseline())
-        train_common = {"batch": o.batch_size, "seed": o.seed, "hyp": _file_id(o.hyp), "nbs": o.nbs,
+        train_common = {"batch": o.batch_size, "seed": o.seed, "hyp": file_id(o.hyp), "nbs": o.nbs,
                         "optimizer": o.optimizer, "cos_lr": o.cos_lr}
         root = self._upstream
         dense = None
@@ -253,6 +287,7 @@ class Pipeline:
             self._upstream = root  # the dense model is a side branch: it does not feed the sparse stage
         prune_params = {k: getattr(o, k) for k in PRUNE_KEYS}
         prune_params.update({k: getattr(o, k) for k in ("depth", "drop_scale") if getattr(o, k) is not None})
+        prune_params.update(o.latency_key)
         if o.sparse_epochs > 0:
             sparse_params = {**train_common, "epochs": o.sparse_epochs, "sparsity": o.sparsity,
                              "schedule": o.sparsity_schedule, "val_every": o.val_every}
@@ -261,9 +296,7 @@ class Pipeline:
                 sparse_params["lr_window"] = window
             target = {}
             if o.sparsity_mode == "targeted":  # only then in the key: earlier uniform runs keep their stage
-                target = {k: prune_params[k] for k in ("ratio", "target_flops", "target_params", "min_keep",
-                                                        "round_to", "ignore")}
-                sparse_params["target"] = target
+                sparse_params["target"], target = self._sparse_target(prune_params)
             sparse = self._stage(
                 "sparse", sparse_params,
                 lambda r: self._train("sparse", r, epochs=o.sparse_epochs, sparsity=o.sparsity,
@@ -300,6 +333,25 @@ class Pipeline:
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
         return summary
 
+    def _sparse_target(self, prune_params: dict) -> tuple[dict, dict]:
+        """(the sparse stage key's target, the target it trains with): the cut's amount and floors; a latency budget
+        keys on itself (not on tolerance or moves: the width-only equivalent does not read them)."""
+        o = self.opt
+        target = {k: prune_params[k] for k in ("ratio", "target_flops", "target_params", "min_keep", "round_to",
+                                               "ignore")}  # fmt: skip
+        aim = {k: v for k, v in o.latency_key.items() if k not in ("latency_tolerance", "latency_moves")}
+        return {**target, **aim}, {**target, **self._latency_target()}
+
+    def _latency_target(self) -> dict:
+        """A latency amount in a targeted sparse stage pushes the channels of the width-only plan for the budget,
+        as the FLOPs fraction that plan keeps (pipeline.latency.check_budget): both plans cut one global order of
+        the gammas, so they name the same channels; the prune stage then times the cut and corrects it."""
+        if not self.opt.latency_key:
+            return {}
+        if self.budget is None:
+            self.budget = check_inputs(self.opt, self.log)
+        return {"target_flops": self.budget["flops_equivalent"]}
+
     def _lr_window(self, start: int) -> dict:
         """--lr-schedule continuous: the sparse stage and the fine-tune(s) are windows of one LR schedule over all
         their epochs, so the sparse stage does not anneal to a minimum that the fine-tune's fresh schedule then
@@ -319,12 +371,12 @@ class Pipeline:
         if window:  # only then in the key
             params["lr_window"] = window
         if o.finetune_hyp:  # only then in the key, like the teacher
-            params["hyp"] = _file_id(o.finetune_hyp)
+            params["hyp"] = file_id(o.finetune_hyp)
             kw["hyp"] = o.finetune_hyp
         if o.close_mosaic:  # only then in the key
             params["close_mosaic"] = kw["close_mosaic"] = o.close_mosaic
         if teacher:  # only then in the key: runs made before distillation existed keep their finished stage
-            params.update(teacher="unpruned" if teacher == prunable else _file_id(teacher),
+            params.update(teacher="unpruned" if teacher == prunable else file_id(teacher),
                           distill_weight=o.distill_weight)
             kw["teacher"] = teacher
             if o.distill_weight is not None:
@@ -358,12 +410,12 @@ class Pipeline:
         """Prune `weights`; in round r of R, toward the target's r/R geometric step measured on `original`."""
         o = self.opt
         model, meta = load_model(weights)
-        amount = round_amount(o, r, model, original)
-        cfg = o.prune_config(amount)
+        cfg = o.prune_config(round_amount(o.amount, o.rounds, r, model, original, o.imgsz))
         data = load_data_yaml(o.data)
-        calib = _calib_loader(data, o, cfg) if cfg.needs_images else None
-        model, steps = _structural_moves(model, o, data, cfg) if r == 1 else (model, [])
-        pruned, table = prune_model(model, cfg, calib_loader=calib)
+        model, steps = structural_moves(model, data, cfg, o.drop_scale, o.depth) if r == 1 else (model, [])
+        latency = {"threads": o.latency_threads, "path": o.latency_table, "tolerance": o.latency_tolerance,
+                   "moves": o.latency_moves}  # fmt: skip
+        pruned, table = channel_cut(model, cfg, data, latency, log=self.log)
         out_dir = self.run_dir / ("prune" if r == o.rounds else f"prune_r{r}")
         path = save_pruned(out_dir, pruned, meta, table, cfg, steps=steps)
         summary = table.summary_line() if hasattr(table, "summary_line") else ""
@@ -399,56 +451,9 @@ class Pipeline:
         return format_entries(entries, images, load_data_yaml(o.data), o.imgsz, o.formats, o.int8, log=self.log)
 
 
-def round_amount(o: PipelineOptions, r: int, model, original: str) -> dict:
-    """The PruneConfig amount for round r of o.rounds, relative to `model` (the current, already pruned one).
-
-    After round r the model keeps target^(r/R) of the ORIGINAL model's FLOPs (or parameters); a channel ratio
-    removes 1 - (1 - ratio)^(1/R) of the current prunable channels each round. With one round this is the
-    requested amount itself.
-    """
-    if o.rounds == 1:
-        return {"ratio": o.ratio, "target_flops": o.target_flops, "target_params": o.target_params}
-    if o.ratio is not None:
-        return {"ratio": 1 - (1 - o.ratio) ** (1 / o.rounds)}
-    key, target = ("gflops", o.target_flops) if o.target_flops is not None else ("params", o.target_params)
-    base = model_info(load_model(original)[0], o.imgsz)[key]
-    now = model_info(model, o.imgsz)[key]
-    goal = base * target ** (r / o.rounds)
-    name = "target_flops" if key == "gflops" else "target_params"
-    return {name: min(1.0, goal / now)}
-
-
-def _structural_moves(model, o: PipelineOptions, data, cfg: PruneConfig) -> tuple:
-    """--drop-scale, then --depth (block importance on calibration images), before the first channel cut."""
-    steps = []
-    if o.drop_scale is not None:
-        model, table = drop_scale(model, o.drop_scale, imgsz=o.imgsz, flag="--drop-scale")
-        steps.append(table)
-    if o.depth is not None:
-        images = calib_loader(data, o.imgsz, cfg.calib_images, batch_size=8)
-        model, table = depth_prune(model, o.depth, images, imgsz=o.imgsz, n_images=cfg.calib_images, flag="--depth")
-        steps.append(table)
-    return model, steps
-
-
-def _calib_loader(data, o: PipelineOptions, cfg):
-    return calib_loader(data, o.imgsz, cfg.images_needed, batch_size=8)
-
-
 def _brief(metrics: dict | None) -> dict:
     keys = ("map50", "map", "precision", "recall")
     return {k: float(metrics[k]) for k in keys if metrics and k in metrics}
-
-
-def _file_id(path: str | None) -> str | None:
-    """A file's identity for stage keys: path, size and a hash of its bytes. Not the modification time: copying,
-    re-mounting or touching a dataset must not redo an hour of training, while any edit of the bytes does."""
-    if not path:
-        return None
-    p = Path(path)
-    if not p.is_file():
-        return str(path)
-    return f"{p.resolve()}:{p.stat().st_size}:{file_sha256(p)[:16]}"
 
 
 def _save_json(path: Path, obj: Any) -> None:
@@ -459,21 +464,12 @@ def _clear_dir(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def resolve_run_dir(project: str, name: str, new: bool = False) -> Path:
-    """Re-use project/name when it holds a pipeline (so re-running resumes it); --new makes exp2, exp3, ..."""
-    base = Path(project) / name
-    if not new and (base / "pipeline.json").is_file():
-        return base
-    if not new and not base.exists():
-        base.mkdir(parents=True)
-        return base
-    return increment_run_dir(project, name, exist_ok=False)
-
-
-def check_inputs(opt: PipelineOptions) -> None:
+def check_inputs(opt: PipelineOptions, log: Callable[[str], None] = print) -> dict | None:
     """Read every input file once before a run folder exists: the data.yaml, the checkpoint or model yaml, the
-    hyp files, a teacher, and match the --ignore globs. A bad one stops the run with its own one-line error
-    instead of leaving a folder with a stage marked running, or failing a later stage after the sparse training."""
+    hyp files, a teacher, and match the --ignore globs; a latency budget is checked against the floor (the latency
+    table built or reused: a cache outside the run folder). A bad one stops the run with its own one-line error
+    instead of leaving a folder with a stage marked running, or failing a later stage after the sparse training.
+    Returns check_budget's facts for a latency amount."""
     load_data_yaml(opt.data)
     model = load_model(opt.weights)[0] if opt.weights else build_model(opt.cfg)
     for hyp in (opt.hyp, opt.finetune_hyp):
@@ -483,11 +479,18 @@ def check_inputs(opt: PipelineOptions) -> None:
         resolve_ignore(model, opt.ignore)
     if opt.teacher not in TEACHER_CHOICES:
         load_model(opt.teacher)
+    if not opt.latency_key:
+        return None
+    try:
+        return check_budget(model.eval(), opt.prune_config(opt.amount), opt.latency_threads, opt.latency_table,
+                            scale=opt.drop_scale, depth=opt.depth, moves=parse_moves(opt.latency_moves), log=log)
+    except PruneError as e:
+        raise PipelineError(str(e)) from None
 
 
 def run_pipeline(opt: PipelineOptions, new: bool = False, log: Callable[[str], None] = print) -> dict:
     opt.validate()
-    check_inputs(opt)
+    budget = check_inputs(opt, log)
     run_dir = resolve_run_dir(opt.project, opt.name, new)
     log(f"pipeline run folder: {run_dir}")
-    return Pipeline(opt, run_dir, log).run()
+    return Pipeline(opt, run_dir, log, budget).run()

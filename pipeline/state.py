@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from yolo.errors import deferred_interrupts
-from yolo.fileio import atomic_write_text
+from yolo.fileio import atomic_write_text, file_sha256, increment_run_dir
 
 STATE_FILE = "pipeline.json"
 
@@ -22,6 +22,28 @@ def stage_key(params: dict[str, Any], upstream: str = "") -> str:
     """
     blob = json.dumps({"params": params, "upstream": upstream}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def file_id(path: str | None) -> str | None:
+    """A file's identity for stage keys: path, size and a hash of its bytes. Not the modification time: copying,
+    re-mounting or touching a dataset must not redo an hour of training, while any edit of the bytes does."""
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        return str(path)
+    return f"{p.resolve()}:{p.stat().st_size}:{file_sha256(p)[:16]}"
+
+
+def resolve_run_dir(project: str, name: str, new: bool = False) -> Path:
+    """Re-use project/name when it holds a pipeline (so re-running resumes it); --new makes exp2, exp3, ..."""
+    base = Path(project) / name
+    if not new and (base / "pipeline.json").is_file():
+        return base
+    if not new and not base.exists():
+        base.mkdir(parents=True)
+        return base
+    return increment_run_dir(project, name, exist_ok=False)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from prune.config import (
 from prune.depth import depth_prune
 from prune.graph import build_graph
 from prune.latency import DEFAULT_ITERATIONS, DEFAULT_TOLERANCE, prune_to_latency
+from prune.latency_moves import parse_moves
 from prune.plan import plan_pruning
 from prune.runs import save_pruned
 from prune.scales import check_level_spec, drop_scale
@@ -54,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help=f"accept a cut whose measured median is within this fraction of the budget (default "
                         f"{DEFAULT_TOLERANCE}); up to {DEFAULT_ITERATIONS} cuts are tried")
+    p.add_argument("--latency-moves", default="width", metavar="width[,depth]",
+                   help="what the latency search may remove: width (channels, default) or width,depth (also whole "
+                        "residual blocks when they cost less importance per ms saved; needs --data)")
     p.add_argument("--depth", type=int, default=None, metavar="N",
                    help="also remove N residual Bottlenecks (C3 blocks with a shortcut) whose skipping changes the "
                         "outputs least on --data's training images (--calib-images of them); needs --data")
@@ -188,10 +192,16 @@ def _latency_cut(args: argparse.Namespace, model, config: PruneConfig) -> tuple:
     if not 0 < args.latency_tolerance < 1 or args.threads < 1:
         raise PruneError(f"--latency-tolerance {args.latency_tolerance} must be in (0, 1) and --threads >= 1")
     calib = _calib(args, config, model)
+    moves = parse_moves(args.latency_moves)
+    images = None
+    if "depth" in moves:
+        images = calib_loader(args.data, config.imgsz, config.calib_images, args.batch_size, max_stride(model),
+                              args.workers)  # fmt: skip
     try:
         predictor, measure, facts = tools(model, config, threads=args.threads, path=args.latency_table, log=_stderr)
         pruned, table = prune_to_latency(model, config, predictor, measure, calib_loader=calib,
-                                         tolerance=args.latency_tolerance, log=_stderr)  # fmt: skip
+                                         tolerance=args.latency_tolerance, log=_stderr, moves=moves,
+                                         images=images)  # fmt: skip
     except PruneError as e:
         raise PruneError(PruneConfig.flag_names(str(e))) from None
     table.latency.update(facts)
@@ -213,6 +223,13 @@ def _check_moves(args: argparse.Namespace) -> None:
         raise PruneError("--depth measures each block's importance on training images: give --data")
     if scale is not None:
         check_level_spec(scale, "--drop-scale")
+    moves = parse_moves(getattr(args, "latency_moves", "width"))
+    if "depth" in moves and not args.data:
+        raise PruneError("--latency-moves depth measures each block's importance on training images: give --data")
+    if "depth" in moves and getattr(args, "target_latency", None) is None and getattr(args, "target_speedup",
+                                                                                     None) is None:
+        raise PruneError("--latency-moves depth is a move of the latency search: give --target-latency or "
+                         "--target-speedup")
 
 
 def _structural_moves(args: argparse.Namespace, model, imgsz: int) -> tuple:

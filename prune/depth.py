@@ -102,6 +102,29 @@ def block_importance(
     return {b: num[b] / den for b in todo}
 
 
+def output_change(model: nn.Module, other: nn.Module, images, n_images: int = 64) -> float:
+    """Relative change of the raw Detect outputs from `model` to `other` (same output shapes, e.g. a cut of it),
+    sum ||y_other - y||^2 / sum ||y||^2 over calibration images: block_importance's unit, for a whole cut."""
+    base, cut = _detection_model(model), _detection_model(other)
+    num = den = 0.0
+    modes = base.training, cut.training
+    base.eval()
+    cut.eval()
+    p = next(base.parameters())
+    try:
+        with torch.no_grad(), raw_head(base), raw_head(cut):
+            for x in _batches(images, n_images, p):
+                ref, out = base(x), cut(x)
+                den += sum(float(r.double().square().sum()) for r in ref)
+                num += sum(float((o.double() - r.double()).square().sum()) for o, r in zip(out, ref))
+    finally:
+        base.train(modes[0])
+        cut.train(modes[1])
+    if den == 0:
+        raise PruneError("the output change needs at least one calibration image")
+    return num / den
+
+
 def _skipping(model: DetectionModel, blk: Block, x: torch.Tensor):
     """The model's outputs with one block replaced by the identity (a forward hook returns its input)."""
     h = model.model[blk[0]].m[blk[1]].register_forward_hook(lambda _m, args, _out: args[0])

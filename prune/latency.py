@@ -8,10 +8,10 @@ traffic between layers, the runtime's fusions), so after each cut the real model
 again with the goal scaled by predicted / measured, until the measured median is within `tolerance` of the budget
 or `iterations` cuts were tried; the cut closest to the budget is kept.
 
-Depth moves (removing a residual block, prune.depth) fit the same loop: a block's saving is the predicted ms of
-its two convs and its add, its price the measured importance; a search taking the move with the least importance
-per ms saved would interleave them with channel cuts. Today depth is a separate, explicit step (--depth N) before
-the latency search.
+With `moves=("width", "depth")` each search may also remove residual blocks (prune.latency_moves: a greedy
+choice of the move with the least importance per predicted ms saved); the blocks it took are listed in the table's
+`latency["depth_moves"]` and removed from the sliced model. Width only is the default, so a cut stays what the
+global threshold alone makes of it unless depth moves are asked for.
 """
 
 from __future__ import annotations
@@ -24,9 +24,12 @@ from torch import nn
 
 from prune.apply import PruneWarning, apply_plan
 from prune.config import PruneConfig, PruneError
+from prune.depth import remove_blocks
 from prune.graph import PruneGraph, build_graph
 from prune.importance import group_scores
+from prune.latency_moves import DepthSearch, block_moves, depth_plan, exchange_rate, parse_moves
 from prune.plan import LatencyGoal, LatencyPredictor, plan_pruning
+from prune.structure_table import StructureTable
 from prune.table import PruneTable
 
 # name -> model in, name -> measured median ms out; the models are timed interleaved, on the caller's runtime
@@ -45,12 +48,15 @@ class _Cut:
 def prune_to_latency(
     model: nn.Module, config: PruneConfig, predictor: LatencyPredictor, measure: Measure, calib_loader=None,
     graph: PruneGraph | None = None, tolerance: float = DEFAULT_TOLERANCE, iterations: int = DEFAULT_ITERATIONS,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None, moves: tuple[str, ...] = ("width",), images=None,
 ) -> tuple[nn.Module, PruneTable]:
     """Cut `model` to config.target_latency ms (or its measured median / config.target_speedup); returns (pruned
     copy, prune table with `latency` = budget, predicted and measured ms and each correction). An impossible budget
-    (the narrowest model the floors allow is predicted slower) is a one-line PruneError before any slicing."""
+    (the narrowest model the floors allow is predicted slower) is a one-line PruneError before any slicing.
+    `moves` ('width', 'depth'): depth lets the search remove residual blocks, measured on `images` (a loader or
+    image tensors, as prune.depth.block_importance takes)."""
     config.validate()
+    moves = parse_moves(moves, "moves")
     if not config.wants_latency:
         raise PruneError("prune_to_latency needs target_latency or target_speedup")
     if tolerance <= 0 or iterations < 1:
@@ -60,15 +66,16 @@ def prune_to_latency(
     base_ms = measure({"baseline": model})["baseline"] if config.target_speedup else None
     budget = config.target_latency if base_ms is None else base_ms / config.target_speedup
     label = _label(config, budget, base_ms)
+    search = _depth_search(model, graph, config, scores, LatencyGoal(predictor, budget, label), images,
+                           calib_loader) if "depth" in moves else None  # fmt: skip
     goal, best, rounds = budget, None, []
     for i in range(iterations):
         try:
-            plan = plan_pruning(graph, config, scores, calib_loader, LatencyGoal(predictor, goal, label))
+            plan, pruned = _cut(model, graph, config, scores, calib_loader, LatencyGoal(predictor, goal, label), search)
         except PruneError:
             if best is None:
                 raise
             break  # the corrected goal fell below the floor: the closest cut so far stands
-        pruned = apply_plan(model, plan, calib_loader=calib_loader)
         timed = measure({"baseline": model, "pruned": pruned})
         if config.target_speedup:  # the budget follows the baseline timed beside this cut
             budget = timed["baseline"] / config.target_speedup
@@ -91,6 +98,29 @@ def prune_to_latency(
     return best.model, best.table
 
 
+def _depth_search(model, graph, config, scores, goal: LatencyGoal, images, calib_loader) -> DepthSearch:
+    if images is None:
+        raise PruneError("depth moves measure each block's importance on calibration images: give images (--data)")
+    found = block_moves(graph, model, images, config.calib_images)
+    rate = exchange_rate(model, graph, config, scores, goal, images, calib_loader, config.calib_images)
+    return DepthSearch(graph, config, scores, goal.predictor, found, rate)
+
+
+def _cut(model, graph, config, scores, calib_loader, goal: LatencyGoal, search: DepthSearch | None):
+    """(plan, sliced model) for one goal; with depth moves the blocks the search took are removed after slicing."""
+    if search is None:
+        plan = plan_pruning(graph, config, scores, calib_loader, goal)
+        return plan, apply_plan(model, plan, calib_loader=calib_loader)
+    plan, taken = depth_plan(graph, config, scores, calib_loader, goal, search)
+    pruned = apply_plan(model, plan, calib_loader=calib_loader)
+    plan.table.latency["depth_rate"] = dict(search.rate, blocks=len(search.moves))
+    if taken:
+        pruned = remove_blocks(pruned, [m.block for m in taken])
+        sizes = StructureTable.sizes(model, pruned, config.imgsz)
+        plan.table.params_after, plan.table.gflops_after = sizes["params_after"], sizes["gflops_after"]
+    return plan, pruned
+
+
 def _label(config: PruneConfig, budget: float, base_ms: float | None) -> str:
     if base_ms is None:
         return f"target_latency {budget:g} ms"
@@ -105,5 +135,5 @@ def _record(best: _Cut, rounds: list[dict], tolerance: float) -> dict:
         "budget_ms": chosen["budget_ms"], "goal_ms": chosen["goal_ms"], "predicted_ms": chosen["predicted_ms"],
         "measured_ms": chosen["measured_ms"], "measured_before_ms": chosen["baseline_ms"],
         "error_pct": 100.0 * (chosen["measured_ms"] - chosen["budget_ms"]) / chosen["budget_ms"],
-        "tolerance_pct": 100.0 * tolerance, "within_tolerance": best.error <= tolerance, "iterations": rounds,
+        "tolerance_pct": 100.0 * tolerance, "within_tolerance": bool(best.error <= tolerance), "iterations": rounds,
     }  # fmt: skip

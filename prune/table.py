@@ -101,6 +101,8 @@ class PruneTable:
             before = lat.get("measured_before_ms")
             parts.append(f"measured {'' if before is None else f'{before:.2f} -> '}{lat['measured_ms']:.2f} ms "
                          f"({lat.get('threads', '?')} thread(s))")  # fmt: skip
+        if lat.get("depth_moves"):
+            parts.append("residual blocks removed by the search: " + " ".join(m["name"] for m in lat["depth_moves"]))
         return "latency " + ", ".join(p for p in parts if p)
 
     def to_rows(self) -> list[dict]:

@@ -283,7 +283,7 @@ def test_continuous_lr_schedule_makes_the_stages_windows_of_one_schedule(tmp_pat
 def test_a_touched_input_keeps_its_stages_and_an_edited_one_does_not(tmp_path):
     import os
 
-    from pipeline.run import _file_id
+    from pipeline.state import file_id as _file_id
 
     f = tmp_path / "data.yaml"
     f.write_text("nc: 2\n")
