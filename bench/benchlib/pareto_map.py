@@ -111,6 +111,7 @@ def markdown(figures: dict) -> str:
              f"{f['onnx_mb']:.2f}", f"{f['gflops']:.3f}", f"{f['map50']:.3f}", f"{f['map']:.3f}",
              f"{f['latency_ms']:.2f}", _x(f["speedup"]), "yes" if f["front"] else ""]
             for r, f in figures["rows"].items()]
+    failed = [r for r, f in figures["rows"].items() if f.get("parity_passed") is False]
     missing = [r for r in ROWS if r not in figures["rows"] and r not in figures["not_offered"]]
     parts = ["### Pareto map on helmets: every path side by side (mAP50 against ONNX Runtime latency, 1 thread)",
              "Each row is trained and recorded on its own (`bench/results/pareto_runs/<row>.json`); the map times "
@@ -121,6 +122,8 @@ def markdown(figures: dict) -> str:
              "![mAP50 against latency](bench/results/pareto.png)"]
     if figures["not_offered"]:
         parts.append("Not offered:\n\n" + "\n".join(f"- {r}: {m}" for r, m in figures["not_offered"].items()))
+    if failed:
+        parts.append("**ONNX parity with PyTorch failed** (see each row's record): " + ", ".join(failed) + ".")
     if missing:
         parts.append("Not built yet: " + ", ".join(missing) + ".")
     return "\n\n".join(parts)

@@ -135,15 +135,17 @@ def pipeline(s: Setup, row: str, weights: str, imgsz: int, target: float) -> dic
 
 
 def onnx_figures(s: Setup, weights: str, onnx: Path) -> dict:
-    """Export a row's weights to a fixed-shape ONNX at their own size (parity checked on val images), then its
-    size, FLOPs and its mAP on the val split as ONNX Runtime runs it."""
+    """Export a row's weights to a fixed-shape ONNX at their own size (parity checked on two val images and
+    recorded), then its size, FLOPs and its mAP on the val split as ONNX Runtime runs it."""
     model, meta = load_model(weights)
     imgsz = int(meta.get("imgsz") or s.imgsz)
     data = load_data_yaml(s.data)
     export_onnx(model, onnx, imgsz=imgsz, metadata=meta)
-    check_parity(model, onnx, list(data.val)[:2])
+    rep = check_parity(model, onnx, list(data.val)[:2], raise_on_fail=False)
+    if not rep.passed:  # as the pipeline's report: recorded and flagged in the map, not a stop (toy models fail it)
+        print(f"WARNING {onnx}: the ONNX file does not match PyTorch: {rep.summary()}", flush=True)
     info = model_info(model, imgsz)
-    return {"onnx": str(onnx), "onnx_mb": round(onnx.stat().st_size / 1e6, 3), "params": info["params"],
+    return {"parity_passed": rep.passed, "parity": rep.summary(), "onnx": str(onnx), "onnx_mb": round(onnx.stat().st_size / 1e6, 3), "params": info["params"],
             "gflops": round(info["gflops"], 4), "imgsz": imgsz, "input": from_meta(meta).text,
             **score(s, onnx, imgsz)}
 
