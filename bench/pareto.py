@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in args.rows or list(ROWS):
             ensure(s, row, built)
         print(f"rows built now: {', '.join(built) or 'none (all were recorded)'}")
-    path = build_map(s.records, out, runs=max(30, args.runs))
+    path = build_map(s.records, out, runs=max(30, args.runs), data="synthetic (smoke)" if args.smoke else s.data.stem)
     if path:
         print((out / "pareto.md").read_text())
     return 0

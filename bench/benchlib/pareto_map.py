@@ -60,7 +60,7 @@ def verdicts(rows: dict[str, dict]) -> dict:
     return out
 
 
-def build_map(records: Path, out: Path, runs: int = 30) -> Path | None:
+def build_map(records: Path, out: Path, runs: int = 30, data: str = "helmets") -> Path | None:
     """pareto.json / .md / .png in `out` from the finished rows in `records`; None when no row is finished."""
     rows, offered = finished_rows(records)
     if not rows:
@@ -77,10 +77,11 @@ def build_map(records: Path, out: Path, runs: int = 30) -> Path | None:
     figures = {"rows": rows, "not_offered": {r: f["message"] for r, f in offered.items()},
                "verdicts": verdicts(rows), "latency_runs": max(30, runs),
                "timing": "ONNX Runtime, 1 thread, all rows interleaved in one process, each at its own input size"}
+    figures["data"] = data
     path = write_result("pareto", figures, markdown(figures), out_dir=out)
     with tempfile.TemporaryDirectory() as tmp:
         points = [{"name": r, **f} for r, f in rows.items()]
-        png = pareto_map(points, Path(tmp) / "pareto.png", "helmets: mAP50 against latency (ORT, 1 thread)",
+        png = pareto_map(points, Path(tmp) / "pareto.png", f"{data}: mAP50 against latency (ORT, 1 thread)",
                          yardstick=YARDSTICK)
         if png:
             write_attachment(png, "pareto.png", out)
@@ -113,11 +114,12 @@ def markdown(figures: dict) -> str:
             for r, f in figures["rows"].items()]
     failed = [r for r, f in figures["rows"].items() if f.get("parity_passed") is False]
     missing = [r for r in ROWS if r not in figures["rows"] and r not in figures["not_offered"]]
-    parts = ["### Pareto map on helmets: every path side by side (mAP50 against ONNX Runtime latency, 1 thread)",
+    data = figures.get("data", "helmets")
+    parts = [f"### Pareto map on {data}: every path side by side (mAP50 against ONNX Runtime latency, 1 thread)",
              "Each row is trained and recorded on its own (`bench/results/pareto_runs/<row>.json`); the map times "
              f"every finished row's ONNX in one process, interleaved, {figures['latency_runs']} runs each, at its own "
-             "input size (YOLO-FastestV2 at its 352 px stretch, BGR; the rest 320 px letterbox, RGB). mAP on the "
-             "helmets val split as ONNX Runtime runs each file; MB is the ONNX file.",
+             f"input size and convention (the input column). mAP on the {data} val split as ONNX Runtime runs each "
+             "file; MB is the ONNX file; speed-up over the unpruned yolov5n.",
              markdown_table(header, body), "\n".join(verdict_lines(figures["verdicts"])),
              "![mAP50 against latency](bench/results/pareto.png)"]
     if figures["not_offered"]:

@@ -145,7 +145,8 @@ def onnx_figures(s: Setup, weights: str, onnx: Path) -> dict:
     if not rep.passed:  # as the pipeline's report: recorded and flagged in the map, not a stop (toy models fail it)
         print(f"WARNING {onnx}: the ONNX file does not match PyTorch: {rep.summary()}", flush=True)
     info = model_info(model, imgsz)
-    return {"parity_passed": rep.passed, "parity": rep.summary(), "onnx": str(onnx), "onnx_mb": round(onnx.stat().st_size / 1e6, 3), "params": info["params"],
+    return {"parity_passed": rep.passed, "parity": rep.summary(), "onnx": str(onnx),
+            "onnx_mb": round(onnx.stat().st_size / 1e6, 3), "params": info["params"],
             "gflops": round(info["gflops"], 4), "imgsz": imgsz, "input": from_meta(meta).text,
             **score(s, onnx, imgsz)}
 
