@@ -7,7 +7,8 @@ fine-tune the rest, the helmets recipe) and each of them int8 (reports.quantize.
 v5lite-s and yolov5n-shufflenetv2 from scratch, YOLO-FastestV2 from the authors' ImageNet backbone without and
 with `--teacher` (the unpruned yolov5n; recorded as not offered when the trainer refuses that teacher), and
 YOLO-FastestV2 pruned (the pipeline on the trained one). Every row states its epochs and seed; yolov5 rows at
-320, YOLO-FastestV2 at its own 352 (stretched, BGR).
+320, YOLO-FastestV2 at its own 352 (in the input convention its checkpoint records: a model trained here from the
+backbone is letterboxed RGB, like every model this project trains; the map's input column says which).
 
 The map (after the rows, or alone with --map): every finished row's ONNX timed in one process, one thread,
 interleaved; bench/results/pareto.{json,md,png} with speed-ups over the unpruned yolov5n, the Pareto front, the
