@@ -132,6 +132,31 @@ def latency_bars(latencies: Mapping[str, Mapping[str, Mapping[str, float]]], pat
     return _save(fig, path)
 
 
+def pareto_map(points: Sequence[Mapping[str, Any]], path: Path, title: str = "mAP50 against latency",
+               yardstick: str | None = None) -> Path | None:
+    """mAP50 against latency, one labelled point per model, the Pareto front (no model both faster and more
+    accurate) drawn as a step line. points: {name, latency_ms, map50, front (bool)}."""
+    pts = [p for p in points if p.get("latency_ms") is not None and p.get("map50") is not None]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for p in pts:
+        base = p["name"] == yardstick
+        ax.scatter(p["latency_ms"], p["map50"], s=60 if base else 36, marker="*" if base else "o",
+                   color=COLOURS[3] if base else (COLOURS[0] if p.get("front") else "#999999"), zorder=3)
+        ax.annotate(p["name"], (p["latency_ms"], p["map50"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    front = sorted((p for p in pts if p.get("front")), key=lambda p: p["latency_ms"])
+    if len(front) > 1:
+        ax.step([p["latency_ms"] for p in front], [p["map50"] for p in front], where="post", color=COLOURS[0],
+                alpha=0.6, label="Pareto front")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlabel("latency, ms per image (ONNX Runtime, 1 thread, median)")
+    ax.set_ylabel("mAP50")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def per_class_ap(
     per_class: Mapping[str, Sequence[Mapping[str, Any]]], path: Path, key: str = "ap", top: int = 80
 ) -> Path | None:

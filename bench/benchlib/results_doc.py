@@ -10,7 +10,7 @@ from pathlib import Path
 from common import RESULTS, RUNS_SUFFIX, record_host
 
 ORDER = ("val_parity", "demo", "prune_speed", "prune_quality", "prune_importance", "latency", "int8",
-         "train_throughput", "data_throughput", "cache_memory", "finetune_parity", "families", "helmets",
+         "train_throughput", "data_throughput", "cache_memory", "finetune_parity", "families", "pareto", "helmets",
          "helmets_sizes", "recovery", "sparsity")  # the rest follow by name
 UP = "../"  # docs/results.md sits one folder below the repository: links to bench/results/ go up first
 INTRO = """# Benchmark results

@@ -1,0 +1,272 @@
+"""bench/pareto.py's rows: how each path of the map is trained (or built from another row), exported and scored.
+
+A row is a part built on its own, in its own run folder (<project>/<row>), and recorded when finished as
+<records>/<row>.json; a row another row builds on (the int8 rows on their fp32 row, the pruned FastestV2 on the
+trained one, the distilled FastestV2 on its yolov5n teacher) is built first when its record is missing. Training
+runs as the usual commands in a child process, so a stopped row resumes where it stopped: `finetune.py --resume`
+on the run's last.pt, `prune.py pipeline` by its own pipeline.json stage bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+from common import REPO, write_result
+
+from benchlib.helmets_run import epoch_seconds
+from finetune.checkpoints import finished_run
+from finetune.distill import TeacherError, check_compatible
+from finetune.runs import read_results
+from reports.export import check_parity, export_onnx
+from reports.onnx_backend import OnnxDetector
+from reports.quantize import quantize_best
+from yolo.checkpoint import load_model
+from yolo.convention import from_meta
+from yolo.data import load_data_yaml
+from yolo.flops import model_info
+from yolo.model import build_model
+from yolo.val import evaluate
+
+YARDSTICK = "yolov5n"
+
+
+@dataclass
+class Setup:
+    """What every row shares: data, starting files, sizes, epochs, seed and where runs and records go."""
+
+    data: Path
+    weights: Path  # yolov5n.pt
+    backbone: Path  # the authors' ImageNet ShuffleNetV2 x0.5
+    project: Path  # run folders: <project>/<row>
+    records: Path  # finished rows: <records>/<row>.json
+    imgsz: int = 320
+    fv2_imgsz: int = 352  # YOLO-FastestV2's own size (stretched, BGR)
+    epochs: int = 90
+    seed: int = 0
+    batch: int = 16
+    report_runs: int = 10  # the pipeline's own report stage (the map times everything again)
+    quiet: bool = True
+
+    def split(self) -> tuple[int, int]:
+        """The pipeline's sparse + fine-tune epochs for a budget of `epochs` (the helmets recipe's 10 + 80 of 90)."""
+        sparse = max(1, round(self.epochs / 9))
+        return sparse, max(1, self.epochs - sparse)
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    label: str
+    build: Callable[[Setup, str], dict]
+    needs: tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+def run_command(cmd: list[str], row: str) -> None:
+    """A training command in a child process; a failure stops the bench in one line (re-running resumes)."""
+    print(f"[{row}] {shlex.join(cmd)}", flush=True)
+    code = subprocess.run(cmd, cwd=REPO).returncode
+    if code:
+        sys.exit(f"row {row}: `{shlex.join(cmd[1:3])} ...` exited with {code}; run the same bench command again "
+                 "to resume it")
+
+
+def train(s: Setup, row: str, start: list[str], imgsz: int) -> dict:
+    """finetune.py into <project>/<row>, resumed from its last.pt when a run was stopped; skipped when finished."""
+    run = s.project / row
+    last = run / "weights" / "last.pt"
+    cmd = [sys.executable, str(REPO / "finetune.py"), *start, "--data", str(s.data), "--imgsz", str(imgsz),
+           "--epochs", str(s.epochs), "--batch-size", str(s.batch), "--nbs", str(s.batch), "--seed", str(s.seed),
+           "--project", str(s.project), "--name", row, "--exist-ok", *(["--quiet"] if s.quiet else [])]
+    if last.is_file() and finished_run(last) is None:
+        check_same_run(run, s.epochs, s.seed, row)
+        run_command([sys.executable, str(REPO / "finetune.py"), "--resume", str(last)], row)
+    elif not last.is_file():
+        run_command(cmd, row)
+    done = finished_run(last)
+    if done is None:
+        sys.exit(f"row {row}: {last} is not a finished run")
+    seconds = sum(float(r.get("time", 0.0) or 0.0) for r in read_results(run / "results.csv"))
+    return {"weights": str(done.best or done.last), "command": shlex.join(cmd[1:]), "train_seconds": round(seconds, 1),
+            "epochs": s.epochs}
+
+
+def check_same_run(run: Path, epochs: int, seed: int, row: str) -> None:
+    """A stopped run is resumed only when it is the run asked for (same epochs and seed)."""
+    args = run / "args.yaml"
+    if not args.is_file():
+        return
+    had = yaml.safe_load(args.read_text()) or {}
+    if (had.get("epochs"), had.get("seed")) != (epochs, seed):
+        sys.exit(f"row {row}: {run} holds a stopped run of {had.get('epochs')} epochs, seed {had.get('seed')}; this "
+                 f"bench asks {epochs}, seed {seed} (remove that folder or give another --project)")
+
+
+def pipeline(s: Setup, row: str, weights: str, imgsz: int, target: float) -> dict:
+    """`prune.py pipeline` (the helmets recipe: targeted sparse stage, cut with re-fit, fine-tune) in
+    <project>/<row>; re-running the same command skips finished stages and resumes a stopped one."""
+    sparse, finetune = s.split()
+    cmd = [sys.executable, str(REPO / "prune.py"), "pipeline", "--weights", weights, "--data", str(s.data),
+           "--imgsz", str(imgsz), "--batch-size", str(s.batch), "--nbs", str(s.batch),
+           "--sparse-epochs", str(sparse), "--finetune-epochs", str(finetune), "--target-flops", str(target),
+           "--reconstruct", "128", "--seed", str(s.seed), "--latency-runs", str(s.report_runs), "--threads", "1",
+           "--project", str(s.project), "--name", row, *(["--quiet"] if s.quiet else [])]
+    run_command(cmd, row)
+    run = s.project / row
+    summary = json.loads((run / "summary.json").read_text())
+    stages = json.loads((run / "pipeline.json").read_text())["stages"]
+    seconds = sum(epoch_seconds(stages[k]) for k in ("sparse", "finetune") if k in stages)
+    return {"weights": summary["models"]["finetuned"], "command": shlex.join(cmd[1:]),
+            "train_seconds": round(seconds, 1), "epochs": sparse + finetune,
+            "recipe": f"sparse {sparse} + fine-tune {finetune} epochs, to {target:g}x FLOPs"}
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+def onnx_figures(s: Setup, weights: str, onnx: Path) -> dict:
+    """Export a row's weights to a fixed-shape ONNX at their own size (parity checked on two val images and
+    recorded), then its size, FLOPs and its mAP on the val split as ONNX Runtime runs it."""
+    model, meta = load_model(weights)
+    imgsz = int(meta.get("imgsz") or s.imgsz)
+    data = load_data_yaml(s.data)
+    export_onnx(model, onnx, imgsz=imgsz, metadata=meta)
+    rep = check_parity(model, onnx, list(data.val)[:2], raise_on_fail=False)
+    if not rep.passed:  # as the pipeline's report: recorded and flagged in the map, not a stop (toy models fail it)
+        print(f"WARNING {onnx}: the ONNX file does not match PyTorch: {rep.summary()}", flush=True)
+    info = model_info(model, imgsz)
+    return {"parity_passed": rep.passed, "parity": rep.summary(), "onnx": str(onnx),
+            "onnx_mb": round(onnx.stat().st_size / 1e6, 3), "params": info["params"],
+            "gflops": round(info["gflops"], 4), "imgsz": imgsz, "input": from_meta(meta).text,
+            **score(s, onnx, imgsz)}
+
+
+def score(s: Setup, onnx: Path | str, imgsz: int) -> dict:
+    res = evaluate(OnnxDetector(onnx), load_data_yaml(s.data), imgsz=imgsz, batch_size=8, workers=0, progress=False)
+    return {"map50": float(res["map50"]), "map": float(res["map"])}
+
+
+def read_row(s: Setup, row: str) -> dict | None:
+    path = s.records / f"{row}.json"
+    return json.loads(path.read_text())["figures"] if path.is_file() else None
+
+
+def save_row(s: Setup, row: str, label: str, figures: dict) -> dict:
+    """The row's record (<records>/<row>.json + .md): what it is, its epochs and seed, its figures."""
+    figures = {"row": row, "label": label, "seed": s.seed, "budget_epochs": s.epochs, **figures}
+    if figures.get("status") == "not offered":
+        md = f"### Pareto row {row}: {label}\n\nNot offered: {figures['message']}"
+    else:
+        md = (f"### Pareto row {row}: {label}\n\n{figures['epochs_text']}, seed {s.seed}, {figures['imgsz']} px "
+              f"({figures['input']}): mAP50 {figures['map50']:.3f}, mAP50-95 {figures['map']:.3f}, "
+              f"{figures['params'] / 1e6:.3f} M params, {figures['gflops']:.3f} GFLOPs, {figures['onnx_mb']:.2f} MB")
+    write_result(row, figures, md, out_dir=s.records)
+    print(md, flush=True)
+    return figures
+
+
+# ------------------------------------------------------------------------------------------------ builders
+
+
+def trained(start: Callable[[Setup], list[str]], fv2: bool = False, how: str = "") -> Callable[[Setup, str], dict]:
+    def build(s: Setup, row: str) -> dict:
+        t = train(s, row, start(s), s.fv2_imgsz if fv2 else s.imgsz)
+        fig = onnx_figures(s, t["weights"], s.project / row / f"{row}.onnx")
+        return {**t, **fig, "epochs_text": f"{t['epochs']} epochs {how}".strip()}
+
+    return build
+
+
+def pruned(parent: str, target: float, fv2: bool = False) -> Callable[[Setup, str], dict]:
+    def build(s: Setup, row: str) -> dict:
+        src = str(s.weights) if parent == "yolov5n.pt" else read_row(s, parent)["weights"]
+        p = pipeline(s, row, src, s.fv2_imgsz if fv2 else s.imgsz, target)
+        fig = onnx_figures(s, p["weights"], s.project / row / f"{row}.onnx")
+        before = "" if parent == "yolov5n.pt" else f" on {parent} ({read_row(s, parent)['epochs']} epochs)"
+        return {**p, **fig, "parent": parent, "epochs_text": p["recipe"] + before}
+
+    return build
+
+
+def int8(parent: str) -> Callable[[Setup, str], dict]:
+    """quantize_best on the parent row's ONNX: the fastest int8 variant kept (said when it loses accuracy)."""
+    def build(s: Setup, row: str) -> dict:
+        fp32 = read_row(s, parent)
+        out = s.project / row / f"{row}.onnx"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        res = quantize_best(fp32["onnx"], s.data, out, imgsz=fp32["imgsz"], keep_best_measured=True)
+        if not res["path"]:
+            sys.exit(f"row {row}: no int8 variant of {fp32['onnx']} could be built ({res['reason']})")
+        m = res["metrics"] or score(s, out, fp32["imgsz"])
+        keep = ("params", "gflops", "imgsz", "input", "epochs", "epochs_text", "train_seconds")
+        return {**{k: fp32[k] for k in keep if k in fp32}, "parent": parent, "onnx": str(out),
+                "onnx_mb": round(out.stat().st_size / 1e6, 3), "map50": float(m["map50"]), "map": float(m["map"]),
+                "int8": {"variant": res["notes"].get("int8"), "holds_accuracy": res["chosen"],
+                         "reason": res["reason"]}}
+
+    return build
+
+
+def distilled(s: Setup, row: str) -> dict:
+    """YOLO-FastestV2 from the backbone with the unpruned yolov5n as --teacher, or 'not offered' with the one-line
+    reason the trainer gives when it refuses that teacher."""
+    teacher = read_row(s, YARDSTICK)["weights"]
+    student = build_model("yolo-fastestv2", nc=load_data_yaml(s.data).nc)
+    try:
+        check_compatible(load_model(teacher)[0], student, teacher)
+    except TeacherError as e:
+        return {"status": "not offered", "message": str(e), "teacher": teacher}
+    return trained(lambda s: [*fv2_start(s), "--teacher", teacher], fv2=True, how="(with --teacher yolov5n)")(s, row)
+
+
+def fv2_start(s: Setup) -> list[str]:
+    return ["--cfg", "yolo-fastestv2.yaml", "--backbone", str(s.backbone)]
+
+
+ROWS = {r.name: r for r in (
+    Row(YARDSTICK, "yolov5n, unpruned (the yardstick): yolov5n.pt fine-tuned",
+        trained(lambda s: ["--weights", str(s.weights)], how="from yolov5n.pt")),
+    Row("yolov5n-p70", "yolov5n pruned to 0.7x FLOPs (pipeline)", pruned("yolov5n.pt", 0.7)),
+    Row("yolov5n-p70-int8", "yolov5n 0.7x FLOPs, int8", int8("yolov5n-p70"), ("yolov5n-p70",)),
+    Row("yolov5n-p50", "yolov5n pruned to 0.5x FLOPs (pipeline)", pruned("yolov5n.pt", 0.5)),
+    Row("yolov5n-p50-int8", "yolov5n 0.5x FLOPs, int8", int8("yolov5n-p50"), ("yolov5n-p50",)),
+    Row("v5lite-s", "YOLOv5-Lite-s-like (ShuffleNetV2 backbone), from scratch",
+        trained(lambda s: ["--cfg", "v5lite-s.yaml"], how="from scratch")),
+    Row("yolov5n-shufflenetv2", "yolov5n on a ShuffleNetV2 backbone, from scratch",
+        trained(lambda s: ["--cfg", "yolov5n-shufflenetv2.yaml"], how="from scratch")),
+    Row("fastestv2", "YOLO-FastestV2 from the ImageNet backbone",
+        trained(fv2_start, fv2=True, how="from the ImageNet backbone")),
+    Row("fastestv2-teacher", "YOLO-FastestV2 from the ImageNet backbone, --teacher the unpruned yolov5n", distilled,
+        (YARDSTICK,)),
+    Row("fastestv2-p70", "YOLO-FastestV2 pruned to 0.7x FLOPs (pipeline on the trained one)",
+        pruned("fastestv2", 0.7, fv2=True), ("fastestv2",)),
+)}
+
+
+def ensure(s: Setup, row: str, built: list[str]) -> dict:
+    """The row's record, building what it needs first and then the row itself when it has none."""
+    have = read_row(s, row)
+    if have is not None:
+        if (have.get("seed"), have.get("budget_epochs")) != (s.seed, s.epochs) and row not in built:
+            sys.exit(f"row {row}: recorded with seed {have.get('seed')}, {have.get('budget_epochs')} epochs in "
+                     f"{s.records / (row + '.json')}; this run asks seed {s.seed}, {s.epochs} epochs (give another "
+                     "--out and --project, or remove that record)")
+        return have
+    spec = ROWS[row]
+    for need in spec.needs:
+        ensure(s, need, built)
+    t0 = time.perf_counter()
+    figures = spec.build(s, row)
+    figures["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    built.append(row)
+    return save_row(s, row, spec.label, figures)

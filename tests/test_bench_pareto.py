@@ -1,0 +1,108 @@
+"""bench/pareto.py: the map's front, verdicts and table from row records (fast), the README line, and every row's
+plumbing end to end at a toy size (slow; needs ../shared)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def bench_on_path(monkeypatch):
+    monkeypatch.setattr(sys, "path", [*sys.path, str(REPO / "bench")])  # appended: bench/sparsity.py must not shadow
+
+
+def _rows(**points: tuple[float, float]) -> dict:
+    """row -> figures with (latency ms, mAP50); speed-ups over the yolov5n row."""
+    base = points["yolov5n"][0]
+    return {r: {"latency_ms": ms, "map50": m, "speedup": base / ms} for r, (ms, m) in points.items()}
+
+
+def test_front_keeps_only_rows_no_other_beats_on_both():
+    from benchlib.pareto_map import front
+
+    rows = _rows(yolov5n=(10, 0.80), p70=(7, 0.79), p70i8=(6, 0.70), lite=(8, 0.60), fv2=(3, 0.65), slow=(12, 0.5))
+    assert front(rows) == {"yolov5n", "p70", "p70i8", "fv2"}
+
+
+def test_verdicts_name_the_fastest_within_two_points_and_the_best_at_2x_and_3x():
+    from benchlib.pareto_map import verdicts
+
+    rows = _rows(yolov5n=(10, 0.80), p70=(7, 0.785), p50=(5, 0.77), fv2=(3, 0.65), fv2p=(2.5, 0.60))
+    v = verdicts(rows)
+    assert v["fastest_within_2_points"]["row"] == "p70"  # p50 is 3 points behind
+    assert v["fastest_within_2_points"]["speedup"] == pytest.approx(10 / 7)
+    assert v["most_accurate_at_2x"]["row"] == "p50"
+    assert v["most_accurate_at_3x"]["row"] == "fv2"
+    assert verdicts(_rows(yolov5n=(10, 0.8), a=(9, 0.5)))["most_accurate_at_3x"] is None
+    assert "note" in verdicts({"fv2": {"latency_ms": 3, "map50": 0.6, "speedup": None}})
+
+
+def _record(folder: Path, row: str, **figures) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{row}.json").write_text(json.dumps({"figures": {"row": row, **figures}}))
+
+
+def test_finished_rows_need_their_onnx_and_not_offered_rows_are_kept_apart(tmp_path):
+    from benchlib.pareto_map import finished_rows
+
+    onnx = tmp_path / "a.onnx"
+    onnx.write_bytes(b"x")
+    runs = tmp_path / "pareto_runs"
+    _record(runs, "fastestv2", onnx=str(onnx))
+    _record(runs, "yolov5n", onnx=str(onnx))
+    _record(runs, "yolov5n-p50", onnx=str(tmp_path / "gone.onnx"))
+    _record(runs, "fastestv2-teacher", status="not offered", message="refused")
+    timed, offered = finished_rows(runs)
+    assert list(timed) == ["yolov5n", "fastestv2"]  # the map's row order, not the file names'
+    assert offered == {"fastestv2-teacher": {"row": "fastestv2-teacher", "status": "not offered",
+                                             "message": "refused"}}
+
+
+def test_markdown_states_epochs_seed_verdicts_and_what_is_missing_and_readme_line():
+    from benchlib.pareto_map import markdown, verdicts
+    from benchlib.readme_block import pareto_line
+
+    rows = _rows(yolov5n=(10, 0.80), fastestv2=(3, 0.79))
+    for r, f in rows.items():
+        f.update(label=r, epochs_text="90 epochs", seed=0, imgsz=320, input="letterbox-rgb", params=1e6,
+                 onnx_mb=1.0, gflops=1.0, map=0.4, front=True)
+    fig = {"rows": rows, "not_offered": {"fastestv2-teacher": "refused"}, "verdicts": verdicts(rows),
+           "latency_runs": 30, "data": "helmets"}
+    md = markdown(fig)
+    assert "| yolov5n | yolov5n | 90 epochs | 0 |" in md and "3.33x" in md
+    assert "**fastestv2**, 3.33x its speed" in md and "- fastestv2-teacher: refused" in md
+    assert "Not built yet: yolov5n-p70" in md and "pareto.png" in md
+    line = pareto_line(fig)
+    assert "**fastestv2**, 3.33x" in line and "most accurate at >= 3x: **fastestv2**" in line
+    assert pareto_line({"verdicts": {"note": "no yolov5n row yet"}}) == ""
+
+
+def test_smoke_needs_an_out_other_than_bench_results():
+    import pareto
+
+    with pytest.raises(SystemExit):
+        pareto.parse_args(["--smoke", "--out", str(REPO / "bench" / "results")])
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_smoke_builds_every_row_then_the_map_and_resumes(shared_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    import pareto
+
+    out = tmp_path / "out"
+    assert pareto.main(["--smoke", "--out", str(out), "--runs", "30"]) == 0
+    doc = json.loads((out / "pareto.json").read_text())["figures"]
+    assert set(doc["rows"]) | set(doc["not_offered"]) == set(pareto.ROWS)
+    assert "FastestDetect student" in doc["not_offered"]["fastestv2-teacher"]
+    assert all(f["seed"] == 0 and f["epochs_text"] for f in doc["rows"].values())
+    assert (out / "pareto.png").stat().st_size > 0
+    capsys.readouterr()
+    assert pareto.main(["--smoke", "--out", str(out), "--map"]) == 0
+    assert "rows built now" not in capsys.readouterr().out
