@@ -17,7 +17,8 @@ from pathlib import Path
 from common import REPO, SHARED, write_result
 
 from reports.export import check_parity, export_onnx
-from reports.quantize import Int8Config, select_int8
+from reports.int8_select import select_int8
+from reports.quantize import Int8Config
 from yolo.checkpoint import load_model
 from yolo.data import load_data_yaml
 

@@ -4,8 +4,9 @@ For yolov5n and for yolov5n cut to 0.5x FLOPs (--pruned-weights: a cut fine-tune
 BN-|gamma| importance and a least-squares re-fit, not fine-tuned; its int8 loss is measured against its own
 fp32), exports the fp32 ONNX (fixed square 640), builds every int8 variant asked for (QDQ or QOperator,
 per-channel or per-tensor weights, reduce_range, the Detect convolutions writing float or int8, signed or unsigned
-activations and weights), times them interleaved with fp32 at 1 thread, scores each on coco128 val (pycocotools), and profiles fp32 and every
-variant per operator type with ORT's profiler (reports.op_profile). Writes bench/results/int8_profile.json/.md.
+activations and weights), times them interleaved with fp32 at 1 thread, scores each on coco128 val
+(pycocotools), and profiles fp32 and every variant per operator type with ORT's profiler (reports.op_profile).
+Writes bench/results/int8_profile.json/.md.
 
 Each model's part is kept in --workdir once done, so a stopped run resumes with the next model. --retime times
 and profiles the files of the kept parts again (their mAP stays): the quantising and scoring can run on a busy
@@ -28,9 +29,10 @@ from common import REPO, SHARED, markdown_table, need_shared, write_json, write_
 from prune.api import PruneConfig, prune_model
 from prune.calib import calib_loader
 from reports.export import check_parity, export_onnx
+from reports.int8_select import select_int8
 from reports.latency import OnnxRunner, benchmark
 from reports.op_profile import op_type_profile
-from reports.quantize import Int8Config, select_int8
+from reports.quantize import Int8Config
 from yolo.checkpoint import load_model
 from yolo.data import load_data_yaml
 

@@ -3,7 +3,7 @@
 Rows (each trained or built on its own and recorded when finished in bench/results/pareto_runs/<row>.json, so the
 map is built over several sittings; a stopped row resumes: `finetune.py --resume`, the pipeline's stages):
 the unpruned yolov5n fine-tuned from yolov5n.pt (the yardstick), the pipeline to 0.7x and 0.5x FLOPs (sparse E/9 +
-fine-tune the rest, the helmets recipe) and each of them int8 (reports.quantize.quantize_best on its ONNX),
+fine-tune the rest, the helmets recipe) and each of them int8 (reports.int8_select.quantize_best on its ONNX),
 v5lite-s and yolov5n-shufflenetv2 from scratch, YOLO-FastestV2 from the authors' ImageNet backbone without and
 with `--teacher` (the unpruned yolov5n; recorded as not offered when the trainer refuses that teacher), and
 YOLO-FastestV2 pruned (the pipeline on the trained one). Every row states its epochs and seed; yolov5 rows at

@@ -1,6 +1,6 @@
 """The report stage's extra rows: the fine-tuned model in every deployment format the run asks for.
 
-`--int8` adds ONNX Runtime int8 (the fastest variant that holds accuracy, `reports.quantize.quantize_best`);
+`--int8` adds ONNX Runtime int8 (the fastest variant that holds accuracy, `reports.int8_select.quantize_best`);
 `--formats openvino ncnn` adds those runtimes' fp32 files, and with `--int8` also OpenVINO int8 (nncf). Every row
 is marked as derived from the fine-tuned model, so the report can name the fastest format that holds its accuracy.
 They are built after the report has exported and checked the fine-tuned ONNX, and before anything is timed, so
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reports.quantize import quantize_best
+from reports.int8_select import quantize_best
 from reports.report import ModelEntry
 from reports.runtime_export import Int8Options, export_format
 

@@ -131,7 +131,8 @@ def _synthetic_images(imgsz) -> list:
 
 def _export_int8(args: Any, fp32: Path, data, imgsz: int) -> None:
     # start-up: onnx and onnxruntime (1.6 s of a 1.9 s prune.py start, measured) load only for the command that runs
-    from reports.quantize import AUTO_VARIANTS, quantize_best
+    from reports.int8_select import quantize_best
+    from reports.quantize import AUTO_VARIANTS
 
 
     explicit = args.int8_activations != "auto" or bool(args.int8_variants)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from reports.export import export_onnx
+from reports.int8_select import select_int8
 from reports.onnx_backend import OnnxDetector
 from reports.onnx_meta import read_metadata
 from reports.quantize import (
@@ -18,7 +19,6 @@ from reports.quantize import (
     decode_nodes,
     float_decode_check,
     quantize_int8,
-    select_int8,
 )
 from yolo.model import build_model, load_model_yaml
 

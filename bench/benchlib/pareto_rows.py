@@ -26,8 +26,8 @@ from finetune.checkpoints import finished_run
 from finetune.distill import TeacherError, check_compatible
 from finetune.runs import read_results
 from reports.export import check_parity, export_onnx
+from reports.int8_select import quantize_best
 from reports.onnx_backend import OnnxDetector
-from reports.quantize import quantize_best
 from yolo.checkpoint import load_model
 from yolo.convention import from_meta
 from yolo.data import load_data_yaml
