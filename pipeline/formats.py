@@ -18,6 +18,8 @@ from reports.report import ModelEntry
 from reports.runtime_export import Int8Options, export_format
 
 SOURCE = "finetuned"  # the row every format is made from
+# OPENVINO_LAST: ncnn's conversion runs the pnnx program as a subprocess; a subprocess started after OpenVINO had run
+# in the same process was followed by a segmentation fault (docs/runtimes.md, Known limits), so OpenVINO goes last.
 
 
 def format_entries(entries: Sequence[ModelEntry], images: Sequence[Any], data: Any, imgsz: int,
@@ -33,7 +35,7 @@ def format_entries(entries: Sequence[ModelEntry], images: Sequence[Any], data: A
         q = quantize_best(onnx_path, data, onnx_path.with_name(f"{SOURCE}_int8.onnx"), imgsz=imgsz, log=log)
         if q["path"]:
             rows.append(_derived("int8", q["path"], imgsz, q.get("notes", {})))
-    for fmt in formats:
+    for fmt in sorted(formats, key=lambda f: f == "openvino"):  # ncnn first: see OPENVINO_LAST
         opts = Int8Options(data=data, imgsz=imgsz) if int8 and fmt == "openvino" else None
         res = export_format(fmt, src.model, onnx_path, images, int8=opts, threads=1, log=log)
         rows.append(_derived(fmt, res["path"], imgsz, {"parity": res["parity"].to_dict()}))

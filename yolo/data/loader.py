@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -86,15 +87,24 @@ def _share_cache_with_workers(dataset: DetectionDataset, workers: int) -> None:
         dataset._cached.share()
 
 
+# Runtimes whose thread pools do not survive a fork: once one is loaded, workers start from a fork server (a clean
+# process) instead of a fork of this one. Forked loader workers in a process where OpenVINO had run were followed
+# by segmentation faults (docs/runtimes.md, Known limits); the dataset's image cache is shared either way.
+FORK_UNSAFE_MODULES = frozenset({"openvino"})
+
+
 def _worker_options(workers: int) -> dict:
     """DataLoader settings every loader here shares: collate, persistent workers that leave SIGTERM to main."""
-    return {
+    options = {
         "num_workers": workers,
         "collate_fn": DetectionDataset.collate_fn,
         "persistent_workers": workers > 0,
         "pin_memory": torch.cuda.is_available(),
         "worker_init_fn": leave_stop_signals_to_main,
     }
+    if workers > 0 and FORK_UNSAFE_MODULES & set(sys.modules):
+        options["multiprocessing_context"] = "forkserver"
+    return options
 
 
 def _sampled_loader(
