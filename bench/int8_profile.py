@@ -115,12 +115,20 @@ def retime(part: dict[str, Any], args: argparse.Namespace) -> None:
     paths = {"fp32": sel["fp32"]["path"], **{Int8Config(**v["config"]).tag: v["path"] for v in ok}}
     part["profiles"] = {k: op_type_profile(p, threads=1, runs=args.profile_runs, imgsz=args.imgsz)
                         for k, p in paths.items()}
-    chosen = [v for v in ok if v["ratio_to_fp32"] < 1.0 and v.get("holds_accuracy") is not False]
-    best = min(chosen, key=lambda v: v["latency_ms"]) if chosen else None
-    sel["chosen"] = best["path"] if best else None
-    sel["reason"] = (f"fastest variant within tolerance: {best['ratio_to_fp32']:.2f}x the fp32 time, mAP50-95 "
-                     f"{best['map']:.4f}" if best else "no faster int8 variant keeps mAP50-95 within tolerance") + \
-        f" (re-timed, {args.rounds} rounds)"
+    sel["chosen"], sel["reason"] = verdict(ok, args.rounds)
+
+
+def verdict(ok: list[dict], rounds: int) -> tuple[str | None, str]:
+    """The selection rule of reports.int8_select on re-timed figures: (chosen path or None, why)."""
+    faster = [v for v in ok if v["ratio_to_fp32"] < 1.0]
+    chosen = [v for v in faster if v.get("holds_accuracy") is not False]
+    if chosen:
+        best = min(chosen, key=lambda v: v["latency_ms"])
+        return best["path"], (f"fastest variant within tolerance: {best['ratio_to_fp32']:.2f}x the fp32 time, "
+                              f"mAP50-95 {best['map']:.4f} (re-timed, {rounds} rounds)")
+    why = "no faster int8 variant keeps mAP50-95 within tolerance" if faster else \
+        "no int8 variant is faster than fp32 on this CPU"
+    return None, f"{why}; fp32 stays the deliverable (re-timed, {rounds} rounds)"
 
 
 def markdown(figures: dict[str, Any]) -> str:

@@ -51,7 +51,8 @@ def build_models(args: argparse.Namespace, data) -> dict[str, Any]:
     for level in ("P5", "P3"):
         m, table = drop_scale(base, level, imgsz=args.imgsz)
         removed = [r["layer"] for r in table.rows if r["removed"]]
-        models[f"{level} dropped"] = (m, "layers " + ", ".join(map(str, removed)))
+        what = f"layers {', '.join(map(str, removed))} and " if removed else ""
+        models[f"{level} dropped"] = (m, f"{what}Detect's {level} output conv")
     for n in args.depth:
         images = calib_loader(data, args.imgsz, 32, batch_size=8)
         m, table = depth_prune(base, n, images, imgsz=args.imgsz, n_images=32)

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Creates ./.venv (once) with PyTorch first, then this project and its test tools.
-# The optional OpenVINO and ncnn runtimes are opt-in: YOLO_SLIM_EXTRAS=1 installs .[dev,openvino,ncnn] instead of
-# .[dev]. They add ~7 minutes to a fresh install, and a known crash (a subprocess started after OpenVINO scored
-# next to ONNX Runtime with loader workers segfaulted; docs/runtimes.md) is not understood yet, so CI stays on
-# .[dev] by default; their tests skip cleanly without them.
+# The optional OpenVINO and ncnn runtimes: YOLO_SLIM_EXTRAS=1 installs .[dev,openvino,ncnn] instead of .[dev].
+# scripts/test.sh (the README's test command, and CI's) sets it, so the exporters are tested; the demo does not
+# need them. Without them their tests skip cleanly.
 # Sourced by scripts/demo.sh and scripts/test.sh; safe to run again (it skips what is already installed).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
