@@ -145,3 +145,28 @@ def test_calibration_runs_in_equal_chunks_of_at_most_four_images():
     while (batch := reader.get_next()) is not None:
         fed.append(batch["images"])
     assert len(fed) == 3 and all(x.shape == (1, 3, 32, 32) for x in fed)
+
+
+def test_variant_choice_keeps_fp32_when_no_variant_holds_accuracy(fp32, tmp_path, monkeypatch):
+    """Twice as fast but 0.02 mAP50-95 down: fp32 stays the deliverable at tolerance 0.01, int8 is kept at 0.05."""
+    import reports.int8_select as selection
+
+    def twice_as_fast(sel, ok, threads, rounds, warmup, log):
+        sel.fp32["latency_ms"] = 10.0
+        for r in ok:
+            r.latency_ms, r.ratio_to_fp32 = 5.0, 0.5
+
+    def two_points_down(sel, ok, data_cfg, tol, eval_kwargs, log):
+        sel.fp32.update(map50=0.50, map=0.40)
+        for r in ok:
+            r.map50, r.map = 0.48, 0.38
+            r.holds_accuracy = r.map >= sel.fp32["map"] - tol
+
+    monkeypatch.setattr(selection, "_time_variants", twice_as_fast)
+    monkeypatch.setattr(selection, "_score_variants", two_points_down)
+    cfgs = [Int8Config("u8", "minmax", 2)]
+    strict = select_int8(fp32, tmp_path / "a", images(2), cfgs, data_cfg="data", map_tolerance=0.01, log=print)
+    assert strict.chosen is None
+    assert "no faster int8 variant keeps mAP50-95 within 0.01" in strict.reason and "fp32 stays" in strict.reason
+    loose = select_int8(fp32, tmp_path / "b", images(2), cfgs, data_cfg="data", map_tolerance=0.05, log=print)
+    assert loose.chosen == loose.variants[0].path
