@@ -11,14 +11,13 @@ import torch
 
 from finetune.distill import Distiller, TeacherError, check_compatible
 from prune import PruneConfig, apply_plan, build_graph, plan_pruning, prune_model, save_pruned
-from prune.apply import removals
 from reports.detect import TorchPredictor, predict
 from reports.export import check_parity, export_onnx
 from reports.imaging import prepare
 from reports.onnx_backend import OnnxDetector
 from reports.onnx_meta import read_metadata
 from reports.quantize import ImageCalibrationReader
-from tests.zoo import randomize_bn
+from tests.zoo import randomize_bn, zero_removed_gammas
 from yolo.boxes import scale_boxes
 from yolo.checkpoint import CheckpointError, load_model, save_checkpoint
 from yolo.convention import DEFAULT as DEFAULT_CONVENTION
@@ -285,9 +284,7 @@ def test_zero_gamma_channels_are_removed_losslessly(pruned_setup):
     """Masked (gamma = 0 on the planned channels) and physically pruned models agree away from the borders."""
     model, _, plan = pruned_setup
     masked = copy.deepcopy(model)
-    for (name, kind), idx in removals(plan).items():
-        if kind == "bn":
-            masked.get_submodule(name).weight.data[torch.as_tensor(idx)] = 0.0
+    zero_removed_gammas(masked, plan)
     assert plan.removed_channels > 0
     pruned = apply_plan(masked, plan).double()
     x = torch.rand(1, 3, 512, 512, dtype=torch.float64)

@@ -15,9 +15,8 @@ import torch
 from torch import nn
 
 from prune import PruneConfig, apply_plan, build_graph, plan_pruning
-from prune.apply import removals
 from reports.export import check_parity, export_onnx
-from tests.zoo import A2, ZOO, cfg, randomize_bn, tiny_official
+from tests.zoo import A2, ZOO, cfg, randomize_bn, tiny_official, zero_removed_gammas
 from tests.zoo import single_thread as single_thread  # noqa: F401  (fixture)
 from yolo.checkpoint import load_model, save_checkpoint
 from yolo.model import ModelConfigError, build_model
@@ -75,12 +74,6 @@ def tiny_repvgg(width: float = 0.25, nc: int = 3) -> nn.Module:
 def synthetic_images(n: int = 2, size: int = 64) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
-
-
-def zero_removed_gammas(model: nn.Module, plan) -> None:
-    for (name, kind), idx in removals(plan).items():
-        if kind == "bn":
-            model.get_submodule(name).weight.data[torch.as_tensor(idx)] = 0.0
 
 
 def interior(model: nn.Module, x: torch.Tensor, margin: float = 0.25) -> list[torch.Tensor]:

@@ -13,8 +13,7 @@ from PIL import Image
 from torch import nn
 
 from prune import PruneConfig, apply_plan, build_graph, plan_pruning
-from prune.apply import removals
-from tests.zoo import randomize_bn
+from tests.zoo import randomize_bn, zero_removed_gammas
 from tests.zoo import single_thread as single_thread  # noqa: F401  (fixture)
 from yolo.checkpoint import load_model, save_checkpoint
 from yolo.model import ModelConfigError, build_model, load_model_yaml, module_shapes
@@ -204,9 +203,7 @@ def test_zero_gamma_channels_are_removed_losslessly(pruned_setup):
     with their constant contribution folded into the consumers."""
     _, model, _, plan = pruned_setup
     masked = copy.deepcopy(model)
-    for (name, kind), idx in removals(plan).items():
-        if kind == "bn":
-            masked.get_submodule(name).weight.data[torch.as_tensor(idx)] = 0.0
+    zero_removed_gammas(masked, plan)
     assert plan.removed_channels > 0
     pruned = apply_plan(masked, plan).double()
     x = torch.rand(1, 3, 256, 256, dtype=torch.float64)

@@ -16,6 +16,7 @@ from pipeline.latency import latency_tools
 from prune import PruneConfig, PruneError, prune_to_latency
 from prune.cost import CostModel
 from prune.graph import build_graph
+from tests.latency_fakes import fake_flat_profile
 from tests.zoo import ZOO, randomize_bn
 from tests.zoo import single_thread as single_thread  # noqa: F401  (fixture)
 from yolo.checkpoint import load_model, save_checkpoint
@@ -57,15 +58,7 @@ def test_width_grid_rounds_up_and_keeps_the_full_width():
 
 def test_table_key_invalidates_on_cpu_runtime_threads_and_size(weights, tmp_path, monkeypatch):
     model, _ = load_model(weights)
-    built: list[int] = []
-
-    def fake_profile(m, imgsz, threads, round_to, calibration=None, **kw):
-        built.append(1)
-        specs = ll.conv_specs(m, imgsz)
-        layers = {n: ll.LayerTable([s.cin], [s.cout], [[0.01]], s.out_hw) for n, s in specs.items()}
-        return ll.LatencyTable(ll.table_key(specs, imgsz, threads, round_to), layers, rest_a=0.5)
-
-    monkeypatch.setattr(ll, "profile_model", fake_profile)
+    built = fake_flat_profile(monkeypatch)
     path, logs = tmp_path / "t.json", []
 
     def load(imgsz=IMGSZ, threads=1):

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import pipeline.latency as pl
-import reports.layer_latency as ll
 from pipeline.run import Pipeline, PipelineError, PipelineOptions, run_pipeline
 from prune import PruneConfig, PruneError, prune_to_latency
 from prune.graph import build_graph
 from prune.latency_moves import parse_moves
+from tests.latency_fakes import fake_flat_profile
 from tests.test_pipeline import stubbed_pipeline
 from tests.test_prune_structure import tiny, zero_residual
 from tests.zoo import single_thread as single_thread  # noqa: F401  (fixture)
@@ -53,16 +53,7 @@ def data(tmp_path_factory):
 @pytest.fixture
 def flat_table(monkeypatch):
     """No profiling: a one-point table per conv (0.01 ms at full width), built once and reused from its file."""
-    built: list[int] = []
-
-    def fake_profile(m, imgsz, threads, round_to, calibration=None, **kw):
-        built.append(1)
-        specs = ll.conv_specs(m, imgsz)
-        layers = {n: ll.LayerTable([s.cin], [s.cout], [[0.01]], s.out_hw) for n, s in specs.items()}
-        return ll.LatencyTable(ll.table_key(specs, imgsz, threads, round_to), layers, rest_a=0.5)
-
-    monkeypatch.setattr(ll, "profile_model", fake_profile)
-    return built
+    return fake_flat_profile(monkeypatch)
 
 
 def test_free_block_goes_before_any_channel():

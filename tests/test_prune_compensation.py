@@ -10,16 +10,10 @@ from torch import nn
 
 from prune import PruneConfig, apply_plan, build_graph, plan_pruning
 from prune.apply import removals
-from tests.zoo import ZOO, randomize_bn
+from tests.zoo import ZOO, randomize_bn, zero_removed_gammas
 from tests.zoo import single_thread as single_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def zero_removed_gammas(model: nn.Module, plan) -> None:
-    for (name, kind), idx in removals(plan).items():
-        if kind == "bn":
-            model.get_submodule(name).weight.data[torch.as_tensor(idx)] = 0.0
 
 
 def interior(model: nn.Module, x: torch.Tensor, margin: float = 0.25) -> list[torch.Tensor]:

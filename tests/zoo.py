@@ -20,6 +20,7 @@ import torch
 import yaml
 from torch import nn
 
+from prune.apply import removals
 from yolo.model import build_model
 from yolo.modules import Conv
 
@@ -36,6 +37,13 @@ def tiny_official(name: str, width: float = 0.125, nc: int = 3) -> dict:
     d = yaml.safe_load((CFGS / f"{name}.yaml").read_text())
     d.update(width_multiple=width, nc=nc)
     return d
+
+
+def zero_removed_gammas(model: nn.Module, plan) -> None:
+    """Zero the BatchNorm scales of the channels `plan` removes, in place: the masked twin a cut must match."""
+    for (name, kind), idx in removals(plan).items():
+        if kind == "bn":
+            model.get_submodule(name).weight.data[torch.as_tensor(idx)] = 0.0
 
 
 def randomize_bn(model: nn.Module, seed: int = 0, low: float = 0.5) -> nn.Module:
