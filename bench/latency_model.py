@@ -68,8 +68,8 @@ def prediction_rows(args: argparse.Namespace, base, imgsz: int) -> dict:
         print(f"{imgsz} {name:>9}: predicted {r['predicted_ms']:8.3f} ms, measured {r['measured_ms']:8.3f} ms, "
               f"error {r['error_pct']:+.1f}%")
     errs = [abs(r["error_pct"]) for r in rows.values()]
-    return {"table": str(where), "key": table.key, "rest_a": table.rest_a, "rest_b": table.rest_b,
-            "profile_seconds": table.seconds, "rows": rows, "max_abs_error_pct": max(errs),
+    return {"table": str(where), "key": table.key, "conv_scale": table.conv_scale, "rest_a": table.rest_a,
+            "rest_b": table.rest_b, "profile_seconds": table.seconds, "rows": rows, "max_abs_error_pct": max(errs),
             "within_10pct": all(e <= 10 for e in errs)}  # fmt: skip
 
 
@@ -78,11 +78,11 @@ def budget_rows(args: argparse.Namespace, base, imgsz: int) -> dict:
     table, _ = latency_table(base, config(args, imgsz, ratio=0.5), args.threads, table_path(args, imgsz), log=print)
     pred = TablePredictor(table)
     measure = partial(measure_models, imgsz=imgsz, threads=args.threads, runs=args.runs)
-    base_ms = measure({"baseline": base})["baseline"]
     g0 = count_gflops(base, imgsz)
     out = {}
-    for f in args.budgets:
-        cut, tab = prune_to_latency(base, config(args, imgsz, target_latency=f * base_ms), pred, measure, log=print)
+    for f in args.budgets:  # a fraction of the baseline: --target-speedup 1/f, so each correction round compares
+        # the cut with the baseline timed beside it (the baseline alone drifts 67-79 ms between calls here)
+        cut, tab = prune_to_latency(base, config(args, imgsz, target_speedup=1 / f), pred, measure, log=print)
         again = measure({"baseline": base, "cut": cut})
         budget = f * again["baseline"]  # the budget follows the baseline timed beside the cut
         flops = count_gflops(cut, imgsz) / g0

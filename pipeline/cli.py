@@ -175,8 +175,8 @@ def run_profile(args: argparse.Namespace) -> dict:
     imgsz = int(args.imgsz or meta.get("imgsz") or 640)
     config = PruneConfig.from_flags(ratio=0.5, min_keep=args.min_keep, round_to=args.round_to, imgsz=imgsz)
     res = profile_and_check(model.eval(), config, args.threads, args.out, args.checks, args.seed, args.runs)
-    print(f"latency table {res['table']}: rest {res['rest_a']:.3f} ms + {res['rest_b'] * 1e6:.3f} ms per M "
-          f"activations; {args.threads} thread(s) at {imgsz}")
+    print(f"latency table {res['table']}: {res['conv_scale']:.3f} x the convs + {res['rest_a']:.3f} ms + "
+          f"{res['rest_b'] * 1e6:.3f} ms per M activations; {args.threads} thread(s) at {imgsz}")
     for name, r in res["check"].items():
         print(f"  {name:>9}: predicted {r['predicted_ms']:8.3f} ms, measured {r['measured_ms']:8.3f} ms, "
               f"error {r['error_pct']:+.1f}%")

@@ -90,7 +90,8 @@ def profile_and_check(
     rng = np.random.default_rng(seed)
     models = {"full": model, **{f"random{i + 1}": random_cut(model, config, rng) for i in range(checks)}}
     rows = check_prediction(table, models, config.imgsz, threads, runs)
-    return {"table": str(where), "key": table.key, "rest_a": table.rest_a, "rest_b": table.rest_b, "check": rows}
+    return {"table": str(where), "key": table.key, "conv_scale": table.conv_scale, "rest_a": table.rest_a,
+            "rest_b": table.rest_b, "check": rows}
 
 
 def _block_ms(model: nn.Module, predictor: TablePredictor, widths: dict) -> list[float]:

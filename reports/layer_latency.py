@@ -4,9 +4,11 @@ Why per layer: a plan searching for a latency budget evaluates thousands of widt
 timing each whole model would take minutes per step. So every convolution of the model (BatchNorm folded, with its
 activation, as the exported graph runs it) is built as a one-op ONNX graph at a grid of (input, output) channel
 counts and timed once; a configuration's latency is then the sum of its layers' interpolated times plus the part
-no width changes (input copy, Detect decode, concat, upsampling). That rest is fitted against whole-model timings:
-`rest = a + b * activations` (activation elements written by the convs), from the full model alone (b = 0) or
-from several models (`calibrate`).
+no width changes (input copy, Detect decode, concat, upsampling). Timed alone, each conv also pays a per-call cost
+(binding its input and output) that a whole model does not pay once per layer, so the conv sum is scaled too:
+`latency = s * convs + a + b * activations` (activation elements written by the convs), fitted to whole-model
+timings with s, a, b >= 0 (`fit_rest`): from the full model alone (a when the convs undercount it, s when they
+overcount), or from the calibration models as well (the pipeline's narrowest cut), which pin the slope.
 
 The table is only valid for the machine, runtime and settings it was measured with, so it carries a key (CPU
 model and SIMD flags, ONNX Runtime version, threads, input size, grid rounding, the model's layer geometry); a
@@ -37,7 +39,7 @@ from reports.latency import OnnxRunner, benchmark, cpu_info
 from yolo.fileio import atomic_write_text
 from yolo.imgsz import to_shape
 
-FORMAT = "yolov5-slim.latency-table/1"
+FORMAT = "yolov5-slim.latency-table/2"  # /2: conv_scale (tables of /1 are profiled again)
 FRACTIONS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
 CACHE_DIR = Path.home() / ".cache" / "yolov5-slim" / "latency"
 Widths = Mapping[str, tuple[int, int]]  # conv module name -> (input channels, output channels)
@@ -223,7 +225,7 @@ def _interp_1d(xs: Sequence[int], x: float, values: np.ndarray) -> float:
 
 @dataclass
 class LatencyTable:
-    """Per-conv time grids plus the rest `a + b * activation elements`, valid for `key` only."""
+    """Per-conv time grids, their scale s and the rest `a + b * activation elements`, valid for `key` only."""
 
     key: dict
     layers: dict[str, LayerTable]
@@ -231,10 +233,11 @@ class LatencyTable:
     rest_b: float = 0.0
     measured: dict = field(default_factory=dict)  # whole-model timings the rest was fitted on
     seconds: float = 0.0
+    conv_scale: float = 1.0  # s: the whole model's share of the conv sum timed one conv at a time
 
     def to_json(self, path: str | Path) -> Path:
         d = {"format": FORMAT, "key": self.key, "rest_a": self.rest_a, "rest_b": self.rest_b,
-             "measured": self.measured, "seconds": round(self.seconds, 1),
+             "conv_scale": self.conv_scale, "measured": self.measured, "seconds": round(self.seconds, 1),
              "layers": {n: asdict(t) for n, t in self.layers.items()}}  # fmt: skip
         return atomic_write_text(path, json.dumps(d, indent=1) + "\n")
 
@@ -244,7 +247,8 @@ class LatencyTable:
         if d.get("format") != FORMAT:
             raise ValueError(f"{path}: not a latency table ({FORMAT})")
         layers = {n: LayerTable(**t) for n, t in d["layers"].items()}
-        return cls(d["key"], layers, d["rest_a"], d["rest_b"], d.get("measured", {}), d.get("seconds", 0.0))
+        return cls(d["key"], layers, d["rest_a"], d["rest_b"], d.get("measured", {}), d.get("seconds", 0.0),
+                   d["conv_scale"])
 
 
 def _monotone(grid: np.ndarray) -> np.ndarray:
@@ -308,24 +312,46 @@ class TablePredictor:
         return float(sum(widths.get(n, self._full(n))[1] * t.out_hw for n, t in self.table.layers.items()))
 
     def total_ms(self, widths: Widths) -> float:
-        """Sum of the convs plus the fitted rest."""
-        return sum(self.layer_ms(widths).values()) + self.table.rest_a + self.table.rest_b * self.activations(widths)
+        """The scaled sum of the convs plus the fitted rest (never below zero: s, a, b >= 0)."""
+        t = self.table
+        return t.conv_scale * sum(self.layer_ms(widths).values()) + t.rest_a + t.rest_b * self.activations(widths)
 
     __call__ = total_ms
 
 
 def fit_rest(table: LatencyTable, samples: Sequence[tuple[Widths, float]]) -> None:
-    """Fit rest = a + b * activations to whole-model timings (widths, measured ms), in place; b >= 0."""
+    """Fit `measured = s * convs + a + b * activations` to whole-model timings (widths, measured ms), in place.
+
+    All three stay >= 0, so no width configuration is ever predicted to take no time (a negative rest once let a
+    0.0001 ms budget pass as reachable). One timing fixes one unknown: the rest a when the conv sum undercounts the
+    model, the scale s when it overcounts (at 640 px the one-conv-at-a-time sum exceeds the whole model). More
+    timings: the non-negative least-squares fit with the smallest error over the subsets of {s, a, b}."""
     pred = TablePredictor(LatencyTable(table.key, table.layers))
     conv = np.array([sum(pred.layer_ms(w).values()) for w, _ in samples])
-    resid = np.array([m for _, m in samples]) - conv
     vol = np.array([pred.activations(w) for w, _ in samples])
-    a, b = float(resid.mean()), 0.0
-    if len(samples) > 1 and np.ptp(vol) > 0:
-        b_fit, a_fit = np.polyfit(vol, resid, 1)
-        if b_fit > 0:
-            a, b = float(a_fit), float(b_fit)
-    table.rest_a, table.rest_b = a, b
+    y = np.array([m for _, m in samples], dtype=np.float64)
+    if len(samples) == 1 or np.ptp(conv) <= 0:
+        s, a, b = (1.0, float(np.mean(y - conv)), 0.0) if np.mean(y) >= np.mean(conv) else \
+            (float(np.mean(y) / np.mean(conv)), 0.0, 0.0)
+    else:
+        s, a, b = _nonnegative_fit(np.stack([conv, np.ones_like(conv), vol], axis=1), y)
+    table.conv_scale, table.rest_a, table.rest_b = s, a, b
+
+
+def _nonnegative_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Least squares of y on the columns of x with every coefficient >= 0: the best of the fits on each subset of
+    columns whose coefficients all come out >= 0 (three columns: seven subsets, no solver needed)."""
+    best, coef = np.inf, np.zeros(x.shape[1])
+    for mask in range(1, 2 ** x.shape[1]):
+        cols = [j for j in range(x.shape[1]) if mask >> j & 1]
+        c, *_ = np.linalg.lstsq(x[:, cols], y, rcond=None)
+        if (c < 0).any():
+            continue
+        err = float(np.sum((x[:, cols] @ c - y) ** 2))
+        if err < best - 1e-12:
+            best, coef = err, np.zeros(x.shape[1])
+            coef[cols] = c
+    return float(coef[0]), float(coef[1]), float(coef[2])
 
 
 def measure_models(

@@ -12,7 +12,7 @@ import pytest
 
 import prune.cli as prune_cli
 import reports.layer_latency as ll
-from pipeline.latency import latency_tools
+from pipeline.latency import calibration_models, latency_tools
 from prune import PruneConfig, PruneError, prune_to_latency
 from prune.cost import CostModel
 from prune.graph import build_graph
@@ -137,15 +137,18 @@ def test_library_needs_a_predictor_and_refuses_bad_budgets(weights):
 
 def test_target_latency_runs_end_to_end(weights, table_file, tmp_path):
     model, _ = load_model(weights)
-    full = ll.TablePredictor(ll.LatencyTable.from_json(table_file)).total_ms(ll.model_widths(model))
-    args = parse("prune", "--weights", str(weights), "--target-latency", f"{0.8 * full:.4f}", "--latency-table",
-                 str(table_file), "--latency-tolerance", "0.9", "--round-to", "1", "--project", str(tmp_path / "runs"))
+    pred = ll.TablePredictor(ll.LatencyTable.from_json(table_file))
+    floor = calibration_models(model, PruneConfig(imgsz=IMGSZ))["floor"]  # the defaults: --min-keep 0.1, round 8
+    full, least = pred.total_ms(ll.model_widths(model)), pred.total_ms(ll.model_widths(floor))
+    budget = (full + least) / 2  # reachable whatever this machine's overheads (at 64 px they are most of the time)
+    args = parse("prune", "--weights", str(weights), "--target-latency", f"{budget:.4f}", "--latency-table",
+                 str(table_file), "--latency-tolerance", "0.9", "--project", str(tmp_path / "runs"))
     out = args.func(args)
     lat = out["table"].latency
     assert {"budget_ms", "predicted_ms", "measured_ms", "measured_before_ms", "iterations", "table"} <= set(lat)
     assert lat["predicted_ms"] <= lat["goal_ms"] + 1e-9 and lat["measured_ms"] > 0 and lat["threads"] == 1
     saved = json.loads((tmp_path / "runs" / "exp" / "prune_table.json").read_text())
-    assert saved["totals"]["latency"]["budget_ms"] == pytest.approx(0.8 * full, rel=1e-3)
+    assert saved["totals"]["latency"]["budget_ms"] == pytest.approx(budget, rel=1e-3)
     assert any(r["ms_before"] is not None and r["ms_after"] <= r["ms_before"] + 1e-9 for r in saved["rows"])
     pruned, meta = load_model(out["weights"])
     assert meta["history"][-1]["latency"]["measured_ms"] == pytest.approx(lat["measured_ms"])
@@ -166,3 +169,21 @@ def test_target_speedup_through_the_library(weights, table_file):
     lat = table.latency
     assert lat["budget_ms"] == pytest.approx(lat["measured_before_ms"] / 1.25)
     assert lat["within_tolerance"] and abs(lat["error_pct"]) <= 5.0
+
+
+def test_the_fitted_rest_never_predicts_a_negative_latency():
+    """One timing below the conv sum (the tiny model at 64 px, yolov5n at 640) scales the convs instead of
+    subtracting a constant; s, a, b >= 0 always, so a narrower model never predicts <= 0 ms."""
+    layer = ll.LayerTable(cin=[1, 8], cout=[1, 8], ms=[[0.1, 0.8], [0.8, 6.4]], out_hw=4)
+    table = ll.LatencyTable({}, {"c": layer})
+    full, narrow = {"c": (8, 8)}, {"c": (1, 1)}
+    ll.fit_rest(table, [(full, 3.2)])  # the whole model: half the conv sum
+    assert (table.conv_scale, table.rest_a, table.rest_b) == pytest.approx((0.5, 0.0, 0.0))
+    pred = ll.TablePredictor(table)
+    assert pred.total_ms(full) == pytest.approx(3.2) and pred.total_ms(narrow) == pytest.approx(0.05)
+    ll.fit_rest(table, [(full, 7.4)])  # the convs undercount: the rest is the difference
+    assert (table.conv_scale, table.rest_a) == pytest.approx((1.0, 1.0))
+    ll.fit_rest(table, [(full, 5.0), (narrow, 1.1)])  # two timings pin slope and intercept exactly
+    assert table.conv_scale == pytest.approx(3.9 / 6.3) and table.rest_a == pytest.approx(1.1 - 0.1 * 3.9 / 6.3)
+    ll.fit_rest(table, [(full, 5.0), (narrow, 6.0)])  # a slope < 0 is not physical: the best fit with s, a >= 0
+    assert min(table.conv_scale, table.rest_a, table.rest_b) >= 0 and table.rest_a > 0
