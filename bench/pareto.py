@@ -26,7 +26,7 @@ import argparse
 from pathlib import Path
 
 from benchlib.pareto_map import build_map
-from benchlib.pareto_rows import ROWS, Setup, ensure
+from benchlib.pareto_rows import ROWS, Setup, ensure, row_onnx
 from common import REPO, RESULTS, SHARED, runs_dir
 
 from yolo.synthetic import make_synthetic_dataset
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         for row in args.rows or list(ROWS):
             ensure(s, row, built)
         print(f"rows built now: {', '.join(built) or 'none (all were recorded)'}")
-    path = build_map(s.records, out, runs=max(30, args.runs), data="synthetic (smoke)" if args.smoke else s.data.stem)
+    path = build_map(s.records, out, runs=max(30, args.runs), data="synthetic (smoke)" if args.smoke else s.data.stem,
+                     onnx_of=lambda row, figures: row_onnx(s, row, figures))
     if path:
         print((out / "pareto.md").read_text())
     return 0

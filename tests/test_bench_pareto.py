@@ -106,3 +106,41 @@ def test_smoke_builds_every_row_then_the_map_and_resumes(shared_dir, tmp_path, m
     capsys.readouterr()
     assert pareto.main(["--smoke", "--out", str(out), "--map"]) == 0
     assert "rows built now" not in capsys.readouterr().out
+
+
+def test_a_finished_row_keeps_its_weights_beside_the_record_and_a_new_sitting_exports_them_again(tmp_path):
+    """A later sitting is a new checkout with no runs/: the record names <row>.pt beside itself (fp16, stripped),
+    and the map exports the ONNX again from it, with the same outputs as the file the row was scored on."""
+    import numpy as np
+    import onnxruntime as ort
+    from benchlib.pareto_map import finished_rows
+    from benchlib.pareto_rows import Setup, read_row, row_onnx, save_row
+
+    from reports.export import export_onnx
+    from tests.zoo import ZOO, randomize_bn
+    from yolo.checkpoint import load_model, save_checkpoint
+
+    run = tmp_path / "runs" / "yolov5n"
+    weights = save_checkpoint(run / "weights" / "best.pt", randomize_bn(ZOO["yolov5n"].build(), seed=1).eval(),
+                              {"imgsz": 64}, half=True)
+    model, meta = load_model(weights)
+    first = export_onnx(model, run / "yolov5n.onnx", imgsz=64, metadata=meta)
+    s = Setup(data=tmp_path / "d.yaml", weights=weights, backbone=weights, project=tmp_path / "runs",
+              records=tmp_path / "records")
+    save_row(s, "yolov5n", "yardstick", {"weights": str(weights), "onnx": str(first), "imgsz": 64,
+                                         "input": "letterbox-rgb", "map50": 0.5, "map": 0.3, "params": 1, "gflops": 1.0,
+                                         "onnx_mb": 1.0, "epochs_text": "1 epoch"})  # fmt: skip
+    doc = json.loads((s.records / "yolov5n.json").read_text())["figures"]
+    assert doc["weights"] == "yolov5n.pt" and doc["onnx"] is None and (s.records / "yolov5n.pt").is_file()
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    want = ort.InferenceSession(str(first)).run(None, {"images": x})[0]
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs")  # the new sitting
+    s.project = tmp_path / "runs2"
+    again = Path(read_row(s, "yolov5n")["onnx"])
+    assert again == row_onnx(s, "yolov5n", doc) and again.is_file() and again.parent.parent == s.project
+    np.testing.assert_allclose(ort.InferenceSession(str(again)).run(None, {"images": x})[0], want, rtol=1e-5, atol=1e-5)
+    timed, _ = finished_rows(s.records, lambda r, f: row_onnx(s, r, f))
+    assert timed["yolov5n"]["onnx"] == str(again)
+    assert finished_rows(s.records)[0] == {}  # without the exporter only a kept ONNX counts

@@ -4,6 +4,7 @@ the Pareto front of mAP50 against latency, the table with its verdicts, and the 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from common import markdown_table, read_records, write_attachment, write_result
@@ -12,17 +13,26 @@ from benchlib.pareto_rows import ROWS, YARDSTICK
 from reports.latency import OnnxRunner, benchmark
 from reports.plots import pareto_map
 
+OnnxOf = Callable[[str, dict], "Path | None"]  # (row, recorded figures) -> the ONNX file to time
 WITHIN = 0.02  # "within 2 points of mAP50 of the unpruned yolov5n"
 SPEEDUPS = (2.0, 3.0)
 
 
-def finished_rows(records: Path) -> tuple[dict[str, dict], dict[str, dict]]:
-    """(rows with an ONNX file to time, rows recorded as not offered), in the map's row order."""
+def finished_rows(records: Path, onnx_of: OnnxOf | None = None) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(rows with an ONNX file to time, rows recorded as not offered), in the map's row order. `onnx_of` finds or
+    makes a row's ONNX (pareto_rows.row_onnx: exported again from the weights kept beside the record); without it
+    only an ONNX named by the record (beside it, or an absolute path) counts."""
     order = list(ROWS)
     figs = {doc["figures"]["row"]: doc["figures"] for _, doc in read_records(records) if "figures" in doc}
     figs = dict(sorted(figs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
-    timed = {r: f for r, f in figs.items() if f.get("onnx") and Path(f["onnx"]).is_file()}
     offered = {r: f for r, f in figs.items() if f.get("status") == "not offered"}
+    timed = {}
+    for r, f in figs.items():
+        if r in offered:
+            continue
+        onnx = onnx_of(r, f) if onnx_of else (f.get("onnx") and records / f["onnx"])  # an absolute path stays one
+        if onnx and Path(onnx).is_file():
+            timed[r] = {**f, "onnx": str(onnx)}
     return timed, offered
 
 
@@ -60,9 +70,11 @@ def verdicts(rows: dict[str, dict]) -> dict:
     return out
 
 
-def build_map(records: Path, out: Path, runs: int = 30, data: str = "helmets") -> Path | None:
+def build_map(
+    records: Path, out: Path, runs: int = 30, data: str = "helmets", onnx_of: OnnxOf | None = None
+) -> Path | None:
     """pareto.json / .md / .png in `out` from the finished rows in `records`; None when no row is finished."""
-    rows, offered = finished_rows(records)
+    rows, offered = finished_rows(records, onnx_of)
     if not rows:
         print(f"no finished row in {records}: nothing to map")
         return None

@@ -1,7 +1,10 @@
 """bench/pareto.py's rows: how each path of the map is trained (or built from another row), exported and scored.
 
 A row is a part built on its own, in its own run folder (<project>/<row>), and recorded when finished as
-<records>/<row>.json; a row another row builds on (the int8 rows on their fp32 row, the pruned FastestV2 on the
+<records>/<row>.json with the files a later sitting needs beside it (a new checkout has no runs/ folder): <row>.pt,
+the row's stripped fp16 weights, from which its ONNX is exported again (exactly: those are the weights it was
+exported and scored from), or for an int8 row <row>.onnx itself; the record names them relative to itself. A row
+another row builds on (the int8 rows on their fp32 row, the pruned FastestV2 on the
 trained one, the distilled FastestV2 on its yolov5n teacher) is built first when its record is missing. Training
 runs as the usual commands in a child process, so a stopped row resumes where it stopped: `finetune.py --resume`
 on the run's last.pt, `prune.py pipeline` by its own pipeline.json stage bookkeeping.
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import yaml
-from common import REPO, write_result
+from common import REPO, write_attachment, write_result
 
 from benchlib.helmets_run import epoch_seconds
 from finetune.checkpoints import finished_run
@@ -28,7 +31,7 @@ from finetune.runs import read_results
 from reports.export import check_parity, export_onnx
 from reports.int8_select import quantize_best
 from reports.onnx_backend import OnnxDetector
-from yolo.checkpoint import load_model
+from yolo.checkpoint import load_model, strip_checkpoint
 from yolo.convention import from_meta
 from yolo.data import load_data_yaml
 from yolo.flops import model_info
@@ -157,13 +160,50 @@ def score(s: Setup, onnx: Path | str, imgsz: int) -> dict:
 
 
 def read_row(s: Setup, row: str) -> dict | None:
+    """The row's recorded figures, its kept files as absolute paths (the ONNX exported again when needed)."""
     path = s.records / f"{row}.json"
-    return json.loads(path.read_text())["figures"] if path.is_file() else None
+    if not path.is_file():
+        return None
+    figures = json.loads(path.read_text())["figures"]
+    if figures.get("status") == "not offered":
+        return figures
+    return {**figures, **kept_paths(s.records, figures), "onnx": str(row_onnx(s, row, figures))}
+
+
+def kept_paths(records: Path, figures: dict) -> dict:
+    """The record's `weights` / `onnx` resolved beside it (an absolute path, as older records hold, stays one)."""
+    return {k: str(records / figures[k]) for k in ("weights", "onnx") if figures.get(k)}
+
+
+def row_onnx(s: Setup, row: str, figures: dict) -> Path:
+    """The row's ONNX: kept beside the record (int8 rows), in its run folder, or exported again from the kept
+    weights at the recorded size (parity is not re-checked: it was checked and recorded when the row was built)."""
+    files = kept_paths(s.records, figures)
+    if files.get("onnx") and Path(files["onnx"]).is_file():
+        return Path(files["onnx"])
+    onnx = s.project / row / f"{row}.onnx"
+    if not onnx.is_file() and files.get("weights") and Path(files["weights"]).is_file():
+        model, meta = load_model(files["weights"])
+        onnx.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(model, onnx, imgsz=int(figures["imgsz"]), metadata=meta)
+    return onnx
+
+
+def keep_files(s: Setup, row: str, figures: dict) -> dict:
+    """Copy what a later sitting needs beside the record and name it relative to it: the int8 ONNX of an int8 row,
+    else the weights (stripped to fp16: a yolov5n is 3.8 MB) with no ONNX path (it is exported again)."""
+    if figures.get("status") == "not offered":
+        return figures
+    if figures.get("int8"):
+        write_attachment(Path(figures["onnx"]), f"{row}.onnx", s.records)
+        return {**figures, "onnx": f"{row}.onnx"}
+    strip_checkpoint(figures["weights"], s.records / f"{row}.pt")
+    return {**figures, "weights": f"{row}.pt", "onnx": None, "run_weights": figures["weights"]}
 
 
 def save_row(s: Setup, row: str, label: str, figures: dict) -> dict:
     """The row's record (<records>/<row>.json + .md): what it is, its epochs and seed, its figures."""
-    figures = {"row": row, "label": label, "seed": s.seed, "budget_epochs": s.epochs, **figures}
+    figures = keep_files(s, row, {"row": row, "label": label, "seed": s.seed, "budget_epochs": s.epochs, **figures})
     if figures.get("status") == "not offered":
         md = f"### Pareto row {row}: {label}\n\nNot offered: {figures['message']}"
     else:
@@ -269,4 +309,5 @@ def ensure(s: Setup, row: str, built: list[str]) -> dict:
     figures = spec.build(s, row)
     figures["wall_seconds"] = round(time.perf_counter() - t0, 1)
     built.append(row)
-    return save_row(s, row, spec.label, figures)
+    save_row(s, row, spec.label, figures)
+    return read_row(s, row)
