@@ -28,7 +28,7 @@ from yolo.data.dataset import DetectionDataset
 from yolo.data.resize import resize_linear
 from yolo.fastestv2 import DWConvBlock, FastestDetect, ShuffleV2Block, split_even_odd
 from yolo.fastestv2_loss import FastestV2Loss, build_loss
-from yolo.fastestv2_weights import AuthorsWeightsError, load_backbone
+from yolo.fastestv2_weights import AuthorsWeightsError, authors_rows_in_our_order, head_outputs, load_backbone
 from yolo.flops import count_gflops, count_params
 from yolo.hyp import load_hyp
 from yolo.model import build_model, module_shapes
@@ -39,30 +39,6 @@ from yolo.val import ScoringError, evaluate
 COCO = "weights/yolo-fastestv2-coco.pth"
 BACKBONE = "weights/shufflenetv2-x0.5-backbone.pth"
 GOLDEN = "reference/fastestv2_bus352.npz"
-
-
-def head_inputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The eval output and, through a pre-hook, the head's six raw conv outputs (their reg, obj, cls order)."""
-    seen = {}
-    h = model.detect.register_forward_pre_hook(lambda mod, a: seen.__setitem__("x", a[0]))
-    try:
-        with torch.no_grad():
-            decoded, _ = model(x)
-            raw = model.detect.raw_maps(seen["x"])
-    finally:
-        h.remove()
-    return decoded, raw
-
-
-def golden_in_our_order(decoded: np.ndarray, grids=(22, 11), na: int = 3) -> torch.Tensor:
-    """Their rows run (y, x, anchor) per level; ours (anchor, y, x) as YOLOv5's Detect lays them out."""
-    parts, off = [], 0
-    g = torch.from_numpy(decoded)
-    for n in grids:
-        k = n * n * na
-        parts.append(g[:, off : off + k].view(1, n, n, na, -1).permute(0, 3, 1, 2, 4).reshape(1, k, -1))
-        off += k
-    return torch.cat(parts, 1)
 
 
 # ------------------------------------------------------------------------------------------------ blocks
@@ -138,11 +114,11 @@ def test_coco_checkpoint_reproduces_the_authors_outputs(shared_dir):
     model.eval()
     assert meta["input"] == {"resize": "stretch", "channels": "bgr"} and meta["imgsz"] == 352
     z = np.load(shared_dir / GOLDEN)
-    decoded, raw = head_inputs(model, torch.from_numpy(z["images"]))
+    decoded, raw = head_outputs(model, torch.from_numpy(z["images"]))
     for i, r in enumerate(raw):
         assert r.shape == z[f"raw{i}"].shape
         assert (r - torch.from_numpy(z[f"raw{i}"])).abs().max().item() < 1e-4, f"raw{i}"
-    golden = golden_in_our_order(z["decoded"])
+    golden = authors_rows_in_our_order(torch.from_numpy(z["decoded"]), (22, 11))
     with torch.no_grad():  # our decode of their raw maps: within 1e-4 (pixels and probabilities)
         ours, _ = model.detect.from_raw([torch.from_numpy(z[f"raw{i}"]) for i in range(6)])
     assert (ours - golden).abs().max().item() < 1e-4

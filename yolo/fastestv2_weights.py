@@ -127,3 +127,28 @@ def load_backbone(model: DetectionModel, state: dict) -> DetectionModel:
         )
     _fit(model, map_state(state, "backbone"), "backbone", prefix_only=True)
     return model
+
+
+def head_outputs(model: DetectionModel, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The eval output and the head's six raw conv outputs in the authors' order (reg, obj, cls per level), taken
+    through a pre-hook: what their golden file holds, so the two can be compared map by map."""
+    seen = {}
+    hook = model.detect.register_forward_pre_hook(lambda mod, args: seen.__setitem__("x", args[0]))
+    try:
+        with torch.no_grad():
+            decoded, _ = model(x)
+            raw = model.detect.raw_maps(seen["x"])
+    finally:
+        hook.remove()
+    return decoded, raw
+
+
+def authors_rows_in_our_order(decoded: torch.Tensor, grids: tuple[int, ...], na: int = 3) -> torch.Tensor:
+    """The authors' decoded rows, which run (y, x, anchor) per level, reordered as ours (anchor, y, x), the layout
+    of YOLOv5's Detect."""
+    parts, off = [], 0
+    for n in grids:
+        k = n * n * na
+        parts.append(decoded[:, off : off + k].reshape(1, n, n, na, -1).permute(0, 3, 1, 2, 4).reshape(1, k, -1))
+        off += k
+    return torch.cat(parts, 1)
