@@ -9,7 +9,12 @@
 - per-level objectness balance [1.0, 0.4] (strides 16, 32) and the authors' fixed gains box 3.2, obj 64, cls 32
   (the hyp file's box/obj/cls gains are YOLOv5's and are not used).
 
-Returned like `YoloLoss`: (total * batch size, detached (box, obj, cls)), so the trainer treats both alike.
+Returned like `YoloLoss`: (total * batch size / 64, detached (box, obj, cls) at the authors' gains), so the trainer
+treats both alike. Why / 64: the authors' gains are YOLOv5's times 64 (box 0.05, obj 1.0, cls 0.5), and they train
+with the batch mean at lr 0.001; this trainer sums over the batch (YOLOv5's `* bs`) at lr0 0.01, so the authors'
+total as it was stepped 640 times the authors' step at the nominal batch of 64. On helmets that kept the class
+term at chance and mAP50 near 0 for 10 epochs. Divided by 64, the step is YOLOv5's own for a loss of YOLOv5's
+scale (ten times the authors', whose lr was set for COCO's 118k images).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from yolo.loss import YoloLoss, bbox_ciou, scale_loss_gains
 ANCHOR_T = 2.0
 BALANCE = (1.0, 0.4)
 GAINS = {"box": 3.2, "obj": 64.0, "cls": 32.0}
+TO_YOLOV5_SCALE = 1 / 64  # the authors' gains over YOLOv5's (module docstring)
 
 
 class FastestV2Loss(YoloLoss):
@@ -52,7 +58,8 @@ class FastestV2Loss(YoloLoss):
                     lcls += F.cross_entropy(pcls, tcls[i]) / self.nc
             lobj += F.binary_cross_entropy_with_logits(pi[..., 4], tobj) * self.balance[i]
         lbox, lobj, lcls = lbox * GAINS["box"], lobj * GAINS["obj"], lcls * GAINS["cls"]
-        return (lbox + lobj + lcls) * preds[0].shape[0], torch.cat((lbox, lobj, lcls)).detach()
+        total = (lbox + lobj + lcls) * preds[0].shape[0] * TO_YOLOV5_SCALE
+        return total, torch.cat((lbox, lobj, lcls)).detach()
 
 
 def build_loss(model: nn.Module, hyp: Mapping, imgsz: int) -> YoloLoss:
