@@ -104,7 +104,9 @@ class EpochLoop:
 
     def optimizer_step(self) -> None:
         self.scaler.unscale_(self.optimizer)
-        clip_gradients(self.model, max_norm=10.0)
+        max_norm = getattr(self.compute_loss, "max_grad_norm", 10.0)  # the loss's family says (yolo/loss.py)
+        if max_norm:
+            clip_gradients(self.model, max_norm=max_norm)
         self.callbacks.run("on_before_optimizer_step", self)
         self.scaler.step(self.optimizer)
         self.scaler.update()

@@ -23,7 +23,7 @@ from yolo.checkpoint import load_backbone_weights, load_model
 from yolo.data import create_dataloader, load_data_yaml
 from yolo.device import set_torch_threads, usable_cores
 from yolo.errors import classes_text
-from yolo.fastestv2_loss import build_loss
+from yolo.fastestv2_loss import build_loss, family_hyp
 from yolo.fileio import check_writable, increment_run_dir
 from yolo.hyp import dump_hyp
 from yolo.imgsz import max_stride
@@ -80,11 +80,23 @@ class RunSetup:
             reset_detect_head(model, nc, names)
         model.names = names
         freeze_layers(model, self.opt.freeze)
+        self._apply_family_hyp(model)
         self.model = model.to(self.device)
         self.source_meta = {"history": list(meta.get("history") or []), "source": dict(meta.get("source") or {})}
         if self.resume:
             self.source_meta = dict(self.resume.state["source_meta"])
             self.new_head = bool(self.resume.state.get("new_head", False))
+
+    def _apply_family_hyp(self, model: nn.Module) -> None:
+        """The family's own defaults (yolo.fastestv2_loss.FAMILY_HYP) where the user set nothing: no --hyp file,
+        no override of that key; a resumed run keeps the hyperparameters it started with."""
+        if self.resume or self.opt.hyp:
+            return
+        own = {k: v for k, v in family_hyp(model).items() if k not in self.opt.hyp_overrides}
+        if own:
+            self.hyp.update(own)
+            log(f"hyperparameters of this model family: {', '.join(f'{k} {v:g}' for k, v in own.items())}",
+                self.is_main)
 
     def _needs_new_head(self, model: nn.Module) -> bool:
         """A new Detect head for another class count (transfer learning) or on --new-head. The same count under

@@ -227,6 +227,8 @@ def test_one_training_step_lowers_the_authors_loss():
         opt.step()
         opt.zero_grad()
     assert loss_fn(model(x), targets)[0].item() < first.item()
+    # the authors do not clip gradients; YOLOv5's trainer clips at 10 (finetune/loop.py asks the loss)
+    assert loss_fn.max_grad_norm is None and build_loss(build_model("yolov5n"), load_hyp(None), 64).max_grad_norm == 10
 
 
 # ------------------------------------------------------------------------------------------------ pruning
@@ -368,3 +370,20 @@ def test_unpruned_fastestv2_teaches_its_pruned_self(pruned_setup):
     total, items = distiller.loss(student(x), t_maps)
     assert total.item() > 0 and (items > 0).all()
     total.backward()
+
+
+def test_training_uses_the_family_hyperparameters_unless_the_user_sets_them(tmp_path):
+    """A FastestV2 run records the family's lr0 / momentum / bias warm-up in hyp.yaml; an override of one key wins."""
+    import yaml
+
+    from finetune.trainer import TrainOptions, train
+
+    data = make_synthetic_dataset(tmp_path / "d", n_train=4, n_val=2, img_size=64, seed=1)
+    common = dict(data=str(data), cfg="yolo-fastestv2.yaml", epochs=1, batch_size=2, nbs=2, imgsz=64, device="cpu",
+                  workers=0, noval=True, quiet=True, project=str(tmp_path / "runs"))  # fmt: skip
+    train(TrainOptions(**common, name="family"))
+    hyp = yaml.safe_load((tmp_path / "runs" / "family" / "hyp.yaml").read_text())
+    assert (hyp["lr0"], hyp["momentum"], hyp["warmup_bias_lr"]) == (0.001, 0.949, 0.0)
+    train(TrainOptions(**common, name="mine", hyp_overrides={"lr0": 0.02}))
+    hyp = yaml.safe_load((tmp_path / "runs" / "mine" / "hyp.yaml").read_text())
+    assert (hyp["lr0"], hyp["momentum"]) == (0.02, 0.949)

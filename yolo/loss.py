@@ -100,6 +100,8 @@ class YoloLoss:
     [image index, class, cx, cy, w, h] normalised to 0-1; returns (total * batch_size, detached (box, obj, cls)).
     """
 
+    max_grad_norm: float | None = 10.0  # the trainer clips the gradient norm to this before a step (YOLOv5's)
+
     def __init__(self, model: nn.Module, hyp: Mapping):
         detect = _detect_head(model)
         device = detect.anchors.device
