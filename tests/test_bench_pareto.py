@@ -81,6 +81,7 @@ def test_markdown_states_epochs_seed_verdicts_and_what_is_missing_and_readme_lin
     line = pareto_line(fig)
     assert "**fastestv2**, 3.33x" in line and "most accurate at >= 3x: **fastestv2**" in line
     assert pareto_line({"verdicts": {"note": "no yolov5n row yet"}}) == ""
+    assert pareto_line({**fig, "rows": {"yolov5n": rows["yolov5n"]}}) == ""  # the yardstick alone: no line
 
 
 def test_smoke_needs_an_out_other_than_bench_results():

@@ -69,7 +69,7 @@ def pareto_line(fig: dict) -> str:
     accurate at 3x its speed; '' until the yardstick row is in the map."""
     v = fig.get("verdicts") or {}
     close, three = v.get("fastest_within_2_points"), v.get("most_accurate_at_3x")
-    if not close:
+    if not close or len(fig.get("rows") or {}) < 2:  # the yardstick alone compares with nothing yet
         return ""
     at3 = f"**{three['row']}** (mAP50 {three['map50']:.3f})" if three else "none of the rows"
     return (f"- **Speed/accuracy map** ({fig.get('data', 'helmets')}, every path, ONNX Runtime 1 thread; "
