@@ -29,8 +29,7 @@ from pipeline.latency import latency_tools
 from prune import PruneConfig, prune_model, prune_to_latency
 from prune.calib import calib_loader
 from prune.runs import save_pruned
-from reports.export import export_onnx
-from reports.latency import OnnxRunner, benchmark
+from reports.layer_latency import measure_models
 from yolo.checkpoint import load_model
 from yolo.data import load_data_yaml
 from yolo.flops import count_gflops, count_params
@@ -76,13 +75,6 @@ def sparse_stage(s: Setup, args: argparse.Namespace) -> Path:
           ["--weights", str(args.weights), "--sparsity", str(args.sparsity), "--sparsity-layers", "prunable"],
           args.imgsz)  # fmt: skip
     return s.project / "sparse" / "weights" / "last.pt"
-
-
-def time_models(models: dict, imgsz: int, runs: int, tmp: Path) -> dict[str, float]:
-    """Median ms of each model's ONNX, all interleaved in one process, one thread."""
-    paths = {n: export_onnx(m.eval(), tmp / f"{n}.onnx", imgsz=imgsz) for n, m in models.items()}
-    res = benchmark({n: OnnxRunner(p, threads=1, imgsz=imgsz) for n, p in paths.items()}, runs=runs, warmup=3)
-    return {n: r["median_ms"] for n, r in res.items()}
 
 
 def cuts(base, meta: dict, args: argparse.Namespace, data, work: Path) -> dict[str, Path]:
@@ -151,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                         "sparsity": args.sparsity, "finetune_epochs": args.finetune_epochs, "runs": args.runs,
                         "seed": args.seed}, "models": {}}  # fmt: skip
     loaded = {n: load_model(p)[0].float().eval() for n, p in models.items()}
-    ms = time_models(loaded, args.imgsz, args.runs, work)
+    ms = measure_models(loaded, args.imgsz, threads=1, runs=args.runs)  # all interleaved in one process
     g0 = count_gflops(loaded["sparse"], args.imgsz)
     for n, m in loaded.items():
         kept, ratio = count_gflops(m, args.imgsz) / g0, ms[n] / ms["sparse"]

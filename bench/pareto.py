@@ -1,7 +1,8 @@
 """The speed/accuracy map of every path on a user's data: mAP50 against ONNX Runtime latency on helmets.
 
-Rows (each trained or built on its own and recorded when finished in bench/results/pareto_runs/<row>.json, so the
-map is built over several sittings; a stopped row resumes: `finetune.py --resume`, the pipeline's stages):
+Rows (each trained or built on its own and recorded when finished in bench/results/pareto_runs/<row>.json, with its
+model beside the record, so the map is built over several sittings of one checkout; models are not committed, so a
+new checkout builds a row again; a stopped row resumes: `finetune.py --resume`, the pipeline's stages):
 the unpruned yolov5n fine-tuned from yolov5n.pt (the yardstick), the pipeline to 0.7x and 0.5x FLOPs (sparse E/9 +
 fine-tune the rest, the helmets recipe) and each of them int8 (reports.int8_select.quantize_best on its ONNX),
 v5lite-s and yolov5n-shufflenetv2 from scratch, YOLO-FastestV2 from the authors' ImageNet backbone without and

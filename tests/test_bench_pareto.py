@@ -110,8 +110,9 @@ def test_smoke_builds_every_row_then_the_map_and_resumes(shared_dir, tmp_path, m
 
 
 def test_a_finished_row_keeps_its_weights_beside_the_record_and_a_new_sitting_exports_them_again(tmp_path):
-    """A later sitting is a new checkout with no runs/: the record names <row>.pt beside itself (fp16, stripped),
-    and the map exports the ONNX again from it, with the same outputs as the file the row was scored on."""
+    """A later sitting without the run folder: the record names <row>.pt beside itself (fp16, stripped), and the
+    map exports the ONNX again from it, with the same outputs as the file the row was scored on. Without that model
+    (a new checkout: models are not committed) the row counts as not built."""
     import numpy as np
     import onnxruntime as ort
     from benchlib.pareto_map import finished_rows
@@ -145,3 +146,6 @@ def test_a_finished_row_keeps_its_weights_beside_the_record_and_a_new_sitting_ex
     timed, _ = finished_rows(s.records, lambda r, f: row_onnx(s, r, f))
     assert timed["yolov5n"]["onnx"] == str(again)
     assert finished_rows(s.records)[0] == {}  # without the exporter only a kept ONNX counts
+    (s.records / "yolov5n.pt").unlink()
+    shutil.rmtree(s.project)
+    assert read_row(s, "yolov5n") is None and finished_rows(s.records, lambda r, f: row_onnx(s, r, f))[0] == {}

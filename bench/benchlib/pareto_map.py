@@ -33,6 +33,8 @@ def finished_rows(records: Path, onnx_of: OnnxOf | None = None) -> tuple[dict[st
         onnx = onnx_of(r, f) if onnx_of else (f.get("onnx") and records / f["onnx"])  # an absolute path stays one
         if onnx and Path(onnx).is_file():
             timed[r] = {**f, "onnx": str(onnx)}
+        else:
+            print(f"row {r}: recorded, but its model is not in this checkout: left out of the map (build it again)")
     return timed, offered
 
 

@@ -1,9 +1,10 @@
 """bench/pareto.py's rows: how each path of the map is trained (or built from another row), exported and scored.
 
 A row is a part built on its own, in its own run folder (<project>/<row>), and recorded when finished as
-<records>/<row>.json with the files a later sitting needs beside it (a new checkout has no runs/ folder): <row>.pt,
-the row's stripped fp16 weights, from which its ONNX is exported again (exactly: those are the weights it was
-exported and scored from), or for an int8 row <row>.onnx itself; the record names them relative to itself. A row
+<records>/<row>.json with the model a later sitting needs beside it: <row>.pt, the row's stripped fp16 weights, from
+which its ONNX is exported again (exactly: those are the weights it was exported and scored from), or for an int8
+row <row>.onnx itself; the record names them relative to itself. Model files are not committed (.gitignore), so a
+new checkout holds the records and not the models: a row whose model is missing is built again. A row
 another row builds on (the int8 rows on their fp32 row, the pruned FastestV2 on the
 trained one, the distilled FastestV2 on its yolov5n teacher) is built first when its record is missing. Training
 runs as the usual commands in a child process, so a stopped row resumes where it stopped: `finetune.py --resume`
@@ -167,7 +168,12 @@ def read_row(s: Setup, row: str) -> dict | None:
     figures = json.loads(path.read_text())["figures"]
     if figures.get("status") == "not offered":
         return figures
-    return {**figures, **kept_paths(s.records, figures), "onnx": str(row_onnx(s, row, figures))}
+    onnx = row_onnx(s, row, figures)
+    if not onnx.is_file():
+        print(f"row {row}: recorded in {path}, but its model is not in this checkout (models are not committed): "
+              "built again", flush=True)
+        return None
+    return {**figures, **kept_paths(s.records, figures), "onnx": str(onnx)}
 
 
 def kept_paths(records: Path, figures: dict) -> dict:
