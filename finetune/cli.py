@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", choices=CACHE_MODES, default="auto",
                    help="keep the decoded training images in memory: ram, no, or auto (only without --workers, "
                         "when they fit in 1 GiB and a quarter of the free memory)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="SGD", help="optimizer (default SGD)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                   help="optimizer (default: the model family's, SGD; AdamW for YOLO-FastestV2)")
     p.add_argument("--cos-lr", action="store_true", help="cosine LR schedule (default linear)")
     p.add_argument("--schedule-epochs", type=int, default=0, metavar="T",
                    help="this run is part of a T-epoch LR schedule (with warm-up) instead of its own: e.g. the "

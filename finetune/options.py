@@ -31,7 +31,7 @@ class TrainOptions:
     workers: Optional[int] = None  # None: resolve_workers picks (0 on a small CPU, else 8)
     threads: Optional[int] = None  # torch threads; None: OMP_NUM_THREADS, else cores less workers (CPU)
     cache: str = "auto"  # training images kept decoded in memory: auto, ram or no (yolo.data.CACHE_MODES)
-    optimizer: str = "SGD"
+    optimizer: Optional[str] = None  # None: the model family's (yolo.fastestv2_loss.family_optimizer)
     cos_lr: bool = False
     schedule_start: int = 0  # this run is epochs [start, start + epochs) of a longer LR schedule ...
     schedule_epochs: int = 0  # ... of this many epochs (0: the schedule is this run's own --epochs)

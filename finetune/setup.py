@@ -23,7 +23,7 @@ from yolo.checkpoint import load_backbone_weights, load_model
 from yolo.data import create_dataloader, load_data_yaml
 from yolo.device import set_torch_threads, usable_cores
 from yolo.errors import classes_text
-from yolo.fastestv2_loss import build_loss, family_hyp
+from yolo.fastestv2_loss import build_loss, family_hyp, family_optimizer
 from yolo.fileio import check_writable, increment_run_dir
 from yolo.hyp import dump_hyp
 from yolo.imgsz import max_stride
@@ -88,8 +88,10 @@ class RunSetup:
             self.new_head = bool(self.resume.state.get("new_head", False))
 
     def _apply_family_hyp(self, model: nn.Module) -> None:
-        """The family's own defaults (yolo.fastestv2_loss.FAMILY_HYP) where the user set nothing: no --hyp file,
-        no override of that key; a resumed run keeps the hyperparameters it started with."""
+        """The family's own defaults (yolo.fastestv2_loss.FAMILY_HYP, family_optimizer) where the user set nothing:
+        no --optimizer, no --hyp file, no override of that key; a resumed run keeps what it started with."""
+        if self.opt.optimizer is None:
+            self.opt.optimizer = family_optimizer(model)
         if self.resume or self.opt.hyp:
             return
         own = {k: v for k, v in family_hyp(model).items() if k not in self.opt.hyp_overrides}

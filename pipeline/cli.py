@@ -46,7 +46,8 @@ def _add_common(p: argparse.ArgumentParser, d: PipelineOptions) -> None:
                    help="hyperparameter yaml for the fine-tune stage(s) only (default: --hyp); "
                         "finetune/hyps/finetune.yaml: lr0 0.005 without warm-up")
     p.add_argument("--nbs", type=int, default=d.nbs, help="nominal batch (= --batch-size: no accumulation)")
-    p.add_argument("--optimizer", default=d.optimizer, choices=("SGD", "AdamW"), help="training optimizer")
+    p.add_argument("--optimizer", default=d.optimizer, choices=("SGD", "AdamW"),
+                   help="training optimizer (default: the model family's, SGD; AdamW for YOLO-FastestV2)")
     p.add_argument("--cos-lr", action="store_true", help="cosine LR schedule (default linear)")
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=("restart", "continuous"),
                    help="restart: the sparse stage and each fine-tune run their own LR schedule; continuous: one "

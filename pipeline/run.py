@@ -69,7 +69,7 @@ class PipelineOptions:
     hyp: str | None = None
     finetune_hyp: str | None = None  # hyperparameters of the fine-tune stage(s) only (default: hyp)
     nbs: int = 16  # no accumulation: the sparsity rate acts per optimizer step (docs/guide.md, Defaults)
-    optimizer: str = "SGD"
+    optimizer: str | None = None  # None: the model family's (SGD; AdamW for YOLO-FastestV2)
     cos_lr: bool = False
     lr_schedule: str = "restart"  # restart: each training stage its own; continuous: one over sparse + fine-tune
     dense_epochs: int = 0  # optional: train the same model without the penalty, for comparison

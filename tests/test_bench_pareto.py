@@ -109,14 +109,20 @@ def test_smoke_builds_every_row_then_the_map_and_resumes(shared_dir, tmp_path, m
     assert "rows built now" not in capsys.readouterr().out
 
 
-def test_a_finished_row_keeps_its_weights_beside_the_record_and_a_new_sitting_exports_them_again(tmp_path):
+def test_a_finished_row_keeps_its_weights_beside_the_record_and_a_new_sitting_exports_them_again(
+    tmp_path, monkeypatch
+):
     """A later sitting without the run folder: the record names <row>.pt beside itself (fp16, stripped), and the
     map exports the ONNX again from it, with the same outputs as the file the row was scored on. Without that model
-    (a new checkout: models are not committed) the row counts as not built."""
+    (a new checkout: models are not committed) the map times the recorded architecture rebuilt untrained (the same
+    graph: inputs, outputs, node types), a record without one is left out, and a row another row builds on is
+    trained again."""
     import numpy as np
+    import onnx
     import onnxruntime as ort
+    from benchlib import pareto_rows
     from benchlib.pareto_map import finished_rows
-    from benchlib.pareto_rows import Setup, read_row, row_onnx, save_row
+    from benchlib.pareto_rows import Setup, architecture, read_row, row_onnx, save_row, trained_row
 
     from reports.export import export_onnx
     from tests.zoo import ZOO, randomize_bn
@@ -136,6 +142,13 @@ def test_a_finished_row_keeps_its_weights_beside_the_record_and_a_new_sitting_ex
     assert doc["weights"] == "yolov5n.pt" and doc["onnx"] is None and (s.records / "yolov5n.pt").is_file()
     x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
     want = ort.InferenceSession(str(first)).run(None, {"images": x})[0]
+
+    def graph(path):
+        sess = ort.InferenceSession(str(path))
+        ops = sorted(n.op_type for n in onnx.load(str(path)).graph.node)
+        return [(i.name, i.shape) for i in sess.get_inputs()], [(o.name, o.shape) for o in sess.get_outputs()], ops
+
+    first_graph = graph(first)
     import shutil
 
     shutil.rmtree(tmp_path / "runs")  # the new sitting
@@ -148,4 +161,16 @@ def test_a_finished_row_keeps_its_weights_beside_the_record_and_a_new_sitting_ex
     assert finished_rows(s.records)[0] == {}  # without the exporter only a kept ONNX counts
     (s.records / "yolov5n.pt").unlink()
     shutil.rmtree(s.project)
-    assert read_row(s, "yolov5n") is None and finished_rows(s.records, lambda r, f: row_onnx(s, r, f))[0] == {}
+    assert read_row(s, "yolov5n")["onnx"] is None  # recorded, its trained model gone
+    assert finished_rows(s.records, lambda r, f: row_onnx(s, r, f))[0] == {}  # no architecture recorded: left out
+    path = s.records / "yolov5n.json"
+    record = json.loads(path.read_text())
+    record["figures"]["arch"] = architecture(model)
+    path.write_text(json.dumps(record))
+    timed, _ = finished_rows(s.records, lambda r, f: row_onnx(s, r, f))
+    rebuilt = timed["yolov5n"]["onnx"]
+    assert timed["yolov5n"]["timed"] == "architecture" and Path(rebuilt).stem == "yolov5n-arch"
+    assert graph(rebuilt) == first_graph
+    calls = []
+    monkeypatch.setattr(pareto_rows, "build_row", lambda s, row, built: calls.append(row) or {"row": row})
+    assert trained_row(s, "yolov5n") == {"row": "yolov5n"} and calls == ["yolov5n"]

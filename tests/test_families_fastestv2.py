@@ -210,14 +210,18 @@ def test_checkpoint_carries_its_convention_and_val_refuses_another(tmp_path):
 def test_one_training_step_lowers_the_authors_loss():
     torch.manual_seed(0)
     model = build_model("yolo-fastestv2", nc=3).train()
-    loss_fn = build_loss(model, {}, 64)
+    hyp = load_hyp(None)
+    loss_fn = build_loss(model, hyp, 64)
     assert isinstance(loss_fn, FastestV2Loss)
+    # YOLOv5's gains, scaled for 2 levels, 3 classes and 64 px (not the authors' COCO-tuned 3.2 / 64 / 32)
+    want = {"box": hyp["box"] * 1.5, "obj": hyp["obj"] * (64 / 640) ** 2 * 1.5, "cls": hyp["cls"] * 3 / 80 * 1.5}
+    assert {k: loss_fn.hyp[k] for k in want} == pytest.approx(want)
     x = torch.rand(2, 3, 64, 64)
     targets = torch.tensor([[0, 1, 0.5, 0.5, 0.4, 0.5], [1, 2, 0.3, 0.6, 0.25, 0.3]])
-    opt = torch.optim.SGD(model.parameters(), lr=1e-2)  # YOLOv5's lr0: the total is on YOLOv5's scale
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)  # YOLOv5's lr0: the loss is on YOLOv5's scale
     first, parts = loss_fn(model(x), targets)
     assert torch.isfinite(first) and (parts > 0).all()
-    assert first.item() == pytest.approx(parts.sum().item() * 2 / 64, rel=1e-6)  # batch 2, the authors' gains / 64
+    assert first.item() == pytest.approx(parts.sum().item() * 2, rel=1e-6)  # summed over the batch, as YOLOv5's
     first.backward()
     opt.step()
     opt.zero_grad()
@@ -372,8 +376,9 @@ def test_unpruned_fastestv2_teaches_its_pruned_self(pruned_setup):
     total.backward()
 
 
-def test_training_uses_the_family_hyperparameters_unless_the_user_sets_them(tmp_path):
-    """A FastestV2 run records the family's lr0 / momentum / bias warm-up in hyp.yaml; an override of one key wins."""
+def test_training_uses_the_family_optimizer_and_hyperparameters_unless_the_user_sets_them(tmp_path):
+    """A FastestV2 run trains with AdamW at the family's lr0 and bias warm-up (recorded in args.yaml / hyp.yaml);
+    the user's --optimizer and an override of one key win; a YOLOv5 model keeps SGD."""
     import yaml
 
     from finetune.trainer import TrainOptions, train
@@ -381,9 +386,17 @@ def test_training_uses_the_family_hyperparameters_unless_the_user_sets_them(tmp_
     data = make_synthetic_dataset(tmp_path / "d", n_train=4, n_val=2, img_size=64, seed=1)
     common = dict(data=str(data), cfg="yolo-fastestv2.yaml", epochs=1, batch_size=2, nbs=2, imgsz=64, device="cpu",
                   workers=0, noval=True, quiet=True, project=str(tmp_path / "runs"))  # fmt: skip
+
+    def recorded(name: str) -> tuple[dict, dict]:
+        run = tmp_path / "runs" / name
+        return yaml.safe_load((run / "args.yaml").read_text()), yaml.safe_load((run / "hyp.yaml").read_text())
+
     train(TrainOptions(**common, name="family"))
-    hyp = yaml.safe_load((tmp_path / "runs" / "family" / "hyp.yaml").read_text())
-    assert (hyp["lr0"], hyp["momentum"], hyp["warmup_bias_lr"]) == (0.001, 0.949, 0.0)
-    train(TrainOptions(**common, name="mine", hyp_overrides={"lr0": 0.02}))
-    hyp = yaml.safe_load((tmp_path / "runs" / "mine" / "hyp.yaml").read_text())
-    assert (hyp["lr0"], hyp["momentum"]) == (0.02, 0.949)
+    args, hyp = recorded("family")
+    assert (args["optimizer"], hyp["lr0"], hyp["momentum"], hyp["warmup_bias_lr"]) == ("AdamW", 0.001, 0.937, 0.0)
+    train(TrainOptions(**common, name="mine", optimizer="SGD", hyp_overrides={"lr0": 0.02}))
+    args, hyp = recorded("mine")
+    assert (args["optimizer"], hyp["lr0"], hyp["warmup_bias_lr"]) == ("SGD", 0.02, 0.0)
+    train(TrainOptions(**{**common, "cfg": "yolov5n.yaml"}, name="v5"))
+    args, hyp = recorded("v5")
+    assert (args["optimizer"], hyp["lr0"]) == ("SGD", 0.01)

@@ -20,8 +20,9 @@ SPEEDUPS = (2.0, 3.0)
 
 def finished_rows(records: Path, onnx_of: OnnxOf | None = None) -> tuple[dict[str, dict], dict[str, dict]]:
     """(rows with an ONNX file to time, rows recorded as not offered), in the map's row order. `onnx_of` finds or
-    makes a row's ONNX (pareto_rows.row_onnx: exported again from the weights kept beside the record); without it
-    only an ONNX named by the record (beside it, or an absolute path) counts."""
+    makes a row's ONNX (pareto_rows.row_onnx: exported again from the weights kept beside the record, else its
+    recorded architecture rebuilt untrained: "timed" says which); without it only an ONNX named by the record
+    (beside it, or an absolute path) counts."""
     order = list(ROWS)
     figs = {doc["figures"]["row"]: doc["figures"] for _, doc in read_records(records) if "figures" in doc}
     figs = dict(sorted(figs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
@@ -32,9 +33,11 @@ def finished_rows(records: Path, onnx_of: OnnxOf | None = None) -> tuple[dict[st
             continue
         onnx = onnx_of(r, f) if onnx_of else (f.get("onnx") and records / f["onnx"])  # an absolute path stays one
         if onnx and Path(onnx).is_file():
-            timed[r] = {**f, "onnx": str(onnx)}
+            how = "architecture" if Path(onnx).stem.endswith("-arch") else "trained model"
+            timed[r] = {**f, "onnx": str(onnx), "timed": how}
         else:
-            print(f"row {r}: recorded, but its model is not in this checkout: left out of the map (build it again)")
+            print(f"row {r}: recorded, but neither its model nor its architecture is in this checkout: left out of "
+                  "the map (build it again)")
     return timed, offered
 
 
@@ -127,6 +130,7 @@ def markdown(figures: dict) -> str:
              f"{f['latency_ms']:.2f}", _x(f["speedup"]), "yes" if f["front"] else ""]
             for r, f in figures["rows"].items()]
     failed = [r for r, f in figures["rows"].items() if f.get("parity_passed") is False]
+    arch = [r for r, f in figures["rows"].items() if f.get("timed") == "architecture"]
     missing = [r for r in ROWS if r not in figures["rows"] and r not in figures["not_offered"]]
     data = figures.get("data", "helmets")
     parts = [f"### Pareto map on {data}: every path side by side (mAP50 against ONNX Runtime latency, 1 thread)",
@@ -136,6 +140,10 @@ def markdown(figures: dict) -> str:
              "file; MB is the ONNX file; speed-up over the unpruned yolov5n.",
              markdown_table(header, body), "\n".join(verdict_lines(figures["verdicts"])),
              "![mAP50 against latency](bench/results/pareto.png)"]
+    if arch:
+        parts.append("Timed from the recorded architecture with untrained weights (this checkout does not hold the "
+                     "trained file; models are not committed; latency depends on the architecture, not on the weights' "
+                     "values: each row's `arch_check` times both when it is built): " + ", ".join(arch) + ".")
     if figures["not_offered"]:
         parts.append("Not offered:\n\n" + "\n".join(f"- {r}: {m}" for r, m in figures["not_offered"].items()))
     if failed:

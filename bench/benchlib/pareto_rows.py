@@ -3,10 +3,16 @@
 A row is a part built on its own, in its own run folder (<project>/<row>), and recorded when finished as
 <records>/<row>.json with the model a later sitting needs beside it: <row>.pt, the row's stripped fp16 weights, from
 which its ONNX is exported again (exactly: those are the weights it was exported and scored from), or for an int8
-row <row>.onnx itself; the record names them relative to itself. Model files are not committed (.gitignore), so a
-new checkout holds the records and not the models: a row whose model is missing is built again. A row
-another row builds on (the int8 rows on their fp32 row, the pruned FastestV2 on the
-trained one, the distilled FastestV2 on its yolov5n teacher) is built first when its record is missing. Training
+row <row>.onnx itself; the record names them relative to itself. The record also holds the row's architecture (the
+model yaml and every layer's channel counts, and for an int8 row the quantisation it was built with).
+
+Model files are not committed (.gitignore), so a new checkout holds the records and not the models. Latency is a
+property of the architecture, not of the weights' values, so the map times a row whose trained file is missing from
+its architecture rebuilt with untrained weights (`arch_onnx`; the map's table says which rows were timed so, and each
+row's record holds the check that both time alike: `arch_check`). Its accuracy stays the one measured on the trained
+model when the row was built. Only a row another row builds on (the int8 rows on their fp32 row, the pruned
+FastestV2 on the trained one, the distilled FastestV2 on its yolov5n teacher) needs its trained model: when the
+checkout does not hold it, that row is trained again first (`trained_row`). Training
 runs as the usual commands in a child process, so a stopped row resumes where it stopped: `finetune.py --resume`
 on the run's last.pt, `prune.py pipeline` by its own pipeline.json stage bookkeeping.
 """
@@ -31,12 +37,15 @@ from finetune.distill import TeacherError, check_compatible
 from finetune.runs import read_results
 from reports.export import check_parity, export_onnx
 from reports.int8_select import quantize_best
+from reports.latency import OnnxRunner, benchmark
 from reports.onnx_backend import OnnxDetector
+from reports.quantize import Int8Config, quantize_int8
 from yolo.checkpoint import load_model, strip_checkpoint
-from yolo.convention import from_meta
+from yolo.convention import InputConvention, from_meta
 from yolo.data import load_data_yaml
+from yolo.fileio import plain
 from yolo.flops import model_info
-from yolo.model import build_model
+from yolo.model import DetectionModel, build_model, module_shapes
 from yolo.val import evaluate
 
 YARDSTICK = "yolov5n"
@@ -149,10 +158,38 @@ def onnx_figures(s: Setup, weights: str, onnx: Path) -> dict:
     if not rep.passed:  # as the pipeline's report: recorded and flagged in the map, not a stop (toy models fail it)
         print(f"WARNING {onnx}: the ONNX file does not match PyTorch: {rep.summary()}", flush=True)
     info = model_info(model, imgsz)
+    arch = architecture(model)
     return {"parity_passed": rep.passed, "parity": rep.summary(), "onnx": str(onnx),
             "onnx_mb": round(onnx.stat().st_size / 1e6, 3), "params": info["params"],
-            "gflops": round(info["gflops"], 4), "imgsz": imgsz, "input": from_meta(meta).text,
-            **score(s, onnx, imgsz)}
+            "gflops": round(info["gflops"], 4), "imgsz": imgsz, "input": from_meta(meta).text, "arch": arch,
+            "arch_check": arch_check(onnx, arch, imgsz, s.report_runs * 3), **score(s, onnx, imgsz)}
+
+
+def architecture(model: DetectionModel) -> dict:
+    """What rebuilds the model's network exactly (yaml, channel counts, input convention), as JSON."""
+    return {"yaml": plain(model.yaml, for_json=True), "shapes": module_shapes(model),
+            "input": model.input_convention.as_dict()}
+
+
+def arch_onnx(arch: dict, imgsz: int, out: Path) -> Path:
+    """The architecture rebuilt with untrained weights and exported as the row's own ONNX is (same size, same
+    convention): what the map times when the trained file is not in this checkout."""
+    model = DetectionModel(arch["yaml"], shapes=arch["shapes"])
+    model.input_convention = InputConvention(**arch["input"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(model.eval(), out, imgsz=imgsz, metadata={"imgsz": imgsz})
+    return out
+
+
+def arch_check(onnx: Path, arch: dict, imgsz: int, runs: int) -> dict:
+    """The trained ONNX and its architecture rebuilt untrained, timed interleaved (ORT, one thread): the evidence
+    that timing the architecture stands for timing the row."""
+    rebuilt = arch_onnx(arch, imgsz, onnx.with_name(onnx.stem + "-arch.onnx"))
+    lat = benchmark({"trained": OnnxRunner(onnx, threads=1), "arch": OnnxRunner(rebuilt, threads=1)},
+                    runs=max(30, runs), warmup=5)
+    ratio = lat["arch"]["median_ms"] / lat["trained"]["median_ms"]
+    return {"trained_ms": lat["trained"]["median_ms"], "arch_ms": lat["arch"]["median_ms"],
+            "arch_over_trained": round(ratio, 4), "runs": max(30, runs)}
 
 
 def score(s: Setup, onnx: Path | str, imgsz: int) -> dict:
@@ -161,19 +198,29 @@ def score(s: Setup, onnx: Path | str, imgsz: int) -> dict:
 
 
 def read_row(s: Setup, row: str) -> dict | None:
-    """The row's recorded figures, its kept files as absolute paths (the ONNX exported again when needed)."""
+    """The row's recorded figures (None when it has no record), its kept files as absolute paths and "onnx" the
+    trained model's ONNX (exported again from the kept weights when needed), None when this checkout does not hold
+    the trained model."""
     path = s.records / f"{row}.json"
     if not path.is_file():
         return None
     figures = json.loads(path.read_text())["figures"]
     if figures.get("status") == "not offered":
         return figures
-    onnx = row_onnx(s, row, figures)
-    if not onnx.is_file():
-        print(f"row {row}: recorded in {path}, but its model is not in this checkout (models are not committed): "
-              "built again", flush=True)
-        return None
-    return {**figures, **kept_paths(s.records, figures), "onnx": str(onnx)}
+    onnx = trained_onnx(s, row, figures)
+    return {**figures, **kept_paths(s.records, figures), "onnx": str(onnx) if onnx else None}
+
+
+def trained_row(s: Setup, row: str, built: list[str] | None = None) -> dict:
+    """The row with its trained model, for a row that builds on it: trained again (and recorded again) when this
+    checkout holds only its record; models are not committed."""
+    have = read_row(s, row)
+    if have is not None and have.get("onnx"):
+        return have
+    if have is not None:
+        print(f"row {row}: recorded, but its trained model is not in this checkout (models are not committed) and "
+              "another row builds on it: built again", flush=True)
+    return build_row(s, row, built if built is not None else [])
 
 
 def kept_paths(records: Path, figures: dict) -> dict:
@@ -181,9 +228,10 @@ def kept_paths(records: Path, figures: dict) -> dict:
     return {k: str(records / figures[k]) for k in ("weights", "onnx") if figures.get(k)}
 
 
-def row_onnx(s: Setup, row: str, figures: dict) -> Path:
-    """The row's ONNX: kept beside the record (int8 rows), in its run folder, or exported again from the kept
-    weights at the recorded size (parity is not re-checked: it was checked and recorded when the row was built)."""
+def trained_onnx(s: Setup, row: str, figures: dict) -> Path | None:
+    """The row's trained ONNX: kept beside the record (int8 rows), in its run folder, or exported again from the
+    kept weights at the recorded size (parity is not re-checked: it was checked and recorded when the row was
+    built); None when this checkout holds none of them."""
     files = kept_paths(s.records, figures)
     if files.get("onnx") and Path(files["onnx"]).is_file():
         return Path(files["onnx"])
@@ -192,7 +240,28 @@ def row_onnx(s: Setup, row: str, figures: dict) -> Path:
         model, meta = load_model(files["weights"])
         onnx.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(model, onnx, imgsz=int(figures["imgsz"]), metadata=meta)
-    return onnx
+    return onnx if onnx.is_file() else None
+
+
+def row_onnx(s: Setup, row: str, figures: dict) -> Path | None:
+    """What the map times for a row: its trained ONNX, else its recorded architecture rebuilt untrained (an int8 row:
+    quantised as it was, calibrated on the data's train images); None for a record older than kept architectures."""
+    onnx = trained_onnx(s, row, figures)
+    if onnx is not None:
+        return onnx
+    arch = figures.get("arch")
+    if not arch:
+        return None
+    out = s.project / row / f"{row}-arch.onnx"
+    if out.is_file():
+        return out
+    imgsz = int(figures["imgsz"])
+    if not figures.get("int8"):
+        return arch_onnx(arch, imgsz, out)
+    fp32 = arch_onnx(arch, imgsz, out.with_name(f"{row}-arch-fp32.onnx"))
+    config = Int8Config(**figures["int8"]["variant"])
+    quantize_int8(fp32, out, list(load_data_yaml(s.data).train)[: config.images], config, imgsz=imgsz)
+    return out
 
 
 def keep_files(s: Setup, row: str, figures: dict) -> dict:
@@ -235,7 +304,7 @@ def trained(start: Callable[[Setup], list[str]], fv2: bool = False, how: str = "
 
 def pruned(parent: str, target: float, fv2: bool = False) -> Callable[[Setup, str], dict]:
     def build(s: Setup, row: str) -> dict:
-        src = str(s.weights) if parent == "yolov5n.pt" else read_row(s, parent)["weights"]
+        src = str(s.weights) if parent == "yolov5n.pt" else trained_row(s, parent)["weights"]
         p = pipeline(s, row, src, s.fv2_imgsz if fv2 else s.imgsz, target)
         fig = onnx_figures(s, p["weights"], s.project / row / f"{row}.onnx")
         before = "" if parent == "yolov5n.pt" else f" on {parent} ({read_row(s, parent)['epochs']} epochs)"
@@ -247,14 +316,14 @@ def pruned(parent: str, target: float, fv2: bool = False) -> Callable[[Setup, st
 def int8(parent: str) -> Callable[[Setup, str], dict]:
     """quantize_best on the parent row's ONNX: the fastest int8 variant kept (said when it loses accuracy)."""
     def build(s: Setup, row: str) -> dict:
-        fp32 = read_row(s, parent)
+        fp32 = trained_row(s, parent)
         out = s.project / row / f"{row}.onnx"
         out.parent.mkdir(parents=True, exist_ok=True)
         res = quantize_best(fp32["onnx"], s.data, out, imgsz=fp32["imgsz"], keep_best_measured=True)
         if not res["path"]:
             sys.exit(f"row {row}: no int8 variant of {fp32['onnx']} could be built ({res['reason']})")
         m = res["metrics"] or score(s, out, fp32["imgsz"])
-        keep = ("params", "gflops", "imgsz", "input", "epochs", "epochs_text", "train_seconds")
+        keep = ("params", "gflops", "imgsz", "input", "epochs", "epochs_text", "train_seconds", "arch")
         return {**{k: fp32[k] for k in keep if k in fp32}, "parent": parent, "onnx": str(out),
                 "onnx_mb": round(out.stat().st_size / 1e6, 3), "map50": float(m["map50"]), "map": float(m["map"]),
                 "int8": {"variant": res["notes"].get("int8"), "holds_accuracy": res["chosen"],
@@ -266,7 +335,7 @@ def int8(parent: str) -> Callable[[Setup, str], dict]:
 def distilled(s: Setup, row: str) -> dict:
     """YOLO-FastestV2 from the backbone with the unpruned yolov5n as --teacher, or 'not offered' with the one-line
     reason the trainer gives when it refuses that teacher."""
-    teacher = read_row(s, YARDSTICK)["weights"]
+    teacher = trained_row(s, YARDSTICK)["weights"]
     student = build_model("yolo-fastestv2", nc=load_data_yaml(s.data).nc)
     try:
         check_compatible(load_model(teacher)[0], student, teacher)
@@ -300,7 +369,8 @@ ROWS = {r.name: r for r in (
 
 
 def ensure(s: Setup, row: str, built: list[str]) -> dict:
-    """The row's record, building what it needs first and then the row itself when it has none."""
+    """The row's record: built (what it needs first) when it has none; a recorded row is not built again, whether
+    or not this checkout holds its trained model (the map times its architecture then)."""
     have = read_row(s, row)
     if have is not None:
         if (have.get("seed"), have.get("budget_epochs")) != (s.seed, s.epochs) and row not in built:
@@ -308,6 +378,11 @@ def ensure(s: Setup, row: str, built: list[str]) -> dict:
                      f"{s.records / (row + '.json')}; this run asks seed {s.seed}, {s.epochs} epochs (give another "
                      "--out and --project, or remove that record)")
         return have
+    return build_row(s, row, built)
+
+
+def build_row(s: Setup, row: str, built: list[str]) -> dict:
+    """Build the row (first the rows it needs that have no record), record it and return the record."""
     spec = ROWS[row]
     for need in spec.needs:
         ensure(s, need, built)
