@@ -174,3 +174,29 @@ def test_a_finished_row_keeps_its_weights_beside_the_record_and_a_new_sitting_ex
     calls = []
     monkeypatch.setattr(pareto_rows, "build_row", lambda s, row, built: calls.append(row) or {"row": row})
     assert trained_row(s, "yolov5n") == {"row": "yolov5n"} and calls == ["yolov5n"]
+
+
+def test_an_int8_row_without_its_file_is_timed_as_its_architecture_quantised_as_it_was(tmp_path):
+    """An int8 row's record keeps the quantisation it was built with; without the file the map quantises the
+    rebuilt architecture the same way (calibrated on the data's train images) instead of leaving the row out."""
+    from dataclasses import asdict
+
+    import onnx
+    from benchlib.pareto_rows import Setup, architecture, row_onnx
+
+    from reports.quantize import Int8Config
+    from tests.zoo import ZOO
+    from yolo.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "d", n_train=4, n_val=2, img_size=64, seed=1)
+    model = ZOO["yolov5n"].build()
+    s = Setup(data=Path(data), weights=tmp_path / "none.pt", backbone=tmp_path / "none.pth",
+              project=tmp_path / "runs", records=tmp_path / "records")
+    config = Int8Config(images=4)
+    figures = {"row": "yolov5n-p70-int8", "imgsz": 64, "onnx": "yolov5n-p70-int8.onnx", "arch": architecture(model),
+               "int8": {"variant": asdict(config)}}
+    path = row_onnx(s, "yolov5n-p70-int8", figures)
+    assert path.name == "yolov5n-p70-int8-arch.onnx" and path.is_file()
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # QDQ, as the recorded variant
+    assert row_onnx(s, "yolov5n-p70-int8", figures) == path  # made once per checkout

@@ -41,6 +41,7 @@ from reports.latency import OnnxRunner, benchmark
 from reports.onnx_backend import OnnxDetector
 from reports.quantize import Int8Config, quantize_int8
 from yolo.checkpoint import load_model, strip_checkpoint
+from yolo.convention import DEFAULT as DEFAULT_CONVENTION
 from yolo.convention import InputConvention, from_meta
 from yolo.data import load_data_yaml
 from yolo.fileio import plain
@@ -168,7 +169,7 @@ def onnx_figures(s: Setup, weights: str, onnx: Path) -> dict:
 def architecture(model: DetectionModel) -> dict:
     """What rebuilds the model's network exactly (yaml, channel counts, input convention), as JSON."""
     return {"yaml": plain(model.yaml, for_json=True), "shapes": module_shapes(model),
-            "input": model.input_convention.as_dict()}
+            "input": getattr(model, "input_convention", DEFAULT_CONVENTION).as_dict()}
 
 
 def arch_onnx(arch: dict, imgsz: int, out: Path) -> Path:
