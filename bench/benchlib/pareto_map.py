@@ -122,6 +122,16 @@ def verdict_lines(v: dict) -> list[str]:
     return lines
 
 
+def arch_check_text(rows: dict[str, dict]) -> str:
+    """What the rows' own checks say of timing an architecture instead of the trained file."""
+    ratios = sorted(f["arch_check"]["arch_over_trained"] for f in rows.values() if f.get("arch_check"))
+    if not ratios:
+        return ""
+    span = f"{ratios[0]:.3f}" if ratios[0] == ratios[-1] else f"{ratios[0]:.3f}-{ratios[-1]:.3f}"
+    return (f" In the {len(ratios)} rows' checks the untrained architecture took {span}x the trained model's time: "
+            "a row timed so reads that much faster than it is.")
+
+
 def markdown(figures: dict) -> str:
     header = ["row", "model", "epochs", "seed", "input", "params", "MB", "GFLOPs", "mAP50", "mAP50-95",
               "latency ms", "speed-up", "front"]
@@ -143,7 +153,8 @@ def markdown(figures: dict) -> str:
     if arch:
         parts.append("Timed from the recorded architecture with untrained weights (this checkout does not hold the "
                      "trained file; models are not committed; latency depends on the architecture, not on the weights' "
-                     "values: each row's `arch_check` times both when it is built): " + ", ".join(arch) + ".")
+                     "values: each row's `arch_check` times both when it is built): " + ", ".join(arch) + "."
+                     + arch_check_text(figures["rows"]))
     if figures["not_offered"]:
         parts.append("Not offered:\n\n" + "\n".join(f"- {r}: {m}" for r, m in figures["not_offered"].items()))
     if failed:
