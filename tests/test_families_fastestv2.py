@@ -218,19 +218,19 @@ def test_one_training_step_lowers_the_authors_loss():
     assert {k: loss_fn.hyp[k] for k in want} == pytest.approx(want)
     x = torch.rand(2, 3, 64, 64)
     targets = torch.tensor([[0, 1, 0.5, 0.5, 0.4, 0.5], [1, 2, 0.3, 0.6, 0.25, 0.3]])
-    opt = torch.optim.SGD(model.parameters(), lr=1e-2)  # YOLOv5's lr0: the loss is on YOLOv5's scale
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)  # the family's optimizer and lr0
     first, parts = loss_fn(model(x), targets)
     assert torch.isfinite(first) and (parts > 0).all()
     assert first.item() == pytest.approx(parts.sum().item() * 2, rel=1e-6)  # summed over the batch, as YOLOv5's
     first.backward()
     opt.step()
     opt.zero_grad()
-    for _ in range(3):
+    for _ in range(9):
         loss, _ = loss_fn(model(x), targets)
         loss.backward()
         opt.step()
         opt.zero_grad()
-    assert loss_fn(model(x), targets)[0].item() < first.item()
+    assert loss_fn(model(x), targets)[0].item() < 0.9 * first.item()
     # the authors do not clip gradients; YOLOv5's trainer clips at 10 (finetune/loop.py asks the loss)
     assert loss_fn.max_grad_norm is None and build_loss(build_model("yolov5n"), load_hyp(None), 64).max_grad_norm == 10
 
