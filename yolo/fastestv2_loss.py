@@ -74,21 +74,23 @@ class FastestV2Loss(YoloLoss):
         return total, torch.cat((lbox, lobj, lcls)).detach()
 
 
+def _head(model: nn.Module) -> nn.Module:
+    """The detection head of a model, DDP-wrapped or not."""
+    return (model.module if hasattr(model, "module") else model).model[-1]
+
+
 def family_hyp(model: nn.Module) -> dict[str, float]:
     """The hyperparameters the model's family trains with by default (empty for YOLOv5's own heads)."""
-    inner = model.module if hasattr(model, "module") else model
-    return dict(FAMILY_HYP) if isinstance(inner.model[-1], FastestDetect) else {}
+    return dict(FAMILY_HYP) if isinstance(_head(model), FastestDetect) else {}
 
 
 def family_optimizer(model: nn.Module) -> str:
     """The optimizer the model's family trains with when --optimizer is not given."""
-    inner = model.module if hasattr(model, "module") else model
-    return FAMILY_OPTIMIZER if isinstance(inner.model[-1], FastestDetect) else "SGD"
+    return FAMILY_OPTIMIZER if isinstance(_head(model), FastestDetect) else "SGD"
 
 
 def build_loss(model: nn.Module, hyp: Mapping, imgsz: int) -> YoloLoss:
     """The family's loss (FastestV2Loss for a FastestDetect head, else YOLOv5's), both with YOLOv5's scaled gains."""
-    inner = model.module if hasattr(model, "module") else model
-    head = inner.model[-1]
+    head = _head(model)
     scaled = scale_loss_gains(hyp, head.nl, head.nc, imgsz)
     return FastestV2Loss(model, scaled) if isinstance(head, FastestDetect) else YoloLoss(model, scaled)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from common import markdown_table, read_records, write_attachment, write_result
 
-from benchlib.pareto_rows import ROWS, YARDSTICK
+from benchlib.pareto_rows import ARCH_SUFFIX, ROWS, YARDSTICK
 from reports.latency import OnnxRunner, benchmark
 from reports.plots import pareto_map
 
@@ -33,7 +33,7 @@ def finished_rows(records: Path, onnx_of: OnnxOf | None = None) -> tuple[dict[st
             continue
         onnx = onnx_of(r, f) if onnx_of else (f.get("onnx") and records / f["onnx"])  # an absolute path stays one
         if onnx and Path(onnx).is_file():
-            how = "architecture" if Path(onnx).stem.endswith("-arch") else "trained model"
+            how = "architecture" if Path(onnx).stem.endswith(ARCH_SUFFIX) else "trained model"
             timed[r] = {**f, "onnx": str(onnx), "timed": how}
         else:
             print(f"row {r}: recorded, but neither its model nor its architecture is in this checkout: left out of "

@@ -50,6 +50,7 @@ from yolo.model import DetectionModel, build_model, module_shapes
 from yolo.val import evaluate
 
 YARDSTICK = "yolov5n"
+ARCH_SUFFIX = "-arch"  # <row>-arch.onnx: the architecture rebuilt untrained, timed when the model is missing
 
 
 @dataclass
@@ -185,7 +186,7 @@ def arch_onnx(arch: dict, imgsz: int, out: Path) -> Path:
 def arch_check(onnx: Path, arch: dict, imgsz: int, runs: int) -> dict:
     """The trained ONNX and its architecture rebuilt untrained, timed interleaved (ORT, one thread): the evidence
     that timing the architecture stands for timing the row."""
-    rebuilt = arch_onnx(arch, imgsz, onnx.with_name(onnx.stem + "-arch.onnx"))
+    rebuilt = arch_onnx(arch, imgsz, onnx.with_name(f"{onnx.stem}{ARCH_SUFFIX}.onnx"))
     lat = benchmark({"trained": OnnxRunner(onnx, threads=1), "arch": OnnxRunner(rebuilt, threads=1)},
                     runs=max(30, runs), warmup=5)
     ratio = lat["arch"]["median_ms"] / lat["trained"]["median_ms"]
@@ -212,7 +213,7 @@ def read_row(s: Setup, row: str) -> dict | None:
     return {**figures, **kept_paths(s.records, figures), "onnx": str(onnx) if onnx else None}
 
 
-def trained_row(s: Setup, row: str, built: list[str] | None = None) -> dict:
+def trained_row(s: Setup, row: str) -> dict:
     """The row with its trained model, for a row that builds on it: trained again (and recorded again) when this
     checkout holds only its record; models are not committed."""
     have = read_row(s, row)
@@ -221,7 +222,7 @@ def trained_row(s: Setup, row: str, built: list[str] | None = None) -> dict:
     if have is not None:
         print(f"row {row}: recorded, but its trained model is not in this checkout (models are not committed) and "
               "another row builds on it: built again", flush=True)
-    return build_row(s, row, built if built is not None else [])
+    return build_row(s, row, [])
 
 
 def kept_paths(records: Path, figures: dict) -> dict:
@@ -253,13 +254,13 @@ def row_onnx(s: Setup, row: str, figures: dict) -> Path | None:
     arch = figures.get("arch")
     if not arch:
         return None
-    out = s.project / row / f"{row}-arch.onnx"
+    out = s.project / row / f"{row}{ARCH_SUFFIX}.onnx"
     if out.is_file():
         return out
     imgsz = int(figures["imgsz"])
     if not figures.get("int8"):
         return arch_onnx(arch, imgsz, out)
-    fp32 = arch_onnx(arch, imgsz, out.with_name(f"{row}-arch-fp32.onnx"))
+    fp32 = arch_onnx(arch, imgsz, out.with_name(f"{row}{ARCH_SUFFIX}-fp32.onnx"))
     config = Int8Config(**figures["int8"]["variant"])
     quantize_int8(fp32, out, list(load_data_yaml(s.data).train)[: config.images], config, imgsz=imgsz)
     return out
