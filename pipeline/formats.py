@@ -38,8 +38,8 @@ def format_entries(entries: Sequence[ModelEntry], images: Sequence[Any], data: A
             "run prune.py export --format openvino --int8 on the fine-tuned model for it")
     if int8:
         q = quantize_best(onnx_path, data, onnx_path.with_name(f"{SOURCE}_int8.onnx"), imgsz=imgsz, log=log)
-        if q["path"]:
-            rows.append(_derived("int8", q["path"], imgsz, q.get("notes", {})))
+        if q["path"]:  # scored while selected (the same val split, size and ONNX evaluator): not scored again
+            rows.append(_derived("int8", q["path"], imgsz, q.get("notes", {}), metrics=q.get("metrics") or {}))
     for fmt in sorted(formats, key=lambda f: f == "openvino"):  # ncnn first: see OPENVINO_LAST
         opts = None  # OpenVINO int8 is not built here: see OPENVINO_INT8
         res = export_format(fmt, src.model, onnx_path, images, int8=opts, threads=1, log=log)
@@ -50,7 +50,7 @@ def format_entries(entries: Sequence[ModelEntry], images: Sequence[Any], data: A
     return rows
 
 
-def _derived(role: str, path: str | Path, imgsz: int, notes: dict) -> ModelEntry:
-    e = ModelEntry.measure(role, onnx_path=path, imgsz=imgsz, notes=dict(notes))
+def _derived(role: str, path: str | Path, imgsz: int, notes: dict, metrics: dict | None = None) -> ModelEntry:
+    e = ModelEntry.measure(role, onnx_path=path, imgsz=imgsz, notes=dict(notes), metrics=dict(metrics or {}))
     e.notes["derived_from"] = SOURCE
     return e

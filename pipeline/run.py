@@ -33,6 +33,7 @@ from prune.scales import check_level_spec
 from yolo.checkpoint import load_model, strip_checkpoint
 from yolo.data import load_data_yaml
 from yolo.errors import classes_text, raise_if_terminated
+from yolo.fastestv2_loss import family_optimizer
 from yolo.fileio import atomic_write_text
 from yolo.flops import model_info
 from yolo.hyp import load_hyp
@@ -488,9 +489,19 @@ def check_inputs(opt: PipelineOptions, log: Callable[[str], None] = print) -> di
         raise PipelineError(str(e)) from None
 
 
+def resolved_optimizer(opt: PipelineOptions) -> str:
+    """--optimizer, else the start model's family's (SGD; AdamW for YOLO-FastestV2): the stage keys name the
+    optimizer that trains, so a run from before the family default (keyed "SGD") resumes, and None never
+    stands for two optimizers."""
+    if opt.optimizer:
+        return opt.optimizer
+    return family_optimizer(load_model(opt.weights)[0] if opt.weights else build_model(opt.cfg))
+
+
 def run_pipeline(opt: PipelineOptions, new: bool = False, log: Callable[[str], None] = print) -> dict:
     opt.validate()
     budget = check_inputs(opt, log)
+    opt.optimizer = resolved_optimizer(opt)
     run_dir = resolve_run_dir(opt.project, opt.name, new)
     log(f"pipeline run folder: {run_dir}")
     return Pipeline(opt, run_dir, log, budget).run()

@@ -486,6 +486,10 @@ def _score(entries: Sequence[ModelEntry], data, imgsz: int, evaluator: str, eval
         raise ValueError(f"evaluator {evaluator!r}: expected auto, torch or onnx")
     data_cfg = data if hasattr(data, "names") else load_data_yaml(data)
     for e in entries:
+        if e.metrics and evaluator == "onnx":  # scored by the same evaluator when it was made (the int8 selection)
+            e.notes.setdefault("evaluated_with", "ONNX Runtime, fixed square input (when it was selected)")
+            log(f"{e.role}: mAP50 {e.metrics['map50']:.4f} mAP50-95 {e.metrics['map']:.4f} (scored when selected)")
+            continue
         src = e.model if evaluator == "torch" else load_backend(e.onnx_path)
         nc = len(src.names)
         if skip_other and nc != data_cfg.nc:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import options_from_args
-from pipeline.run import PipelineOptions
+from pipeline.run import PipelineOptions, resolved_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,3 +80,10 @@ def test_targeted_default_asks_for_slim_only_when_there_is_a_sparse_stage(tmp_pa
     PipelineOptions(weights=str(weights), data=str(data), sparse_epochs=0, importance="taylor").validate()
     with pytest.raises(PipelineError, match="--importance slim"):
         PipelineOptions(weights=str(weights), data=str(data), importance="taylor").validate()
+
+
+def test_stage_keys_name_the_optimizer_that_trains_not_none():
+    """No --optimizer keys as the family's: a YOLOv5 run from before the family default (keyed SGD) resumes."""
+    assert resolved_optimizer(PipelineOptions(cfg="yolov5n")) == "SGD"
+    assert resolved_optimizer(PipelineOptions(cfg="yolo-fastestv2")) == "AdamW"
+    assert resolved_optimizer(PipelineOptions(cfg="yolo-fastestv2", optimizer="SGD")) == "SGD"

@@ -72,3 +72,29 @@ def test_demo_with_every_format_reports_them_and_names_the_fastest(tmp_path):
     assert fastest["role"] in fastest["candidates"] and fastest["source"] == "finetuned"
     assert fastest["map"] >= fastest["source_map"] - fastest["tolerance"]
     assert "fastest format holding accuracy: " + fastest["role"] in " ".join(proc.stdout.split())
+
+
+def test_pipeline_int8_row_keeps_the_selection_score_and_is_not_scored_again(tmp_path, monkeypatch):
+    import pipeline.formats as formats
+    import reports.report as report
+
+    scored = {"map50": 0.61, "map": 0.33, "precision": 0.7, "recall": 0.6}
+    onnx = tmp_path / "finetuned.onnx"
+    onnx.write_bytes(b"x")
+
+    def fake_best(src, data, out, imgsz, log):
+        return {"path": str(out), "metrics": scored, "notes": {"int8": {"per_channel": True}}}
+
+    monkeypatch.setattr(formats, "quantize_best", fake_best)
+    src = ModelEntry(role=formats.SOURCE, onnx_path=str(onnx), model=object())
+    rows = formats.format_entries([src], [], data=None, imgsz=64, formats=[], int8=True, log=lambda m: None)
+    assert [r.role for r in rows] == ["int8"] and rows[0].metrics == scored
+
+    def no_second_score(*a, **k):
+        raise AssertionError("the int8 model was scored a second time")
+
+    monkeypatch.setattr(report, "evaluate", no_second_score)
+    monkeypatch.setattr(report, "load_data_yaml", lambda d: type("D", (), {"nc": 1, "names": ["a"]})())
+    report._score(rows, data="d.yaml", imgsz=64, evaluator="onnx", eval_kwargs={}, skip_other=True,
+                  log=lambda m: None)
+    assert rows[0].metrics == scored and "when it was selected" in rows[0].notes["evaluated_with"]
