@@ -81,10 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     s, out = setup(args)
     if not args.map:
-        built: list[str] = []
         for row in args.rows or list(ROWS):
-            ensure(s, row, built)
-        print(f"rows built now: {', '.join(built) or 'none (all were recorded)'}")
+            ensure(s, row)
+        print(f"rows built now: {', '.join(s.built) or 'none (all were recorded)'}")
     path = build_map(s.records, out, runs=max(30, args.runs), data="synthetic (smoke)" if args.smoke else s.data.stem,
                      onnx_of=lambda row, figures: row_onnx(s, row, figures))
     if path:

@@ -172,7 +172,7 @@ def test_a_finished_row_keeps_its_weights_beside_the_record_and_a_new_sitting_ex
     assert timed["yolov5n"]["timed"] == "architecture" and Path(rebuilt).stem == "yolov5n-arch"
     assert graph(rebuilt) == first_graph
     calls = []
-    monkeypatch.setattr(pareto_rows, "build_row", lambda s, row, built: calls.append(row) or {"row": row})
+    monkeypatch.setattr(pareto_rows, "build_row", lambda s, row: calls.append(row) or {"row": row})
     assert trained_row(s, "yolov5n") == {"row": "yolov5n"} and calls == ["yolov5n"]
 
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from yolo.fastestv2 import FastestDetect
+from yolo.hyp import load_hyp
 from yolo.loss import YoloLoss, bbox_ciou, scale_loss_gains
 
 ANCHOR_T = 2.0
@@ -49,9 +50,9 @@ class FastestV2Loss(YoloLoss):
     max_grad_norm = None  # the authors do not clip (module docstring)
 
     def __init__(self, model: nn.Module, hyp: Mapping | None = None):
-        """`hyp`: box / obj / cls gains already scaled (`build_loss` scales them as YOLOv5 does)."""
-        base = {"box": 0.05, "obj": 1.0, "cls": 0.5, "cls_pw": 1.0, "obj_pw": 1.0}
-        super().__init__(model, {**base, **dict(hyp or {}), "anchor_t": ANCHOR_T, "fl_gamma": 0.0})
+        """`hyp`: box / obj / cls gains already scaled (`build_loss` scales them as YOLOv5 does); what it does not
+        set is YOLOv5's default (yolo/hyps/default.yaml)."""
+        super().__init__(model, {**load_hyp(None), **dict(hyp or {}), "anchor_t": ANCHOR_T, "fl_gamma": 0.0})
         self.balance = list(BALANCE) + [BALANCE[-1]] * max(0, self.nl - len(BALANCE))
 
     def __call__(self, preds: Sequence[torch.Tensor], targets: torch.Tensor):

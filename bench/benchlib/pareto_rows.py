@@ -24,7 +24,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -69,6 +69,7 @@ class Setup:
     batch: int = 16
     report_runs: int = 10  # the pipeline's own report stage (the map times everything again)
     quiet: bool = True
+    built: list[str] = field(default_factory=list)  # rows built in this run, in order (rebuilt parents too)
 
     def split(self) -> tuple[int, int]:
         """The pipeline's sparse + fine-tune epochs for a budget of `epochs` (the helmets recipe's 10 + 80 of 90)."""
@@ -222,7 +223,7 @@ def trained_row(s: Setup, row: str) -> dict:
     if have is not None:
         print(f"row {row}: recorded, but its trained model is not in this checkout (models are not committed) and "
               "another row builds on it: built again", flush=True)
-    return build_row(s, row, [])
+    return build_row(s, row)
 
 
 def kept_paths(records: Path, figures: dict) -> dict:
@@ -370,27 +371,27 @@ ROWS = {r.name: r for r in (
 )}
 
 
-def ensure(s: Setup, row: str, built: list[str]) -> dict:
+def ensure(s: Setup, row: str) -> dict:
     """The row's record: built (what it needs first) when it has none; a recorded row is not built again, whether
     or not this checkout holds its trained model (the map times its architecture then)."""
     have = read_row(s, row)
     if have is not None:
-        if (have.get("seed"), have.get("budget_epochs")) != (s.seed, s.epochs) and row not in built:
+        if (have.get("seed"), have.get("budget_epochs")) != (s.seed, s.epochs) and row not in s.built:
             sys.exit(f"row {row}: recorded with seed {have.get('seed')}, {have.get('budget_epochs')} epochs in "
                      f"{s.records / (row + '.json')}; this run asks seed {s.seed}, {s.epochs} epochs (give another "
                      "--out and --project, or remove that record)")
         return have
-    return build_row(s, row, built)
+    return build_row(s, row)
 
 
-def build_row(s: Setup, row: str, built: list[str]) -> dict:
+def build_row(s: Setup, row: str) -> dict:
     """Build the row (first the rows it needs that have no record), record it and return the record."""
     spec = ROWS[row]
     for need in spec.needs:
-        ensure(s, need, built)
+        ensure(s, need)
     t0 = time.perf_counter()
     figures = spec.build(s, row)
     figures["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    built.append(row)
+    s.built.append(row)
     save_row(s, row, spec.label, figures)
     return read_row(s, row)
