@@ -432,7 +432,8 @@ class Pipeline:
 
     def _report(self, models: dict[str, str]) -> dict:
         # start-up: reports/ loads matplotlib and onnx, which only the report stage needs
-        from reports.report import build_entries, write_report
+        from reports.measure import build_entries
+        from reports.report import write_report
 
         o = self.opt
         out = self.run_dir / "report"

@@ -222,7 +222,8 @@ def _print_latency(res: dict) -> None:
 
 def cmd_report(args: Any) -> int:
     # start-up: onnx and onnxruntime (1.6 s of a 1.9 s prune.py start, measured) load only for the command that runs
-    from reports.report import build_entries, clear_previous_report, write_report
+    from reports.measure import build_entries
+    from reports.report import clear_previous_report, write_report
 
 
     weights = {
@@ -263,7 +264,7 @@ def _report_inputs(args: Any, imgsz: int) -> tuple[dict[str, Any], list | None]:
     CHECK_IMAGES of --images, else of --data's val split (None: synthetic ones). Bad paths fail here, before
     anything is written."""
     # start-up: onnx and onnxruntime (1.6 s of a 1.9 s prune.py start, measured) load only for the command that runs
-    from reports.report import CHECK_IMAGES
+    from reports.measure import CHECK_IMAGES
 
 
     extras: dict[str, Any] = {"imgsz": imgsz}

@@ -145,7 +145,8 @@ def check_benchmark(path: Path, onnx: Path, out: Path, runtime: str) -> None:
 
 
 def check_report(path: Path, onnx: Path, run_dir: Path, data: Path, runtime: str) -> None:
-    from reports.report import build_entries, write_report
+    from reports.measure import build_entries
+    from reports.report import write_report
 
     entries = build_entries({"baseline": onnx, "int8": path}, run_dir, data=data, imgsz=IMGSZ, threads=(1,),
                             runs=1, warmup=0, log=lambda *a: None)  # fmt: skip

@@ -76,7 +76,7 @@ def test_demo_with_every_format_reports_them_and_names_the_fastest(tmp_path):
 
 def test_pipeline_int8_row_keeps_the_selection_score_and_is_not_scored_again(tmp_path, monkeypatch):
     import pipeline.formats as formats
-    import reports.report as report
+    import reports.measure as measure
 
     scored = {"map50": 0.61, "map": 0.33, "precision": 0.7, "recall": 0.6}
     onnx = tmp_path / "finetuned.onnx"
@@ -93,8 +93,8 @@ def test_pipeline_int8_row_keeps_the_selection_score_and_is_not_scored_again(tmp
     def no_second_score(*a, **k):
         raise AssertionError("the int8 model was scored a second time")
 
-    monkeypatch.setattr(report, "evaluate", no_second_score)
-    monkeypatch.setattr(report, "load_data_yaml", lambda d: type("D", (), {"nc": 1, "names": ["a"]})())
-    report._score(rows, data="d.yaml", imgsz=64, evaluator="onnx", eval_kwargs={}, skip_other=True,
+    monkeypatch.setattr(measure, "evaluate", no_second_score)
+    monkeypatch.setattr(measure, "load_data_yaml", lambda d: type("D", (), {"nc": 1, "names": ["a"]})())
+    measure._score(rows, data="d.yaml", imgsz=64, evaluator="onnx", eval_kwargs={}, skip_other=True,
                   log=lambda m: None)
     assert rows[0].metrics == scored and "when it was selected" in rows[0].notes["evaluated_with"]

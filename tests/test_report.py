@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from reports.report import SCHEMA, ModelEntry, build_entries, load_report, write_report
+from reports.measure import build_entries
+from reports.report import SCHEMA, ModelEntry, load_report, write_report
 from yolo.model import build_model, load_model_yaml
 
 
@@ -148,7 +149,7 @@ def test_a_model_of_other_classes_is_refused_unless_the_caller_skips_its_score(t
 
 def test_a_failed_parity_check_is_reported_not_fatal(tmp_path, monkeypatch):
     import reports.export as export
-    import reports.report as report
+    import reports.measure as measure
     from yolo.checkpoint import save_checkpoint
 
     real = export.check_parity
@@ -160,7 +161,7 @@ def test_a_failed_parity_check_is_reported_not_fatal(tmp_path, monkeypatch):
             raise export.ExportError("parity check failed")
         return rep
 
-    monkeypatch.setattr(report, "check_parity", failing)  # where build_entries looks it up
+    monkeypatch.setattr(measure, "check_parity", failing)  # where build_entries looks it up
     pt = save_checkpoint(tmp_path / "b.pt", tiny_model(), {"imgsz": 64})
     logs: list[str] = []
     (entry,) = build_entries({"baseline": pt}, tmp_path / "run", imgsz=64, threads=(1,), runs=2, warmup=1,
