@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from common import markdown_table, read_records, write_attachment, write_result
+from common import REPO, markdown_table, read_records, write_attachment, write_result
 
 from benchlib.pareto_rows import ARCH_SUFFIX, ROWS, YARDSTICK
 from reports.latency import OnnxRunner, benchmark
@@ -91,7 +91,7 @@ def build_map(
     on_front = front(rows)
     for r, f in rows.items():
         f["front"] = r in on_front
-    figures = {"rows": rows, "not_offered": {r: f["message"] for r, f in offered.items()},
+    figures = {"rows": rows, "not_offered": {r: repo_relative(f["message"]) for r, f in offered.items()},
                "verdicts": verdicts(rows), "latency_runs": max(30, runs),
                "timing": "ONNX Runtime, 1 thread, all rows interleaved in one process, each at its own input size"}
     figures["data"] = data
@@ -162,3 +162,8 @@ def markdown(figures: dict) -> str:
     if missing:
         parts.append("Not built yet: " + ", ".join(missing) + ".")
     return "\n\n".join(parts)
+
+
+def repo_relative(text: str) -> str:
+    """Paths under the checkout written relative to it: the map's pages are read on other machines."""
+    return text.replace(f"{REPO}/", "")
