@@ -1,7 +1,7 @@
 """The report stage's extra rows: the fine-tuned model in every deployment format the run asks for.
 
 `--int8` adds ONNX Runtime int8 (the fastest variant that holds accuracy, `reports.int8_select.quantize_best`);
-`--formats openvino ncnn` adds those runtimes' fp32 files (OpenVINO int8: `export --format openvino --int8`). Every row
+`--formats openvino ncnn` adds those runtimes' fp32 files, and with `--int8` also OpenVINO int8 (nncf). Every row
 is marked as derived from the fine-tuned model, so the report can name the fastest format that holds its accuracy.
 They are built after the report has exported and checked the fine-tuned ONNX, and before anything is timed, so
 all formats are timed interleaved and scored by the same evaluator as the other rows.
@@ -15,13 +15,13 @@ from typing import Any
 
 from reports.int8_select import quantize_best
 from reports.report import ModelEntry
-from reports.runtime_export import export_format
+from reports.runtime_export import Int8Options, export_format
 
 SOURCE = "finetuned"  # the row every format is made from
-# OPENVINO_INT8: scoring an nncf int8 IR in the report's process, next to torch and ONNX Runtime with more than one
-# thread, was followed by a segmentation fault (docs/runtimes.md, Known limits); the pipeline leaves it out.
 # OPENVINO_LAST: ncnn's conversion runs the pnnx program as a subprocess; a subprocess started after OpenVINO had run
 # in the same process was followed by a segmentation fault (docs/runtimes.md, Known limits), so OpenVINO goes last.
+# Since OpenVINO keeps one Core per process (reports.openvino_backend.shared_core) that order also passed once the
+# other way round; it is kept, as it costs nothing.
 
 
 def format_entries(entries: Sequence[ModelEntry], images: Sequence[Any], data: Any, imgsz: int,
@@ -33,15 +33,12 @@ def format_entries(entries: Sequence[ModelEntry], images: Sequence[Any], data: A
         return []
     onnx_path = Path(src.onnx_path)
     rows: list[ModelEntry] = []
-    if int8 and "openvino" in formats:
-        log("formats: OpenVINO int8 is not built by the pipeline (a crash under investigation, docs/runtimes.md); "
-            "run prune.py export --format openvino --int8 on the fine-tuned model for it")
     if int8:
         q = quantize_best(onnx_path, data, onnx_path.with_name(f"{SOURCE}_int8.onnx"), imgsz=imgsz, log=log)
         if q["path"]:  # scored while selected (the same val split, size and ONNX evaluator): not scored again
             rows.append(_derived("int8", q["path"], imgsz, q.get("notes", {}), metrics=q.get("metrics") or {}))
     for fmt in sorted(formats, key=lambda f: f == "openvino"):  # ncnn first: see OPENVINO_LAST
-        opts = None  # OpenVINO int8 is not built here: see OPENVINO_INT8
+        opts = Int8Options(data=data, imgsz=imgsz) if int8 and fmt == "openvino" else None  # nncf, same images
         res = export_format(fmt, src.model, onnx_path, images, int8=opts, threads=1, log=log)
         rows.append(_derived(fmt, res["path"], imgsz, {"parity": res["parity"].to_dict()}))
         q8 = res.get("int8") or {}

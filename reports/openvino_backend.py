@@ -15,6 +15,7 @@ This module imports `openvino` at the top: import it only after `reports.backend
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -36,6 +37,14 @@ from yolo.convention import from_meta as convention_from_meta
 RT_INFO_KEY = ["model_info", "yolov5_slim"]
 STOP_TYPES = ("Convolution", "GroupConvolution")  # the last convolutions of each Detect branch end the decode
 LEAF_TYPES = ("Constant", "Parameter")
+
+
+@functools.cache
+def shared_core() -> ov.Core:
+    """One OpenVINO Core for the process. A new Core per model (parity check, box count, timing, scoring each load
+    one) crashed the process with a segmentation fault once an nncf int8 IR had been scored beside torch running
+    more than one thread; with one Core the same pipeline run passes (docs/runtimes.md, Known limits)."""
+    return ov.Core()
 
 
 def cpu_config(threads: int | None) -> dict[str, str]:
@@ -153,7 +162,7 @@ class OpenVinoDetector(FixedInputPredictor):
     def __init__(self, path: str | Path, threads: int | None = None):
         self.path = find_model_file(path, ".xml", "OpenVINO")
         self.threads = threads
-        core = ov.Core()
+        core = shared_core()
         model = core.read_model(str(self.path))
         if model.input(0).get_partial_shape().is_dynamic:
             raise ValueError(f"{self.path}: dynamic input shapes are not supported here (export with a fixed size)")

@@ -159,9 +159,9 @@ def check_report(path: Path, onnx: Path, run_dir: Path, data: Path, runtime: str
 def check_commands_in_a_subprocess(path: Path, data: Path, tmp: Path, runtime: str) -> None:
     """val, detect, benchmark and report on `path`, run in a child process.
 
-    After OpenVINO has run next to ONNX Runtime with DataLoader workers (the report's scoring), the next
-    subprocess the pytest process started segfaulted it (seen with openvino 2026.4.1, torch 2.13, not understood
-    yet; docs/runtimes.md). Running these checks in a child keeps the rest of the suite safe, and still fails here.
+    After OpenVINO had run next to ONNX Runtime with DataLoader workers (the report's scoring), the next
+    subprocess the pytest process started segfaulted it (openvino 2026.4.1, torch 2.13): a Core per loaded model,
+    now one per process (docs/runtimes.md). The child still keeps a crash of an optional runtime out of the suite.
     """
     import os
     import subprocess

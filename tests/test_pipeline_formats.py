@@ -62,12 +62,13 @@ def test_demo_with_every_format_reports_them_and_names_the_fastest(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     report = json.loads((tmp_path / "runs" / "exp" / "report" / "report.json").read_text())
     roles = {m["role"]: m for m in report["models"]}
-    assert {"finetuned", "openvino", "ncnn"} <= set(roles)
+    assert {"finetuned", "int8", "openvino", "openvino int8", "ncnn"} <= set(roles)  # int8 of both runtimes
     for role in ("openvino", "ncnn"):
         m = roles[role]
         assert m["notes"]["derived_from"] == "finetuned" and m["notes"]["parity"]["passed"]
         assert m["latency"]["onnxruntime 1 thread"]["runtime"].startswith(role)  # timed with the others
         assert m["metrics"]["map"] is not None  # scored by the same evaluator
+    assert roles["openvino int8"]["metrics"]["map"] is not None and roles["openvino int8"]["latency"]
     fastest = report["fastest"]
     assert fastest["role"] in fastest["candidates"] and fastest["source"] == "finetuned"
     assert fastest["map"] >= fastest["source_map"] - fastest["tolerance"]
