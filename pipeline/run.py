@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -224,13 +224,17 @@ class Pipeline:
     """Runs the stages in order, each one skipped, resumed or redone according to pipeline.json."""
 
     def __init__(self, opt: PipelineOptions, run_dir: Path, log: Callable[[str], None] = print,
-                 budget: dict | None = None):
+                 budget: dict | None = None, family_optimizer_keyed_none: bool = False):
         self.opt = opt.validate()
         self.budget = budget  # check_inputs' latency facts (the FLOPs equivalent a targeted sparse stage aims at)
         self.run_dir = Path(run_dir)
         self.state = PipelineState(self.run_dir)
         self.log = log
         self._upstream = ""
+        # Stages of a run made while the family's optimizer was keyed as None (before run_pipeline named it) are
+        # also matched on that older key chain, when this run trains with the family's optimizer, until a stage has
+        # to be redone.
+        self._legacy: str | None = "" if family_optimizer_keyed_none else None
 
     # ---------------------------------------------------------------- stage mechanics
     def _stage(self, name: str, params: dict, body: Callable[[bool], dict]) -> dict:
@@ -238,6 +242,11 @@ class Pipeline:
         key = stage_key(params, self._upstream)
         status = self.state.status(name, key)
         self._upstream = key
+        legacy = None if self._legacy is None else stage_key(_optimizer_keyed_none(params), self._legacy)
+        older = "new" if legacy is None else self.state.status(name, legacy)
+        if status in ("new", "changed") and older in ("done", "resume"):
+            key, status = legacy, older  # recorded under the older key: the same inputs
+        self._legacy = legacy if status in ("done", "resume") else None
         if status == "done":
             self.log(f"[{name}] already done with these inputs: skipped")
             return self.state.outputs(name)
@@ -280,12 +289,12 @@ class Pipeline:
         baseline = self._stage("baseline", start, lambda r: self._baseline())
         train_common = {"batch": o.batch_size, "seed": o.seed, "hyp": file_id(o.hyp), "nbs": o.nbs,
                         "optimizer": o.optimizer, "cos_lr": o.cos_lr}
-        root = self._upstream
+        root = self._upstream, self._legacy
         dense = None
         if o.dense_epochs > 0:
             dense = self._stage("dense", {**train_common, "epochs": o.dense_epochs},
                                 lambda r: self._train("dense", r, epochs=o.dense_epochs, **self._start_weights()))
-            self._upstream = root  # the dense model is a side branch: it does not feed the sparse stage
+            self._upstream, self._legacy = root  # the dense model is a side branch: it does not feed the sparse stage
         prune_params = {k: getattr(o, k) for k in PRUNE_KEYS}
         prune_params.update({k: getattr(o, k) for k in ("depth", "drop_scale") if getattr(o, k) is not None})
         prune_params.update(o.latency_key)
@@ -453,6 +462,10 @@ class Pipeline:
         return format_entries(entries, images, load_data_yaml(o.data), o.imgsz, o.formats, o.int8, log=self.log)
 
 
+def _optimizer_keyed_none(params: dict) -> dict:
+    return {**params, "optimizer": None} if "optimizer" in params else params
+
+
 def _brief(metrics: dict | None) -> dict:
     keys = ("map50", "map", "precision", "recall")
     return {k: float(metrics[k]) for k in keys if metrics and k in metrics}
@@ -492,8 +505,8 @@ def check_inputs(opt: PipelineOptions, log: Callable[[str], None] = print) -> di
 
 def resolved_optimizer(opt: PipelineOptions) -> str:
     """--optimizer, else the start model's family's (SGD; AdamW for YOLO-FastestV2): the stage keys name the
-    optimizer that trains, so a run from before the family default (keyed "SGD") resumes, and None never
-    stands for two optimizers."""
+    optimizer that trains, so a run keyed "SGD" (before the family default) resumes and None never stands for two
+    optimizers; a run keyed None (while it did) still resumes through Pipeline's older key chain."""
     if opt.optimizer:
         return opt.optimizer
     return family_optimizer(load_model(opt.weights)[0] if opt.weights else build_model(opt.cfg))
@@ -502,7 +515,8 @@ def resolved_optimizer(opt: PipelineOptions) -> str:
 def run_pipeline(opt: PipelineOptions, new: bool = False, log: Callable[[str], None] = print) -> dict:
     opt.validate()
     budget = check_inputs(opt, log)
-    opt.optimizer = resolved_optimizer(opt)
+    family = resolved_optimizer(replace(opt, optimizer=None))
+    opt.optimizer = opt.optimizer or family
     run_dir = resolve_run_dir(opt.project, opt.name, new)
     log(f"pipeline run folder: {run_dir}")
-    return Pipeline(opt, run_dir, log, budget).run()
+    return Pipeline(opt, run_dir, log, budget, family_optimizer_keyed_none=opt.optimizer == family).run()

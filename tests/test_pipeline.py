@@ -256,11 +256,11 @@ def stubbed_pipeline(tmp_path: Path, monkeypatch) -> tuple[Callable[..., list[st
     monkeypatch.setattr(Pipeline, "_train", fake_train)
     monkeypatch.setattr(Pipeline, "_report", lambda self, models: {})
 
-    def run(**kw) -> list[str]:
+    def run(keyed_none: bool = False, **kw) -> list[str]:
         logs: list[str] = []
         opt = PipelineOptions(**{"data": str(data), "weights": str(weights), "sparse_epochs": 1, "finetune_epochs": 1,
                                  **kw})
-        Pipeline(opt, tmp_path / "run", logs.append).run()
+        Pipeline(opt, tmp_path / "run", logs.append, family_optimizer_keyed_none=keyed_none).run()
         return logs
 
     return run, calls
@@ -357,3 +357,17 @@ def test_a_bad_input_stops_the_pipeline_before_it_makes_a_run_folder(tmp_path, b
         run_pipeline(opt)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_keyed_before_the_family_optimizer_was_named_resumes_without_retraining(tmp_path, monkeypatch):
+    """Runs made while no --optimizer keyed None; run_pipeline now names the family's (SGD for YOLOv5) and still
+    matches them on the older key chain; an explicit optimizer that differs, or a changed stage, redoes as before."""
+    run, calls = stubbed_pipeline(tmp_path, monkeypatch)
+    run(dense_epochs=1)  # the older run: optimizer None in every key
+    assert [c[0] for c in calls] == ["dense", "sparse", "finetune"]
+    logs = run(keyed_none=True, dense_epochs=1, optimizer="SGD")
+    assert len(calls) == 3 and all("already done with these inputs" in m for m in logs if m.startswith("["))
+    run(keyed_none=True, dense_epochs=1, optimizer="SGD", finetune_epochs=2)
+    assert [c[0] for c in calls[3:]] == ["finetune"]  # the changed stage only
+    run(dense_epochs=1, optimizer="AdamW", finetune_epochs=2)  # not the family's optimizer: other inputs
+    assert [c[0] for c in calls[4:]] == ["dense", "sparse", "finetune"]
