@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.latency import profile_and_check
-from pipeline.run import SPARSITY_MODES, PipelineOptions, run_pipeline
+from pipeline.options import SPARSITY_MODES, PipelineOptions
+from pipeline.run import run_pipeline
 from prune.config import DEFAULT_MIN_KEEP, DEFAULT_ROUND_TO, IMPORTANCES, PruneConfig, PruneError
 from sparsity.bn_l1 import SCHEDULES
 from yolo.checkpoint import load_model

@@ -220,7 +220,7 @@ def test_time_limit_fit_shortens_the_schedule(setup, tmp_path):
 def test_pipeline_teacher_is_part_of_the_finetune_key(tmp_path, monkeypatch):
     from test_pipeline import stubbed_pipeline
 
-    from pipeline.run import PipelineError, PipelineOptions
+    from pipeline.options import PipelineError, PipelineOptions
 
     run, calls = stubbed_pipeline(tmp_path, monkeypatch)
     data, weights = tmp_path / "data.yaml", tmp_path / "w.pt"

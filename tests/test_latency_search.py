@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import pipeline.latency as pl
-from pipeline.run import Pipeline, PipelineError, PipelineOptions, run_pipeline
+from pipeline.options import PipelineError, PipelineOptions
+from pipeline.run import Pipeline, run_pipeline
 from prune import PruneConfig, PruneError, prune_to_latency
 from prune.graph import build_graph
 from prune.latency_moves import parse_moves

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.run import PipelineError, PipelineOptions
+from pipeline.options import PipelineError, PipelineOptions
 from pipeline.state import PipelineState, stage_key
 
 REPO = Path(__file__).resolve().parents[1]

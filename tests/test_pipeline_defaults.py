@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import options_from_args
-from pipeline.run import PipelineOptions, resolved_optimizer
+from pipeline.options import PipelineOptions
+from pipeline.run import resolved_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +73,7 @@ def test_the_guide_table_says_what_the_code_does(flag: str):
 def test_targeted_default_asks_for_slim_only_when_there_is_a_sparse_stage(tmp_path):
     """With the targeted default, `--sparse-epochs 0 --importance taylor` (prune a checkpoint as it is) must run;
     with a sparse stage the one-line error names the flag to change."""
-    from pipeline.run import PipelineError
+    from pipeline.options import PipelineError
 
     weights, data = tmp_path / "w.pt", tmp_path / "d.yaml"
     weights.write_bytes(b"x")

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pipeline.run import PipelineError, PipelineOptions
+from pipeline.options import PipelineError, PipelineOptions
 from reports.choice import describe, fastest_holding
 from reports.report import ModelEntry
 from tests.test_pipeline import _demo_cmd

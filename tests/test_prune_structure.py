@@ -13,7 +13,8 @@ import torch
 import prune.cli as prune_cli
 from finetune.runs import read_results
 from finetune.trainer import TrainOptions, train
-from pipeline.run import Pipeline, PipelineError, PipelineOptions
+from pipeline.options import PipelineError, PipelineOptions
+from pipeline.run import Pipeline
 from prune import (
     PruneConfig,
     PruneError,
