@@ -140,11 +140,12 @@ def pareto_map(points: Sequence[Mapping[str, Any]], path: Path, title: str = "mA
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for p in pts:
+    for p, below in zip(pts, _labels_below(pts)):
         base = p["name"] == yardstick
         ax.scatter(p["latency_ms"], p["map50"], s=60 if base else 36, marker="*" if base else "o",
                    color=COLOURS[3] if base else (COLOURS[0] if p.get("front") else "#999999"), zorder=3)
-        ax.annotate(p["name"], (p["latency_ms"], p["map50"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.annotate(p["name"], (p["latency_ms"], p["map50"]), textcoords="offset points",
+                    xytext=(4, -11 if below else 4), fontsize=7)
     front = sorted((p for p in pts if p.get("front")), key=lambda p: p["latency_ms"])
     if len(front) > 1:
         ax.step([p["latency_ms"] for p in front], [p["map50"] for p in front], where="post", color=COLOURS[0],
@@ -155,6 +156,19 @@ def pareto_map(points: Sequence[Mapping[str, Any]], path: Path, title: str = "mA
     ax.set_title(title)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def _labels_below(pts: Sequence[Mapping[str, Any]]) -> list[bool]:
+    """Which points get their label below them: a point whose label would overlap the one of the point just
+    before it in latency (close on both axes, relative to the plot's span) alternates to below."""
+    xs, ys = [p["latency_ms"] for p in pts], [p["map50"] for p in pts]
+    dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    below = [False] * len(pts)
+    order = sorted(range(len(pts)), key=lambda i: xs[i])
+    for prev, i in zip(order, order[1:]):
+        if abs(xs[i] - xs[prev]) < 0.15 * dx and abs(ys[i] - ys[prev]) < 0.06 * dy:
+            below[i] = not below[prev]
+    return below
 
 
 def per_class_ap(

@@ -200,3 +200,11 @@ def test_an_int8_row_without_its_file_is_timed_as_its_architecture_quantised_as_
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # QDQ, as the recorded variant
     assert row_onnx(s, "yolov5n-p70-int8", figures) == path  # made once per checkout
+
+
+def test_the_maps_labels_of_two_close_points_go_one_above_one_below():
+    from reports.plots import _labels_below
+
+    pts = [{"latency_ms": 6.8, "map50": 0.795}, {"latency_ms": 6.2, "map50": 0.793}, {"latency_ms": 3.3, "map50": 0.61},
+           {"latency_ms": 8.2, "map50": 0.78}]
+    assert _labels_below(pts) == [True, False, False, False]  # the p70 pair alternates; far points stay above
