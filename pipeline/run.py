@@ -351,7 +351,7 @@ def run_pipeline(opt: PipelineOptions, new: bool = False, log: Callable[[str], N
     opt.validate()
     budget = check_inputs(opt, log)
     family = resolved_optimizer(replace(opt, optimizer=None))
-    opt.optimizer = opt.optimizer or family
+    named = replace(opt, optimizer=opt.optimizer or family)  # a copy: the caller's options stay as they were given
     run_dir = resolve_run_dir(opt.project, opt.name, new)
     log(f"pipeline run folder: {run_dir}")
-    return Pipeline(opt, run_dir, log, budget, family_optimizer_keyed_none=opt.optimizer == family).run()
+    return Pipeline(named, run_dir, log, budget, family_optimizer_keyed_none=named.optimizer == family).run()
