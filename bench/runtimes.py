@@ -1,10 +1,11 @@
 """Question: which runtime should a yolov5n user deploy on this CPU, and does int8 pay in any of them?
 
 Exports yolov5n once to ONNX (fixed 640x640, checked against PyTorch), converts it to every format asked for
-(ONNX Runtime int8 u8/percentile, OpenVINO fp32, OpenVINO int8 through nncf, ncnn fp32 through pnnx; the int8
-ones calibrated on the same coco128 train images), checks each fp32 format against PyTorch, times them all
-interleaved in one process at 1 thread and at every usable core, scores each on coco128 val (square letterbox,
-pycocotools), and writes bench/results/runtimes.json and .md. ncnn's latency on this x86 CPU is a proxy only.
+(ONNX Runtime int8 u8/percentile, OpenVINO fp32, OpenVINO int8 through nncf, ncnn fp32 through pnnx, ncnn int8
+through reports.ncnn_int8; the int8 ones calibrated on the same train images), checks each fp32 format against
+PyTorch, times them all interleaved in one process at 1 thread and at every usable core, scores each on the val
+split (coco128 by default; square letterbox, pycocotools), and writes bench/results/<name>.json and .md. ncnn's
+latency on this x86 CPU is a proxy only.
 
     python bench/runtimes.py                      # defaults: ../shared weights and coco128, 50 runs per setting
     python bench/runtimes.py --formats onnx-fp32 openvino-fp32 openvino-int8 --runs 100
@@ -20,7 +21,7 @@ from typing import Any
 
 from common import REPO, SHARED, markdown_table, write_result
 
-FORMATS = ("onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8", "ncnn-fp32")
+FORMATS = ("onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8", "ncnn-fp32", "ncnn-int8")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,7 +70,7 @@ def build_formats(model, onnx_path: Path, formats: list[str], calib: list, parit
     from reports.runtime_export import check_format_request, check_runtime_parity
 
     out: dict[str, dict] = {"onnx-fp32": {"path": onnx_path, "parity": "checked at export (reports.export)"}}
-    for fmt in formats:
+    for fmt in sorted(formats, key=FORMATS.index):  # ncnn-fp32 before ncnn-int8, which is made from it
         runtime, _, precision = fmt.partition("-")
         if fmt == "onnx-fp32":
             continue
@@ -83,9 +84,11 @@ def build_formats(model, onnx_path: Path, formats: list[str], calib: list, parit
 
             path = export_openvino(onnx_path, int8=precision == "int8", calib_images=calib)
         else:
-            from reports.ncnn_backend import export_ncnn
+            from reports.ncnn_backend import export_ncnn, export_ncnn_int8
 
-            path = export_ncnn(onnx_path)
+            path = out["ncnn-fp32"]["path"] if "ncnn-fp32" in out else export_ncnn(onnx_path)
+            if precision == "int8":
+                path = export_ncnn_int8(path, calib)
         entry: dict[str, Any] = {"path": path, "export_s": round(time.time() - t0, 1), "parity": None}
         if precision == "fp32":
             from reports.backends import load_backend

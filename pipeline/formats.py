@@ -1,7 +1,8 @@
 """The report stage's extra rows: the fine-tuned model in every deployment format the run asks for.
 
 `--int8` adds ONNX Runtime int8 (the fastest variant that holds accuracy, `reports.int8_select.quantize_best`);
-`--formats openvino ncnn` adds those runtimes' fp32 files, and with `--int8` also OpenVINO int8 (nncf). Every row
+`--formats openvino ncnn` adds those runtimes' fp32 files, and with `--int8` also their int8 (OpenVINO through nncf,
+ncnn through reports.ncnn_int8), each kept only when it holds the mAP50-95 tolerance. Every row
 is marked as derived from the fine-tuned model, so the report can name the fastest format that holds its accuracy.
 They are built after the report has exported and checked the fine-tuned ONNX, and before anything is timed, so
 all formats are timed interleaved and scored by the same evaluator as the other rows.
@@ -38,7 +39,7 @@ def format_entries(entries: Sequence[ModelEntry], images: Sequence[Any], data: A
         if q["path"]:  # scored while selected (the same val split, size and ONNX evaluator): not scored again
             rows.append(_derived("int8", q["path"], imgsz, q.get("notes", {}), metrics=q.get("metrics") or {}))
     for fmt in sorted(formats, key=lambda f: f == "openvino"):  # ncnn first: see OPENVINO_LAST
-        opts = Int8Options(data=data, imgsz=imgsz) if int8 and fmt == "openvino" else None  # nncf, same images
+        opts = Int8Options(data=data, imgsz=imgsz) if int8 else None  # calibrated on the same train images
         res = export_format(fmt, src.model, onnx_path, images, int8=opts, threads=1, log=log)
         rows.append(_derived(fmt, res["path"], imgsz, {"parity": res["parity"].to_dict()}))
         q8 = res.get("int8") or {}

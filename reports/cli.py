@@ -349,7 +349,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="output .onnx path or folder (default: next to --weights)")
     p.add_argument("--parity-source", help="image file/folder for the ORT-vs-PyTorch check (default: --calib-data val)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the checks")
-    p.add_argument("--int8", action="store_true", help="also write a static int8 (QDQ) model if it pays off")
+    p.add_argument("--int8", action="store_true",
+                   help="also write an int8 model: ONNX Runtime QDQ if it pays off; with --format openvino or ncnn "
+                        "that runtime's int8, kept if it holds --int8-map-tol")
     p.add_argument("--calib-data", help="data.yaml: train images calibrate int8, val images score it")
     p.add_argument("--calib-images", type=int, default=32, help="number of calibration images")
     p.add_argument("--int8-activations", choices=["auto", "u8", "s8"], default="auto",

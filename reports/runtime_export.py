@@ -1,5 +1,6 @@
 """`export --format openvino|ncnn`: convert the verified ONNX file, check the result against PyTorch, and for
-OpenVINO int8 check that the decode stayed float and (with data) that mAP50-95 holds.
+int8 (OpenVINO through nncf, ncnn through reports.ncnn_int8) check that the decode stayed float and (with data)
+that mAP50-95 holds.
 
 The parity check compares raw decoded outputs (every anchor's cx, cy, w, h, objectness and class scores) of the
 runtime with the PyTorch module on the same letterboxed images. Its figure is a relative error per group: the
@@ -39,9 +40,6 @@ def check_format_request(fmt: str, int8: bool = False, dynamic: str = "none") ->
         require_extra("openvino", "--format openvino", ("openvino", "nncf") if int8 else ("openvino",))
     elif fmt == "ncnn":
         require_extra("ncnn", "--format ncnn")
-        if int8:
-            raise ValueError("--format ncnn --int8: not offered (ncnn int8 needs its C++ tools ncnn2table and "
-                             "ncnn2int8, which the ncnn and pnnx wheels do not ship); export ncnn without --int8")
     else:
         raise ValueError(f"--format {fmt}: expected one of onnx, openvino, ncnn")
 
@@ -126,7 +124,7 @@ def _verified(model: nn.Module, det: Any, images: Sequence[ImageLike], folder: P
 
 @dataclass
 class Int8Options:
-    """What `export --int8` asks of the OpenVINO int8 model (the ONNX path's flags, same meaning)."""
+    """What `export --int8` asks of an OpenVINO or ncnn int8 model (the ONNX path's flags, same meaning)."""
 
     data: Any = None  # DataConfig: train images calibrate, val images score
     calib_images: int = 32
@@ -164,38 +162,49 @@ def export_format(
     log(rep.summary())
     out: dict[str, Any] = {"path": path, "parity": rep, "int8": None}
     if int8 is not None:
-        out["int8"] = export_openvino_int8(model, onnx_path, path, parity_images, int8, threads, log)
+        out["int8"] = export_int8(fmt, model, onnx_path, path, parity_images, int8, threads, log)
     return out
 
 
-def export_openvino_int8(
-    model: nn.Module, onnx_path: Path, fp32_xml: Path, parity_images: Sequence[ImageLike], opts: Int8Options,
-    threads: int | None = None, log=print,
-) -> dict[str, Any]:
-    """nncf int8 next to the fp32 IR; kept only when mAP50-95 holds within the tolerance (when it is scored)."""
-    from reports.openvino_backend import OpenVinoDetector, export_openvino  # optional extra
+def _int8_model(fmt: str, onnx_path: Path, fp32_path: Path, images: Sequence[Any], threads: int | None):
+    """(int8 model path, a predictor for it, a predictor for the fp32 model) for OpenVINO (nncf) or ncnn."""
+    if fmt == "openvino":
+        from reports.openvino_backend import OpenVinoDetector, export_openvino  # optional extra
 
+        xml = export_openvino(onnx_path, int8=True, calib_images=images)
+        return xml, OpenVinoDetector(xml, threads=threads), OpenVinoDetector(fp32_path, threads=threads)
+    from reports.ncnn_backend import NcnnDetector, export_ncnn_int8  # optional extra
+
+    param = export_ncnn_int8(fp32_path, images, threads=threads)
+    return param, NcnnDetector(param, threads=threads), NcnnDetector(fp32_path, threads=threads)
+
+
+def export_int8(
+    fmt: str, model: nn.Module, onnx_path: Path, fp32_path: Path, parity_images: Sequence[ImageLike],
+    opts: Int8Options, threads: int | None = None, log=print,
+) -> dict[str, Any]:
+    """int8 next to the fp32 model of `fmt`; kept only when mAP50-95 holds within the tolerance (when scored)."""
     data = opts.data
     images = list(data.train)[: opts.calib_images] if data is not None else []
+    name = {"openvino": "OpenVINO", "ncnn": "ncnn"}[fmt]
     if not images:
-        raise ExportError("OpenVINO int8 needs calibration images (--calib-data with a train split)")
-    xml = export_openvino(onnx_path, int8=True, calib_images=images)
-    det = OpenVinoDetector(xml, threads=threads)
+        raise ExportError(f"{name} int8 needs calibration images (--calib-data with a train split)")
+    path, det, fp32_det = _int8_model(fmt, onnx_path, fp32_path, images, threads)
     rep = check_runtime_parity(model, det, parity_images, tol=None)
-    log(f"int8: wrote {xml.parent} ({det.size_mb:.1f} MB), decode kept float; {rep.summary()}")
-    res: dict[str, Any] = {"path": xml, "parity": rep, "calib_images": len(images), "kept": True, "accuracy": None}
+    log(f"{name} int8: wrote {path.parent} ({det.size_mb:.1f} MB), decode kept float; {rep.summary()}")
+    res: dict[str, Any] = {"path": path, "parity": rep, "calib_images": len(images), "kept": True, "accuracy": None}
     if opts.score and data.val:
         kw = {"imgsz": opts.imgsz, "batch_size": 8, "progress": False}
-        fp32 = evaluate(OpenVinoDetector(fp32_xml, threads=threads), data, **kw)
+        fp32 = evaluate(fp32_det, data, **kw)
         q = evaluate(det, data, **kw)
         holds = q["map"] >= fp32["map"] - opts.map_tolerance
         res["accuracy"] = {"fp32_map": fp32["map"], "int8_map": q["map"], "tolerance": opts.map_tolerance,
                            "holds": holds}  # fmt: skip
-        log(f"int8: mAP50-95 {q['map']:.4f} vs fp32 {fp32['map']:.4f} (tolerance {opts.map_tolerance})")
+        log(f"{name} int8: mAP50-95 {q['map']:.4f} vs fp32 {fp32['map']:.4f} (tolerance {opts.map_tolerance})")
         if not holds:
-            shutil.rmtree(xml.parent, ignore_errors=True)
+            shutil.rmtree(path.parent, ignore_errors=True)
             res.update(kept=False, path=None)
-            log(f"int8: not kept (mAP50-95 lost more than {opts.map_tolerance}); the deliverable is {fp32_xml}")
+            log(f"{name} int8: not kept (mAP50-95 lost more than {opts.map_tolerance}); the deliverable is {fp32_path}")
     else:
-        log("int8: accuracy not checked (no val split, or --int8-no-eval)")
+        log(f"{name} int8: accuracy not checked (no val split, or --int8-no-eval)")
     return res
