@@ -15,7 +15,6 @@ the top: import it only after `reports.backends.require_extra`.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ import yaml
 from reports.export import ExportError
 from reports.imaging import prepare
 from reports.ncnn_int8 import head_convolutions, quantise_ncnn, read_param
+from reports.ncnn_onnx import rewrite_strided_slices, unconverted_layers
 from reports.runtime_common import FixedInputPredictor, find_model_file
 from reports.runtime_files import publish_dir, runtime_metadata, staging_dir
 from yolo.convention import from_meta as convention_from_meta
@@ -70,8 +70,12 @@ def export_ncnn(onnx_path: str | Path, out_dir: str | Path | None = None,
     with staging_dir(folder) as tmp:
         work = tmp / "work"
         work.mkdir()
-        shutil.copyfile(onnx_path, work / "model.onnx")
+        rewrite_strided_slices(onnx_path, work / "model.onnx")  # ShuffleNetV2's even/odd split, see ncnn_onnx
         _run_pnnx(work / "model.onnx", [1, 3, int(imgsz[0]), int(imgsz[1])])
+        left = unconverted_layers(work / PARAM)
+        if left:
+            ops = ", ".join(f"{k} x{v}" for k, v in sorted(left.items()))
+            raise ExportError(f"pnnx could not convert {onnx_path.name} to ncnn: no ncnn layer for {ops}")
         out = tmp / "out"
         out.mkdir()
         for name in (PARAM, BIN):
