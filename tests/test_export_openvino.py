@@ -79,8 +79,22 @@ def test_int8_keeps_the_decode_float(work, data, tmp_path):
     assert quantized_decode_ops(model) == []
     det = load_backend(q, threads=1)
     assert det.metadata["precision"] == "int8" and det.metadata["int8"]["calib_images"] == 4
+    assert det.metadata["int8"]["preset"] == "performance" and len(det.metadata["int8"]["float_convs"]) >= 3
+    heads = [op for op in model.get_ops() if op.get_friendly_name() in det.metadata["int8"]["float_convs"]]
+    assert len(heads) == len(det.metadata["int8"]["float_convs"])
+    feeds = [i.get_source_output().get_node().get_type_name() for op in heads for i in op.inputs()]
+    assert "FakeQuantize" not in feeds  # neither their input nor their weights are quantised
     rep = check_runtime_parity(rh.tiny_model(), det, rh.images(), tol=None)
     assert rep.passed and rep.rel_box > 0  # reported, not bounded; int8 does move the outputs
+
+
+def test_int8_tries_the_mixed_preset_before_giving_up(work, data, tmp_path, capsys):
+    pytest.importorskip("nncf")
+    rh.export_cli(work / "tiny.pt", tmp_path, "openvino", "--int8", "--calib-data", str(data),
+                  "--calib-images", "2", "--int8-map-tol", "-1")  # fmt: skip
+    out = capsys.readouterr().out
+    assert "OpenVINO int8 (performance): mAP50-95" in out and "OpenVINO int8 (mixed): mAP50-95" in out
+    assert "OpenVINO int8: not kept" in out and not (tmp_path / "tiny_int8_openvino_model").exists()
 
 
 def test_int8_without_calibration_data_is_refused_before_writing(work, tmp_path):
