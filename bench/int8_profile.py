@@ -65,7 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--profile-runs", type=int, default=10, help="profiled runs per model (after 3 warm-up runs)")
     ap.add_argument("--map-tolerance", type=float, default=0.01)
     ap.add_argument("--workdir", default=str(REPO / "runs" / "bench_int8_profile"))
-    ap.add_argument("--out", default=None, help="folder for int8_profile.json/.md (default bench/results)")
+    ap.add_argument("--out", default=None, help="folder for <name>.json/.md (default bench/results)")
+    ap.add_argument("--name", default="int8_profile",
+                    help="result name, e.g. int8_profile_vnni for a second kind of CPU beside the first record")
     ap.add_argument("--retime", action="store_true", help="time and profile the kept parts' files again")
     return ap.parse_args(argv)
 
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": models,
         "seconds": round(time.time() - t0, 1),
     }
-    out = write_result("int8_profile", figures, markdown(figures), out_dir=Path(args.out) if args.out else None)
+    out = write_result(args.name, figures, markdown(figures), out_dir=Path(args.out) if args.out else None)
     print(markdown(figures))
     print(f"wrote {out}")
     return 0
