@@ -20,6 +20,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from torch import nn
+
 from finetune.trainer import TrainOptions, finished_run, train
 from pipeline.cut import channel_cut, round_amount, structural_moves
 from pipeline.latency import check_budget
@@ -314,14 +316,21 @@ def _clear_dir(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def check_inputs(opt: PipelineOptions, log: Callable[[str], None] = print) -> dict | None:
+def start_model(opt: PipelineOptions) -> nn.Module:
+    """The model the run starts from: --weights loaded (safely), else built from --cfg."""
+    return load_model(opt.weights)[0] if opt.weights else build_model(opt.cfg)
+
+
+def check_inputs(
+    opt: PipelineOptions, log: Callable[[str], None] = print, model: nn.Module | None = None
+) -> dict | None:
     """Read every input file once before a run folder exists: the data.yaml, the checkpoint or model yaml, the
     hyp files, a teacher, and match the --ignore globs; a latency budget is checked against the floor (the latency
     table built or reused: a cache outside the run folder). A bad one stops the run with its own one-line error
     instead of leaving a folder with a stage marked running, or failing a later stage after the sparse training.
-    Returns check_budget's facts for a latency amount."""
+    Returns check_budget's facts for a latency amount. `model`: the start model when the caller has loaded it."""
     load_data_yaml(opt.data)
-    model = load_model(opt.weights)[0] if opt.weights else build_model(opt.cfg)
+    model = start_model(opt) if model is None else model
     for hyp in (opt.hyp, opt.finetune_hyp):
         if hyp:
             load_hyp(hyp)
@@ -338,19 +347,20 @@ def check_inputs(opt: PipelineOptions, log: Callable[[str], None] = print) -> di
         raise PipelineError(str(e)) from None
 
 
-def resolved_optimizer(opt: PipelineOptions) -> str:
+def resolved_optimizer(opt: PipelineOptions, model: nn.Module | None = None) -> str:
     """--optimizer, else the start model's family's (SGD; AdamW for YOLO-FastestV2): the stage keys name the
     optimizer that trains, so a run keyed "SGD" (before the family default) resumes and None never stands for two
     optimizers; a run keyed None (while it did) still resumes through Pipeline's older key chain."""
     if opt.optimizer:
         return opt.optimizer
-    return family_optimizer(load_model(opt.weights)[0] if opt.weights else build_model(opt.cfg))
+    return family_optimizer(start_model(opt) if model is None else model)
 
 
 def run_pipeline(opt: PipelineOptions, new: bool = False, log: Callable[[str], None] = print) -> dict:
     opt.validate()
-    budget = check_inputs(opt, log)
-    family = resolved_optimizer(replace(opt, optimizer=None))
+    model = start_model(opt)  # loaded once for the checks and the family's optimizer
+    family = resolved_optimizer(replace(opt, optimizer=None), model)
+    budget = check_inputs(opt, log, model)
     named = replace(opt, optimizer=opt.optimizer or family)  # a copy: the caller's options stay as they were given
     run_dir = resolve_run_dir(opt.project, opt.name, new)
     log(f"pipeline run folder: {run_dir}")
