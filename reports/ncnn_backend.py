@@ -91,9 +91,9 @@ def export_ncnn_int8(fp32_param: str | Path, calib_images: Sequence[Any], method
 
     Calibrated on `calib_images`, prepared exactly as at inference (the model's input convention, size and
     stride from its metadata.yaml). `keep_float` None keeps the Detect output convolutions float (their values
-    become boxes and scores directly: quantising them cost 0.017 of mAP50-95 more than keeping them, measured on
-    the 0.5x-pruned yolov5n of the map). Per-input-blob scales by `method` ("max", or "kl" as ncnn2table: "max" held
-    accuracy better on the same model).
+    become boxes and scores directly; quantised, they cost the map's 0.5x-pruned yolov5n about twice the
+    mAP50-95). Per-input-blob scales by `method` ("max", or "kl" as ncnn2table; "max" held accuracy better on that
+    model).
     """
     fp32_param = Path(fp32_param)
     if not calib_images:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reports.backends import MissingExtraError, require_extra
+from reports.backends import MissingExtraError, load_backend, require_extra
 from reports.export import ExportError
 from reports.imaging import ImageLike, prepare
 from yolo.convention import of as convention_of
@@ -171,18 +171,15 @@ def export_format(
 INT8_VARIANTS = {"openvino": ("performance", "mixed"), "ncnn": ("max", "kl")}
 
 
-def _int8_model(fmt: str, onnx_path: Path, fp32_path: Path, images: Sequence[Any], variant: str,
-                threads: int | None):
-    """(int8 model path, a predictor for it, a predictor for the fp32 model) for OpenVINO (nncf) or ncnn."""
+def _int8_model(fmt: str, onnx_path: Path, fp32_path: Path, images: Sequence[Any], variant: str) -> Path:
+    """The int8 model file of `variant` for OpenVINO (nncf) or ncnn."""
     if fmt == "openvino":
-        from reports.openvino_backend import OpenVinoDetector, export_openvino  # optional extra
+        from reports.openvino_backend import export_openvino  # optional extra
 
-        xml = export_openvino(onnx_path, int8=True, calib_images=images, preset=variant)
-        return xml, OpenVinoDetector(xml, threads=threads), OpenVinoDetector(fp32_path, threads=threads)
-    from reports.ncnn_backend import NcnnDetector, export_ncnn_int8  # optional extra
+        return export_openvino(onnx_path, int8=True, calib_images=images, preset=variant)
+    from reports.ncnn_backend import export_ncnn_int8  # optional extra
 
-    param = export_ncnn_int8(fp32_path, images, method=variant, threads=threads)
-    return param, NcnnDetector(param, threads=threads), NcnnDetector(fp32_path, threads=threads)
+    return export_ncnn_int8(fp32_path, images, method=variant)
 
 
 def export_int8(
@@ -200,7 +197,8 @@ def export_int8(
     kw = {"imgsz": opts.imgsz, "batch_size": 8, "progress": False}
     fp32_map, tried = None, []
     for variant in INT8_VARIANTS[fmt]:
-        path, det, fp32_det = _int8_model(fmt, onnx_path, fp32_path, images, variant, threads)
+        path = _int8_model(fmt, onnx_path, fp32_path, images, variant)
+        det = load_backend(path, threads=threads)
         rep = check_runtime_parity(model, det, parity_images, tol=None)
         log(f"{name} int8 ({variant}): wrote {path.parent} ({det.size_mb:.1f} MB), decode and Detect output convs "
             f"kept float; {rep.summary()}")  # fmt: skip
@@ -210,7 +208,7 @@ def export_int8(
             log(f"{name} int8: accuracy not checked (no val split, or --int8-no-eval)")
             return res
         if fp32_map is None:
-            fp32_map = evaluate(fp32_det, data, **kw)["map"]
+            fp32_map = evaluate(load_backend(fp32_path, threads=threads), data, **kw)["map"]  # once, for all variants
         q_map = evaluate(det, data, **kw)["map"]
         holds = q_map >= fp32_map - opts.map_tolerance
         tried.append({"variant": variant, "int8_map": q_map, "holds": holds})
