@@ -2,11 +2,11 @@
 
 For yolov5n and for yolov5n cut to 0.5x FLOPs (--pruned-weights: a cut fine-tuned on the data; else cut here with
 BN-|gamma| importance and a least-squares re-fit, not fine-tuned; its int8 loss is measured against its own
-fp32), exports the fp32 ONNX (fixed square 640), builds every int8 variant asked for (QDQ or QOperator,
+fp32), exports the fp32 ONNX (square --imgsz, 640 by default), builds every int8 variant asked for (QDQ or QOperator,
 per-channel or per-tensor weights, reduce_range, the Detect convolutions writing float or int8, signed or unsigned
-activations and weights), times them interleaved with fp32 at 1 thread, scores each on coco128 val
-(pycocotools), and profiles fp32 and every variant per operator type with ORT's profiler (reports.op_profile).
-Writes bench/results/int8_profile.json/.md.
+activations and weights), times them interleaved with fp32 at 1 thread, scores each on the --data val split
+(coco128 by default; pycocotools), and profiles fp32 and every variant per operator type with ORT's profiler
+(reports.op_profile). Writes bench/results/<--name>.json/.md.
 
 Each model's part is kept in --workdir once done, so a stopped run resumes with the next model. --retime times
 and profiles the files of the kept parts again (their mAP stays): the quantising and scoring can run on a busy
@@ -134,10 +134,12 @@ def verdict(ok: list[dict], rounds: int) -> tuple[str | None, str]:
 
 
 def markdown(figures: dict[str, Any]) -> str:
-    parts = ["### ONNX Runtime int8 vs fp32, 1 thread: variants and where the time goes (coco128 val, square "
-             f"{figures['settings']['imgsz']})", ""]
+    st = figures["settings"]
+    parts = ["### ONNX Runtime int8 vs fp32, 1 thread: variants and where the time goes "
+             f"({Path(st['data']).stem} val, square {st['imgsz']})", ""]
     for name, part in figures["models"].items():
-        parts += [f"**{name}**", "", variant_table(part), "", profile_table(part), "",
+        what = f" ({st['pruned']})" if MODELS.get(name) is not None else ""
+        parts += [f"**{name}**{what}", "", variant_table(part), "", profile_table(part), "",
                   f"{name}: {part['selection']['reason']}", ""]
     return "\n".join(parts)
 

@@ -45,8 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data", default=str(SHARED / "datasets" / "helmets" / "helmets.yaml"))
     ap.add_argument("--imgsz", type=int, default=320)
     ap.add_argument("--speedup", type=float, default=2.0, help="the latency cut's --target-speedup (default 2)")
-    ap.add_argument("--sparse-epochs", type=int, default=10)
-    ap.add_argument("--sparsity", type=float, default=0.01, help="the sparse stage's L1 rate (prunable layers)")
+    ap.add_argument("--sparse-epochs", type=int, default=30)
+    ap.add_argument("--sparsity", type=float, default=0.02, help="the sparse stage's L1 rate (prunable layers)")
+    ap.add_argument("--reconstruct", type=int, default=64,
+                    help="train images both cuts' convs are re-fit on by least squares (prune --reconstruct; 0 = "
+                         "off); the same for both, so neither cut is compared as the other's worse-treated twin")
     ap.add_argument("--finetune-epochs", type=int, default=30)
     ap.add_argument("--runs", type=int, default=30, help="interleaved timing rounds (at least 30 for the record)")
     ap.add_argument("--seed", type=int, default=0)
@@ -65,7 +68,7 @@ def setup(args: argparse.Namespace, work: Path) -> Setup:
     if args.smoke:
         s.data = make_synthetic_dataset(work / "data", n_train=16, n_val=8, img_size=96)
         s.imgsz, s.batch = 64, 8
-        args.imgsz, args.sparse_epochs, args.finetune_epochs, args.runs = 64, 1, 1, 5
+        args.imgsz, args.sparse_epochs, args.finetune_epochs, args.runs, args.reconstruct = 64, 1, 1, 5, 8
     return s
 
 
@@ -82,16 +85,18 @@ def cuts(base, meta: dict, args: argparse.Namespace, data, work: Path) -> dict[s
     done = {n: work / n / "pruned.pt" for n in ("latency_cut", "flops_cut")}
     if all(p.is_file() for p in done.values()):
         return done
-    cfg = PruneConfig(target_speedup=args.speedup, imgsz=args.imgsz)
+    cfg = PruneConfig(target_speedup=args.speedup, imgsz=args.imgsz, reconstruct=args.reconstruct)
     predictor, measure, facts = latency_tools(base, cfg, threads=1, runs=args.runs)
     images = calib_loader(data, args.imgsz, 32, batch_size=8)
+    refit = calib_loader(data, args.imgsz, args.reconstruct, batch_size=8) if args.reconstruct else None
     lat, lat_table = prune_to_latency(base, cfg, predictor, measure, moves=("width", "depth"), images=images,
-                                      log=print)  # fmt: skip
+                                      calib_loader=refit, log=print)  # fmt: skip
     g0 = count_gflops(base, args.imgsz)
     target = count_gflops(lat, args.imgsz) / g0
     best = None
     for i in range(4):  # the FLOPs target whose cut times like the latency cut, measured interleaved with it
-        cut, table = prune_model(base, PruneConfig(target_flops=target, imgsz=args.imgsz))
+        cut, table = prune_model(base, PruneConfig(target_flops=target, imgsz=args.imgsz,
+                                                   reconstruct=args.reconstruct), calib_loader=refit)
         ms = measure({"latency_cut": lat, "flops_cut": cut})
         gap = ms["flops_cut"] / ms["latency_cut"]
         print(f"FLOPs cut {i + 1}: target {target:.3f}, {ms['flops_cut']:.2f} ms vs the latency cut's "
@@ -121,7 +126,8 @@ def markdown(fig: dict) -> str:
                      f"{ft['map50']:.3f}" if ft else "-", f"{ft['map']:.3f}" if ft else "-"])  # fmt: skip
     s = fig["settings"]
     head = (f"### Latency-targeted vs FLOPs-targeted cut at equal measured latency ({s['data']}, {s['imgsz']} px, "
-            f"ONNX Runtime 1 thread; sparse stage {s['sparse_epochs']} epochs at {s['sparsity']:g}, fine-tune "
+            f"ONNX Runtime 1 thread; sparse stage {s['sparse_epochs']} epochs at {s['sparsity']:g}; both cuts re-fit "
+            f"on {s.get('reconstruct', 0)} train images; fine-tune "
             f"{s['finetune_epochs']} epochs each, seed {s['seed']})\n\n")  # fmt: skip
     return head + markdown_table(["model", "params M", "FLOPs kept", "median ms", "latency ratio",
                                   "latency / FLOPs", "mAP50 as cut", "mAP50 fine-tuned", "mAP50-95 fine-tuned"], rows)
@@ -141,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     fig = {"settings": {"weights": args.weights, "data": s.data.stem if not args.smoke else "synthetic (smoke)",
                         "imgsz": args.imgsz, "speedup": args.speedup, "sparse_epochs": args.sparse_epochs,
                         "sparsity": args.sparsity, "finetune_epochs": args.finetune_epochs, "runs": args.runs,
-                        "seed": args.seed}, "models": {}}  # fmt: skip
+                        "reconstruct": args.reconstruct, "seed": args.seed}, "models": {}}  # fmt: skip
     loaded = {n: load_model(p)[0].float().eval() for n, p in models.items()}
     ms = measure_models(loaded, args.imgsz, threads=1, runs=args.runs)  # all interleaved in one process
     g0 = count_gflops(loaded["sparse"], args.imgsz)

@@ -181,8 +181,10 @@ def run_profile(args: argparse.Namespace) -> dict:
     print(f"latency table {res['table']}: {res['conv_scale']:.3f} x the convs + {res['rest_a']:.3f} ms + "
           f"{res['rest_b'] * 1e6:.3f} ms per M activations; {args.threads} thread(s) at {imgsz}")
     for name, r in res["check"].items():
+        anchored = (f"; anchored on the full model timed beside it {r['anchored_ms']:8.3f} ms, error "
+                    f"{r['anchored_error_pct']:+.1f}%" if "anchored_ms" in r else "")
         print(f"  {name:>9}: predicted {r['predicted_ms']:8.3f} ms, measured {r['measured_ms']:8.3f} ms, "
-              f"error {r['error_pct']:+.1f}%")
+              f"error {r['error_pct']:+.1f}%{anchored}")
     return res
 
 

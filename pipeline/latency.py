@@ -2,7 +2,7 @@
 
 prune/ may not import reports/ (import_rules.yaml), and reports/ does not know what a cut is; this module, allowed
 both, joins them: the latency table (reports.layer_latency) is calibrated on the models a cut can produce (the
-narrowest the floors allow, a half-width cut) and handed to prune.latency.prune_to_latency together with a timer.
+narrowest the floors allow and five cuts between) and handed to prune.latency.prune_to_latency with a timer.
 `prune.py prune --target-latency` gets `latency_tools` as a default the dispatcher sets, as `val` gets its
 exported-model loader. The pipeline checks a budget against the floor before its run folder exists
 (`check_budget`) and cuts with `latency_cut`.
@@ -45,11 +45,20 @@ def cut_config(config: PruneConfig, ratio: float) -> PruneConfig:
     return PruneConfig.from_dict(d)
 
 
+CALIBRATION_SEED = 20261207  # the calibration's mixed cuts: never the seeds a check of the table draws from
+
+
 def calibration_models(model: nn.Module, config: PruneConfig) -> dict[str, nn.Module]:
-    """The narrowest model the floors allow and a half-width cut: the whole-model timings the table's rest is
-    fitted on, spanning the widths a search visits."""
+    """The whole models the table's rest is fitted on, spanning the widths a search visits: the narrowest model
+    the floors allow, cuts at a quarter, half and three quarters of the channels by importance, and two cuts of
+    random ratio and random importance (uneven widths, as a real plan makes). Six timings and the full model for
+    three unknowns: each whole-model timing wanders a few % on a shared machine, and a fit through exactly three
+    of them carries that noise into every prediction."""
+    rng = np.random.default_rng(CALIBRATION_SEED)
     return {"floor": _quiet_plan(model, cut_config(config, FLOOR_RATIO)),
-            "half": _quiet_plan(model, cut_config(config, 0.5))}  # fmt: skip
+            **{name: _quiet_plan(model, cut_config(config, r)) for name, r in
+               (("quarter", 0.25), ("half", 0.5), ("three_quarters", 0.75))},
+            **{f"mixed{i + 1}": random_cut(model, config, rng) for i in range(2)}}  # fmt: skip
 
 
 def random_cut(model: nn.Module, config: PruneConfig, rng: np.random.Generator) -> nn.Module:
@@ -76,7 +85,8 @@ def latency_tools(
     """(predictor, timer, facts for the run record) for prune.latency.prune_to_latency."""
     table, where = latency_table(model, config, threads, path, log)
     measure = partial(measure_models, imgsz=config.imgsz, threads=threads, runs=runs)
-    return TablePredictor(table), measure, {"table": str(where), "key": table.key, "threads": threads, "runs": runs}
+    facts = {"table": str(where), "key": table.key, "level": table.level, "threads": threads, "runs": runs}
+    return TablePredictor(table), measure, facts
 
 
 

@@ -8,7 +8,8 @@ no width changes (input copy, Detect decode, concat, upsampling). Timed alone, e
 (binding its input and output) that a whole model does not pay once per layer, so the conv sum is scaled too:
 `latency = s * convs + a + b * activations` (activation elements written by the convs), fitted to whole-model
 timings with s, a, b >= 0 (`fit_rest`): from the full model alone (a when the convs undercount it, s when they
-overcount), or from the calibration models as well (the pipeline's narrowest cut), which pin the slope.
+overcount), or from the calibration models as well (pipeline.latency: six cuts, the narrowest up), which pin
+the slope and average out the noise of any one timing.
 
 The table is only valid for the machine, runtime and settings it was measured with, so it carries a key (CPU
 model and SIMD flags, ONNX Runtime version, threads, input size, grid rounding, the model's layer geometry); a
@@ -39,9 +40,10 @@ from reports.latency import OnnxRunner, benchmark, cpu_info
 from yolo.fileio import atomic_write_text
 from yolo.imgsz import to_shape
 
-FORMAT = "yolov5-slim.latency-table/2"  # /2: conv_scale (tables of /1 are profiled again)
+FORMAT = "yolov5-slim.latency-table/3"  # /3: fitted on seven whole models (older tables are profiled again)
 FRACTIONS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
 CACHE_DIR = Path.home() / ".cache" / "yolov5-slim" / "latency"
+SESSIONS = 3  # ONNX Runtime sessions per model when whole models are timed (measure_models)
 Widths = Mapping[str, tuple[int, int]]  # conv module name -> (input channels, output channels)
 
 
@@ -234,6 +236,7 @@ class LatencyTable:
     measured: dict = field(default_factory=dict)  # whole-model timings the rest was fitted on
     seconds: float = 0.0
     conv_scale: float = 1.0  # s: the whole model's share of the conv sum timed one conv at a time
+    level: float = 1.0  # this session's speed against the profiling session's (reanchor); never written
 
     def to_json(self, path: str | Path) -> Path:
         d = {"format": FORMAT, "key": self.key, "rest_a": self.rest_a, "rest_b": self.rest_b,
@@ -245,7 +248,10 @@ class LatencyTable:
     def from_json(cls, path: str | Path) -> LatencyTable:
         d = json.loads(Path(path).read_text())
         if d.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a latency table ({FORMAT})")
+            found = str(d.get("format", ""))
+            older = found.startswith(FORMAT.rsplit("/", 1)[0])
+            raise ValueError(f"{path}: an older latency table ({found}; this version reads {FORMAT})" if older
+                             else f"{path}: not a latency table ({FORMAT})")
         layers = {n: LayerTable(**t) for n, t in d["layers"].items()}
         return cls(d["key"], layers, d["rest_a"], d["rest_b"], d.get("measured", {}), d.get("seconds", 0.0),
                    d["conv_scale"])
@@ -314,7 +320,8 @@ class TablePredictor:
     def total_ms(self, widths: Widths) -> float:
         """The scaled sum of the convs plus the fitted rest (never below zero: s, a, b >= 0)."""
         t = self.table
-        return t.conv_scale * sum(self.layer_ms(widths).values()) + t.rest_a + t.rest_b * self.activations(widths)
+        fitted = t.conv_scale * sum(self.layer_ms(widths).values()) + t.rest_a + t.rest_b * self.activations(widths)
+        return t.level * fitted
 
     __call__ = total_ms
 
@@ -355,16 +362,25 @@ def _nonnegative_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]
 
 
 def measure_models(
-    models: Mapping[str, nn.Module], imgsz: int | Sequence[int], threads: int, runs: int = 30, warmup: int = 3
+    models: Mapping[str, nn.Module], imgsz: int | Sequence[int], threads: int, runs: int = 30, warmup: int = 3,
+    sessions: int = SESSIONS,
 ) -> dict[str, float]:
-    """Median ms of each model exported to ONNX and run in ONNX Runtime, timed interleaved (reports.latency)."""
+    """Median ms of each model exported to ONNX and run in ONNX Runtime, timed interleaved (reports.latency).
+
+    Each model runs in `sessions` ONNX Runtime sessions, every one timed in each of the `runs` rounds, and its
+    figure is the mean of their medians: one session keeps its own memory layout for its life, and on this
+    machine the same file in several sessions, timed side by side, differed by a few %: a spread that a budget
+    of 5% cannot afford to draw once."""
+    if sessions < 1:
+        raise ValueError(f"sessions {sessions} must be >= 1")
     with tempfile.TemporaryDirectory(prefix="yolov5-slim-lat-") as tmp:
         runners = {}
         for i, (name, m) in enumerate(models.items()):
             path = export_onnx(m, Path(tmp) / f"m{i}.onnx", imgsz=imgsz)
-            runners[name] = OnnxRunner(path, threads=threads, imgsz=imgsz)
+            for k in range(sessions):
+                runners[(name, k)] = OnnxRunner(path, threads=threads, imgsz=imgsz)
         res = benchmark(runners, runs=runs, warmup=warmup)
-    return {n: r["median_ms"] for n, r in res.items()}
+    return {n: statistics.fmean(res[(n, k)]["median_ms"] for k in range(sessions)) for n in models}
 
 
 def profile_model(
@@ -397,7 +413,8 @@ def load_or_profile(
     **kw: Any,
 ) -> tuple[LatencyTable, Path]:
     """The table at `path` (default: the cache) when its key matches this machine and these settings; otherwise
-    profiled again and written there. `calibration` builds the extra models only when a profile is needed."""
+    profiled again and written there. `calibration` builds the extra models only when a profile is needed or a
+    reused table is re-anchored on this session's speed (`reanchor`)."""
     path = Path(path) if path is not None else default_table_path(model, imgsz)
     key = table_key(conv_specs(model, imgsz), imgsz, threads, round_to)
     if path.is_file():
@@ -408,7 +425,10 @@ def load_or_profile(
         else:
             changes = key_changes(old.key, key)
             if not changes:
-                log(f"latency table {path}: key matches, reused")
+                extra = calibration is not None and any(n != "full" for n in old.measured)
+                models = {"full": model, **dict(calibration() if extra else {})}
+                log(f"latency table {path}: key matches, reused" + reanchor(old, models, imgsz, threads,
+                                                                             kw.get("model_runs", 30)))
                 return old, path
             log(f"latency table {path}: key changed ({'; '.join(changes)}); profiling again")
     else:
@@ -419,14 +439,49 @@ def load_or_profile(
     return table, path
 
 
+def reanchor(
+    table: LatencyTable, models: Mapping[str, nn.Module], imgsz: int | Sequence[int], threads: int, runs: int = 30
+) -> str:
+    """Scale a reused table to this session's speed: the models it was fitted on timed now against then.
+
+    Same CPU model, same key, yet a virtual machine runs a few % faster or slower from one day (or hour) to the
+    next: other tenants, turbo, which physical host. The table's shape (what each layer costs against the others)
+    holds; its level does not, and a budget in ms is a level. So a reused table times again, interleaved as when
+    it was profiled, the whole models whose timings it stored (the full model and the calibration cuts: seconds)
+    and multiplies every prediction by the sum now / the sum then (`table.level`). Returns the log's tail; a table
+    without stored timings is used as it is."""
+    names = [n for n in models if table.measured.get(n)]
+    if not names:
+        return " (no stored whole-model timings: not re-anchored)"
+    now = measure_models({n: models[n] for n in names}, imgsz, threads, runs=runs)
+    then = {n: float(table.measured[n]) for n in names}
+    table.level = sum(now.values()) / sum(then.values())
+    note = (f"; its {len(names)} fitted model(s) run in {sum(now.values()):.3g} ms now, {sum(then.values()):.3g} ms "
+            f"when profiled: predictions x{table.level:.3f}")
+    if not 0.8 <= table.level <= 1.25:
+        note += " (a large change: is another job running beside this one?)"
+    return note
+
+
 def check_prediction(
     table: LatencyTable, models: Mapping[str, nn.Module], imgsz: int | Sequence[int], threads: int, runs: int = 30
 ) -> dict[str, dict[str, float]]:
-    """Predicted vs measured (interleaved median) ms of each model, with the error in percent."""
+    """Predicted vs measured (interleaved median) ms of each model, with the error in percent.
+
+    With a model named "full" among them, each other model also gets the prediction anchored on it
+    (`anchored_ms`: the table's ratio of the model to the full one, times the full model's median measured in
+    the same rounds) and its error. That is the figure to judge the table by on a shared machine: its speed
+    wanders by several % within minutes, which moves every absolute timing alike and leaves ratios measured side
+    by side alone (docs/results.md, the latency model)."""
     pred = TablePredictor(table)
     measured = measure_models(models, imgsz, threads, runs=runs)
     out = {}
     for n, m in models.items():
         p = pred.total_ms(model_widths(m))
         out[n] = {"predicted_ms": p, "measured_ms": measured[n], "error_pct": 100.0 * (p - measured[n]) / measured[n]}
+    full = out.get("full")
+    for n, r in out.items():
+        if full is not None and n != "full":
+            r["anchored_ms"] = r["predicted_ms"] * full["measured_ms"] / full["predicted_ms"]
+            r["anchored_error_pct"] = 100.0 * (r["anchored_ms"] - r["measured_ms"]) / r["measured_ms"]
     return out

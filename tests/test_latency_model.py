@@ -187,3 +187,38 @@ def test_the_fitted_rest_never_predicts_a_negative_latency():
     assert table.conv_scale == pytest.approx(3.9 / 6.3) and table.rest_a == pytest.approx(1.1 - 0.1 * 3.9 / 6.3)
     ll.fit_rest(table, [(full, 5.0), (narrow, 6.0)])  # a slope < 0 is not physical: the best fit with s, a >= 0
     assert min(table.conv_scale, table.rest_a, table.rest_b) >= 0 and table.rest_a > 0
+
+
+def test_a_reused_table_is_re_anchored_on_this_sessions_speed(weights, tmp_path, monkeypatch):
+    """The same key on a machine now running 10% slower: the stored whole-model timings are taken again and every
+    prediction grows 10%; the key and the written file stay as they were. 3x slower is said to be suspicious. A
+    table without stored timings is used as it is, and says so."""
+    model, _ = load_model(weights)
+    fake_flat_profile(monkeypatch)
+    path, logs = tmp_path / "t.json", []
+    table, _ = ll.load_or_profile(model, IMGSZ, 1, 8, path, log=logs.append)
+    widths = ll.model_widths(model)
+    base = ll.TablePredictor(table).total_ms(widths)
+    again, _ = ll.load_or_profile(model, IMGSZ, 1, 8, path, log=logs.append)
+    assert again.level == 1.0 and "not re-anchored" in logs[-1]
+    table.measured = {"full": 2.0, "floor": 1.0}
+    table.to_json(path)
+    written = path.read_bytes()
+    timed: list[list[str]] = []
+
+    def slower(factor):
+        def measure(models, imgsz, threads, runs=30):
+            timed.append(list(models))
+            return {n: factor * table.measured[n] for n in models}
+        return measure
+
+    monkeypatch.setattr(ll, "measure_models", slower(1.1))
+    again, _ = ll.load_or_profile(model, IMGSZ, 1, 8, path, log=logs.append,
+                                  calibration=lambda: {"floor": model, "half": model})  # fmt: skip
+    assert timed == [["full", "floor"]]  # what the table stored, timed together again; nothing else
+    assert again.level == pytest.approx(1.1) and "predictions x1.100" in logs[-1] and "another job" not in logs[-1]
+    assert ll.TablePredictor(again).total_ms(widths) == pytest.approx(1.1 * base)
+    assert path.read_bytes() == written
+    monkeypatch.setattr(ll, "measure_models", slower(3.0))
+    ll.load_or_profile(model, IMGSZ, 1, 8, path, log=logs.append)
+    assert timed[-1] == ["full"] and "predictions x3.000" in logs[-1] and "another job running beside" in logs[-1]

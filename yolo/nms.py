@@ -97,7 +97,7 @@ def nms(
     return order[torch.cat(kept)[:max_keep]]
 
 
-def _candidates(x: torch.Tensor, conf_thres: float, multi_label: bool) -> torch.Tensor:
+def candidates(x: torch.Tensor, conf_thres: float, multi_label: bool = False) -> torch.Tensor:
     """(k, 6) xyxy, conf, cls rows of one image whose class confidence obj*cls exceeds `conf_thres`."""
     x = x[x[:, 4] > conf_thres]
     box = xywh2xyxy(x[:, :4])
@@ -140,7 +140,7 @@ def non_max_suppression(
     empty = torch.zeros((0, 6), dtype=prediction.dtype, device=prediction.device)
     output = []
     for x in prediction:
-        x = _candidates(x, conf_thres, multi_label)
+        x = candidates(x, conf_thres, multi_label)
         if classes is not None:
             x = x[(x[:, 5:6] == torch.tensor(classes, device=x.device, dtype=x.dtype)).any(1)]
         if x.shape[0] == 0:
