@@ -420,8 +420,12 @@ def load_or_profile(
     if path.is_file():
         try:
             old = LatencyTable.from_json(path)
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        except json.JSONDecodeError as e:
             log(f"latency table {path}: unreadable ({e}); profiling again")
+        except ValueError as e:  # an older format or not a table: the message names the file
+            log(f"latency table {e}; profiling again")
+        except (KeyError, TypeError) as e:
+            log(f"latency table {path}: unreadable ({e!r}); profiling again")
         else:
             changes = key_changes(old.key, key)
             if not changes:

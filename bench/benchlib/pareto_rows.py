@@ -150,11 +150,11 @@ def pipeline(s: Setup, row: str, weights: str, imgsz: int, target: float) -> dic
 # ------------------------------------------------------------------------------------------------ figures
 
 
-def onnx_figures(s: Setup, weights: str, onnx: Path) -> dict:
-    """Export a row's weights to a fixed-shape ONNX at their own size (parity checked on two val images and
-    recorded), then its size, FLOPs and its mAP on the val split as ONNX Runtime runs it."""
+def onnx_figures(s: Setup, weights: str, onnx: Path, imgsz: int | None = None) -> dict:
+    """Export a row's weights to a fixed-shape ONNX at their own size, or `imgsz` (parity checked on two val images
+    and recorded), then its size, FLOPs and its mAP on the val split as ONNX Runtime runs it."""
     model, meta = load_model(weights)
-    imgsz = int(meta.get("imgsz") or s.imgsz)
+    imgsz = int(imgsz or meta.get("imgsz") or s.imgsz)
     data = load_data_yaml(s.data)
     export_onnx(model, onnx, imgsz=imgsz, metadata=meta)
     rep = check_parity(model, onnx, list(data.val)[:2], raise_on_fail=False)
@@ -316,6 +316,20 @@ def pruned(parent: str, target: float, fv2: bool = False) -> Callable[[Setup, st
     return build
 
 
+def resized(parent: str, imgsz: int) -> Callable[[Setup, str], dict]:
+    """The parent row's trained weights run at a smaller input, not retrained: the cheapest speed knob there is
+    (the work of every layer scales with the pixels), and its price in mAP on the user's data."""
+    def build(s: Setup, row: str) -> dict:
+        src = trained_row(s, parent)
+        size = min(imgsz, s.imgsz)  # --smoke trains at 64 px: its toy rows stay there
+        fig = onnx_figures(s, src["weights"], s.project / row / f"{row}.onnx", imgsz=size)
+        keep = ("epochs", "train_seconds")
+        return {**{k: src[k] for k in keep if k in src}, **fig, "weights": src["weights"], "parent": parent,
+                "epochs_text": f"{parent} ({src['epochs_text']}) run at {size} px, not retrained"}
+
+    return build
+
+
 def int8(parent: str) -> Callable[[Setup, str], dict]:
     """quantize_best on the parent row's ONNX: the fastest int8 variant kept (said when it loses accuracy)."""
     def build(s: Setup, row: str) -> dict:
@@ -368,6 +382,13 @@ ROWS = {r.name: r for r in (
         (YARDSTICK,)),
     Row("fastestv2-p70", "YOLO-FastestV2 pruned to 0.7x FLOPs (pipeline on the trained one)",
         pruned("fastestv2", 0.7, fv2=True), ("fastestv2",)),
+    Row("yolov5n-p70-256", "yolov5n 0.7x FLOPs at 256 px (not retrained)", resized("yolov5n-p70", 256),
+        ("yolov5n-p70",)),
+    Row("yolov5n-p50-256", "yolov5n 0.5x FLOPs at 256 px (not retrained)", resized("yolov5n-p50", 256),
+        ("yolov5n-p50",)),
+    Row("fastestv2-256", "YOLO-FastestV2 at 256 px (not retrained)", resized("fastestv2", 256), ("fastestv2",)),
+    Row("fastestv2-p70-256", "YOLO-FastestV2 0.7x FLOPs at 256 px (not retrained)", resized("fastestv2-p70", 256),
+        ("fastestv2-p70",)),
 )}
 
 
