@@ -140,12 +140,15 @@ def pareto_map(points: Sequence[Mapping[str, Any]], path: Path, title: str = "mA
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for p, below in zip(pts, _labels_below(pts)):
+    for p in pts:
         base = p["name"] == yardstick
         ax.scatter(p["latency_ms"], p["map50"], s=60 if base else 36, marker="*" if base else "o",
                    color=COLOURS[3] if base else (COLOURS[0] if p.get("front") else "#999999"), zorder=3)
-        ax.annotate(p["name"], (p["latency_ms"], p["map50"]), textcoords="offset points",
-                    xytext=(4, -11 if below else 4), fontsize=7)
+    ax.margins(x=0.08, y=0.08)
+    ax.autoscale_view()
+    xy = ax.transData.transform([(p["latency_ms"], p["map50"]) for p in pts]) * 72.0 / fig.dpi  # in points
+    for p, offset in zip(pts, label_offsets(xy, [p["name"] for p in pts])):
+        ax.annotate(p["name"], (p["latency_ms"], p["map50"]), textcoords="offset points", xytext=offset, fontsize=7)
     front = sorted((p for p in pts if p.get("front")), key=lambda p: p["latency_ms"])
     if len(front) > 1:
         ax.step([p["latency_ms"] for p in front], [p["map50"] for p in front], where="post", color=COLOURS[0],
@@ -158,17 +161,30 @@ def pareto_map(points: Sequence[Mapping[str, Any]], path: Path, title: str = "mA
     return _save(fig, path)
 
 
-def _labels_below(pts: Sequence[Mapping[str, Any]]) -> list[bool]:
-    """Which points get their label below them: a point whose label would overlap the one of the point just
-    before it in latency (close on both axes, relative to the plot's span) alternates to below."""
-    xs, ys = [p["latency_ms"] for p in pts], [p["map50"] for p in pts]
-    dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
-    below = [False] * len(pts)
-    order = sorted(range(len(pts)), key=lambda i: xs[i])
-    for prev, i in zip(order, order[1:]):
-        if abs(xs[i] - xs[prev]) < 0.15 * dx and abs(ys[i] - ys[prev]) < 0.06 * dy:
-            below[i] = not below[prev]
-    return below
+def label_offsets(xy: np.ndarray, names: Sequence[str], size: float = 7.0) -> list[tuple[float, float]]:
+    """An offset (points) for each point's label, chosen greedily so that no label covers another label or a
+    point: right-above, right-below, left-above, left-below, then further up or down; the first free one, else
+    the least covered. `xy` are the points' positions in points; a label is about 0.55 em per character wide."""
+    pad, h = 4.0, size + 2.0
+    boxes: list[tuple[float, float, float, float]] = []
+    dots = [(x - 3, y - 3, x + 3, y + 3) for x, y in xy]
+
+    def covered(b) -> float:
+        return sum(max(0.0, min(b[2], o[2]) - max(b[0], o[0])) * max(0.0, min(b[3], o[3]) - max(b[1], o[1]))
+                   for o in boxes + dots)
+
+    out = []
+    for i in sorted(range(len(names)), key=lambda i: -xy[i][1]):  # top to bottom: the dense front reads downwards
+        w = 0.55 * size * len(names[i])
+        x, y = xy[i]
+        cands = [(pad, pad), (pad, -h - 1), (-pad - w, pad), (-pad - w, -h - 1), (pad, pad + h), (pad, -2 * h - 1),
+                 (-pad - w, pad + h), (-pad - w, -2 * h - 1)]
+        best = min(cands, key=lambda c: (covered((x + c[0], y + c[1], x + c[0] + w, y + c[1] + h)) > 0,
+                                         covered((x + c[0], y + c[1], x + c[0] + w, y + c[1] + h)),
+                                         cands.index(c)))  # fmt: skip
+        boxes.append((x + best[0], y + best[1], x + best[0] + w, y + best[1] + h))
+        out.append((i, best))
+    return [c for _, c in sorted(out)]
 
 
 def per_class_ap(

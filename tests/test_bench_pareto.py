@@ -202,9 +202,19 @@ def test_an_int8_row_without_its_file_is_timed_as_its_architecture_quantised_as_
     assert row_onnx(s, "yolov5n-p70-int8", figures) == path  # made once per checkout
 
 
-def test_the_maps_labels_of_two_close_points_go_one_above_one_below():
-    from reports.plots import _labels_below
+def test_the_maps_labels_do_not_cover_each_other_or_a_point():
+    import numpy as np
 
-    pts = [{"latency_ms": 6.8, "map50": 0.795}, {"latency_ms": 6.2, "map50": 0.793}, {"latency_ms": 3.3, "map50": 0.61},
-           {"latency_ms": 8.2, "map50": 0.78}]
-    assert _labels_below(pts) == [True, False, False, False]  # the p70 pair alternates; far points stay above
+    from reports.plots import label_offsets
+
+    names = ["yolov5n-p50-int8", "yolov5n-p50", "yolov5n-p70-256", "far"]
+    xy = np.array([[300.0, 200.0], [302.0, 198.0], [280.0, 190.0], [50.0, 50.0]])  # three crowded points
+    offsets = label_offsets(xy, names)
+    boxes = [(x + dx, y + dy, x + dx + 0.55 * 7 * len(n), y + dy + 9)
+             for (x, y), (dx, dy), n in zip(xy, offsets, names)]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert min(a[2], b[2]) <= max(a[0], b[0]) or min(a[3], b[3]) <= max(a[1], b[1])
+        for x, y in xy:
+            assert not (a[0] < x < a[2] and a[1] < y < a[3])
+    assert offsets[3] == (4.0, 4.0)  # a lone point keeps the first place: right, above
