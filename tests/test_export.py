@@ -16,13 +16,13 @@ from reports.export import (
     BOX_TOL_PX,
     SCORE_TOL,
     ExportError,
-    _match_detections,
     check_parity,
     export_onnx,
     prune_summary,
 )
 from reports.onnx_backend import OnnxDetector
 from reports.onnx_meta import read_metadata
+from reports.parity_match import match_detections as _match_detections
 from yolo.model import build_model, load_model_yaml
 
 
