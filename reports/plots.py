@@ -147,7 +147,9 @@ def pareto_map(points: Sequence[Mapping[str, Any]], path: Path, title: str = "mA
     ax.margins(x=0.08, y=0.08)
     ax.autoscale_view()
     xy = ax.transData.transform([(p["latency_ms"], p["map50"]) for p in pts]) * 72.0 / fig.dpi  # in points
-    for p, offset in zip(pts, label_offsets(xy, [p["name"] for p in pts])):
+    frame = tuple(np.concatenate(ax.transData.transform([(ax.get_xlim()[0], ax.get_ylim()[0]),
+                                                         (ax.get_xlim()[1], ax.get_ylim()[1])])) * 72.0 / fig.dpi)
+    for p, offset in zip(pts, label_offsets(xy, [p["name"] for p in pts], frame=frame)):
         ax.annotate(p["name"], (p["latency_ms"], p["map50"]), textcoords="offset points", xytext=offset, fontsize=7)
     front = sorted((p for p in pts if p.get("front")), key=lambda p: p["latency_ms"])
     if len(front) > 1:
@@ -161,17 +163,19 @@ def pareto_map(points: Sequence[Mapping[str, Any]], path: Path, title: str = "mA
     return _save(fig, path)
 
 
-def label_offsets(xy: np.ndarray, names: Sequence[str], size: float = 7.0) -> list[tuple[float, float]]:
+def label_offsets(xy: np.ndarray, names: Sequence[str], size: float = 7.0,
+                  frame: tuple[float, float, float, float] | None = None) -> list[tuple[float, float]]:
     """An offset (points) for each point's label, chosen greedily so that no label covers another label or a
-    point: right-above, right-below, left-above, left-below, then further up or down; the first free one, else
-    the least covered. `xy` are the points' positions in points; a label is about 0.55 em per character wide."""
+    point, or leaves `frame` (the axes, x0, y0, x1, y1 in points): right-above, right-below, left-above,
+    left-below, then further up or down; the first free one, else the least covered. `xy` are the points'
+    positions in points; a label is about 0.55 em per character wide."""
     pad, h = 4.0, size + 2.0
     boxes: list[tuple[float, float, float, float]] = []
     dots = [(x - 3, y - 3, x + 3, y + 3) for x, y in xy]
 
     def covered(b) -> float:
-        return sum(max(0.0, min(b[2], o[2]) - max(b[0], o[0])) * max(0.0, min(b[3], o[3]) - max(b[1], o[1]))
-                   for o in boxes + dots)
+        out = 0.0 if frame is None else (b[2] - b[0]) * (b[3] - b[1]) - _overlap(b, frame)
+        return out + sum(_overlap(b, o) for o in boxes + dots)
 
     out = []
     for i in sorted(range(len(names)), key=lambda i: -xy[i][1]):  # top to bottom: the dense front reads downwards
@@ -185,6 +189,10 @@ def label_offsets(xy: np.ndarray, names: Sequence[str], size: float = 7.0) -> li
         boxes.append((x + best[0], y + best[1], x + best[0] + w, y + best[1] + h))
         out.append((i, best))
     return [c for _, c in sorted(out)]
+
+
+def _overlap(a, b) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
 
 
 def per_class_ap(

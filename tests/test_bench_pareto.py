@@ -218,3 +218,5 @@ def test_the_maps_labels_do_not_cover_each_other_or_a_point():
         for x, y in xy:
             assert not (a[0] < x < a[2] and a[1] < y < a[3])
     assert offsets[3] == (4.0, 4.0)  # a lone point keeps the first place: right, above
+    edge = label_offsets(np.array([[395.0, 100.0]]), ["v5lite-s"], frame=(0.0, 0.0, 400.0, 300.0))
+    assert edge[0][0] < 0  # at the right edge of the axes the label goes left of its point
