@@ -14,21 +14,21 @@ import torch
 from yolo.boxes import box_iou
 
 
-def _same_box(a: np.ndarray, b: np.ndarray, box_tol: float) -> np.ndarray:
-    """(len(a), len(b)) whether each pair is one box: IoU > 0.9, or every corner within `box_tol` px. The second
-    rule is for degenerate boxes (an untrained cut predicts boxes 0.01 px high), whose IoU a thousandth of a pixel
-    moves below 0.9."""
+def _same_box(a: np.ndarray, b: np.ndarray, box_tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """(len(a), len(b)) whether each pair is one box (IoU > 0.9, or every corner within `box_tol` px), and the
+    largest corner distance of each pair. The corner rule is for degenerate boxes (an untrained cut predicts boxes
+    0.01 px high), whose IoU a thousandth of a pixel moves below 0.9."""
     if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)), dtype=bool)
+        return np.zeros((len(a), len(b)), dtype=bool), np.zeros((len(a), len(b)))
     iou = box_iou(torch.from_numpy(a[:, :4]), torch.from_numpy(b[:, :4])).numpy()
-    near = np.abs(a[:, None, :4] - b[None, :, :4]).max(-1) <= box_tol
-    return (iou > 0.9) | near
+    dist = np.abs(a[:, None, :4] - b[None, :, :4]).max(-1)
+    return (iou > 0.9) | (dist <= box_tol), dist
 
 
 def _twin(det: np.ndarray, pool: np.ndarray, score_tol: float, box_tol: float) -> bool:
     """Whether `pool` (k, 6) holds `det`'s box: same class, the same box, score within `score_tol`."""
     same = pool[(pool[:, 5] == det[5]) & (np.abs(pool[:, 4] - det[4]) <= score_tol)] if len(pool) else pool
-    return bool(_same_box(det[None], same, box_tol).any())
+    return bool(_same_box(det[None], same, box_tol)[0].any())
 
 
 def match_detections(
@@ -43,8 +43,7 @@ def match_detections(
 
     box_d, score_d, used = [], [], set()
     unmatched = borderline = ties = 0
-    same = _same_box(a, b, box_tol)
-    dist = np.abs(a[:, None, :4] - b[None, :, :4]).max(-1) if len(a) and len(b) else np.zeros((len(a), len(b)))
+    same, dist = _same_box(a, b, box_tol)
 
     def judge(det: np.ndarray, other_pool: np.ndarray | None) -> None:
         nonlocal unmatched, borderline, ties

@@ -183,9 +183,8 @@ def label_offsets(xy: np.ndarray, names: Sequence[str], size: float = 7.0,
         x, y = xy[i]
         cands = [(pad, pad), (pad, -h - 1), (-pad - w, pad), (-pad - w, -h - 1), (pad, pad + h), (pad, -2 * h - 1),
                  (-pad - w, pad + h), (-pad - w, -2 * h - 1)]
-        best = min(cands, key=lambda c: (covered((x + c[0], y + c[1], x + c[0] + w, y + c[1] + h)) > 0,
-                                         covered((x + c[0], y + c[1], x + c[0] + w, y + c[1] + h)),
-                                         cands.index(c)))  # fmt: skip
+        cover = [covered((x + dx, y + dy, x + dx + w, y + dy + h)) for dx, dy in cands]
+        best = cands[min(range(len(cands)), key=lambda k: (cover[k] > 0, cover[k], k))]
         boxes.append((x + best[0], y + best[1], x + best[0] + w, y + best[1] + h))
         out.append((i, best))
     return [c for _, c in sorted(out)]

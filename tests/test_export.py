@@ -22,7 +22,7 @@ from reports.export import (
 )
 from reports.onnx_backend import OnnxDetector
 from reports.onnx_meta import read_metadata
-from reports.parity_match import match_detections as _match_detections
+from reports.parity_match import match_detections
 from yolo.model import build_model, load_model_yaml
 
 
@@ -253,13 +253,13 @@ def test_nms_tie_is_told_apart_from_a_missing_detection():
     kept_ox = np.array([[13, 10, 53, 50, 0.801, 0]], dtype=np.float32)  # IoU 0.86 with the other: not paired
     pool_pt = np.concatenate([kept_pt, kept_ox])
     pool_ox = np.concatenate([kept_ox, kept_pt + np.array([0, 0, 0, 0, 2e-5, 0], dtype=np.float32)])
-    _, _, unmatched, borderline, ties = _match_detections(kept_pt, kept_ox, 0.25, 1e-4, 0.05, pool_pt, pool_ox)
+    _, _, unmatched, borderline, ties = match_detections(kept_pt, kept_ox, 0.25, 1e-4, 0.05, pool_pt, pool_ox)
     assert (unmatched, borderline, ties) == (0, 0, 2)
     lonely = np.array([[100, 100, 140, 140, 0.7, 1]], dtype=np.float32)
-    _, _, unmatched, _, ties = _match_detections(np.concatenate([kept_pt, lonely]), kept_ox, 0.25, 1e-4, 0.05,
+    _, _, unmatched, _, ties = match_detections(np.concatenate([kept_pt, lonely]), kept_ox, 0.25, 1e-4, 0.05,
                                                  pool_pt, pool_ox)
     assert (unmatched, ties) == (1, 2)
-    _, _, unmatched, _, ties = _match_detections(kept_pt, kept_ox, 0.25, 1e-4, 0.05)  # without the pools: no excuse
+    _, _, unmatched, _, ties = match_detections(kept_pt, kept_ox, 0.25, 1e-4, 0.05)  # without the pools: no excuse
     assert (unmatched, ties) == (2, 0)
 
 
@@ -267,7 +267,7 @@ def test_a_degenerate_box_pairs_by_its_corners_when_its_iou_cannot_tell():
     """A box 0.01 px high (an untrained cut makes them) moved by 1e-3 px has IoU 0.89 with itself: still one box."""
     a = np.array([[520.1802, 643.94885, 532.55237, 643.95825, 0.89, 44]], dtype=np.float32)
     b = np.array([[520.1814, 643.9483, 532.5514, 643.9577, 0.89, 44]], dtype=np.float32)
-    box_d, _, unmatched, _, _ = _match_detections(a, b, 0.25, 1e-4, 0.05)
+    box_d, _, unmatched, _, _ = match_detections(a, b, 0.25, 1e-4, 0.05)
     assert unmatched == 0 and len(box_d) == 1 and box_d[0] < 0.01
     far = b + np.array([0, 1.0, 0, 1.0, 0, 0], dtype=np.float32)  # the same size 1 px lower: another box
-    assert _match_detections(a, far, 0.25, 1e-4, 0.05)[2] == 2
+    assert match_detections(a, far, 0.25, 1e-4, 0.05)[2] == 2
