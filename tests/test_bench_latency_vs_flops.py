@@ -25,6 +25,7 @@ def test_smoke_cuts_times_finetunes_and_records(shared_dir, tmp_path, monkeypatc
     assert latency_vs_flops.main(["--smoke", "--out", str(tmp_path / "out")]) == 0
     fig = json.loads((tmp_path / "out" / "latency_vs_flops.json").read_text())["figures"]
     assert set(fig["models"]) == {"sparse", "latency_cut", "flops_cut"}
+    assert fig["settings"]["sparsity_target"] == "plan" and 0 < fig["settings"]["plan_flops"] < 1
     for n in ("latency_cut", "flops_cut"):
         r = fig["models"][n]
         assert r["flops_kept"] < 1 and r["latency_ms"] > 0 and r["finetuned"]["epochs"] == 1

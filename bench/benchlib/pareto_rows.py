@@ -68,6 +68,7 @@ class Setup:
     seed: int = 0
     batch: int = 16
     report_runs: int = 10  # the pipeline's own report stage (the map times everything again)
+    smoke: bool = False  # toy data at 64 px: a latency budget in ms becomes a small speed-up
     quiet: bool = True
     built: list[str] = field(default_factory=list)  # rows built in this run, in order (rebuilt parents too)
 
@@ -128,13 +129,14 @@ def check_same_run(run: Path, epochs: int, seed: int, row: str) -> None:
                  f"bench asks {epochs}, seed {seed} (remove that folder or give another --project)")
 
 
-def pipeline(s: Setup, row: str, weights: str, imgsz: int, target: float) -> dict:
-    """`prune.py pipeline` (the helmets recipe: targeted sparse stage, cut with re-fit, fine-tune) in
-    <project>/<row>; re-running the same command skips finished stages and resumes a stopped one."""
+def pipeline(s: Setup, row: str, weights: str, imgsz: int, amount: list[str], goal: str) -> dict:
+    """`prune.py pipeline` (the helmets recipe: targeted sparse stage, cut with re-fit, fine-tune) to `amount` (its
+    flags, e.g. --target-flops 0.7) in <project>/<row>; re-running the same command skips finished stages and resumes
+    a stopped one. `goal` says the amount in words for the row's recipe."""
     sparse, finetune = s.split()
     cmd = [sys.executable, str(REPO / "prune.py"), "pipeline", "--weights", weights, "--data", str(s.data),
            "--imgsz", str(imgsz), "--batch-size", str(s.batch), "--nbs", str(s.batch),
-           "--sparse-epochs", str(sparse), "--finetune-epochs", str(finetune), "--target-flops", str(target),
+           "--sparse-epochs", str(sparse), "--finetune-epochs", str(finetune), *amount,
            "--reconstruct", "128", "--seed", str(s.seed), "--latency-runs", str(s.report_runs), "--threads", "1",
            "--project", str(s.project), "--name", row, *(["--quiet"] if s.quiet else [])]
     run_command(cmd, row)
@@ -144,7 +146,7 @@ def pipeline(s: Setup, row: str, weights: str, imgsz: int, target: float) -> dic
     seconds = sum(epoch_seconds(stages[k]) for k in ("sparse", "finetune") if k in stages)
     return {"weights": summary["models"]["finetuned"], "command": shlex.join(cmd[1:]),
             "train_seconds": round(seconds, 1), "epochs": sparse + finetune,
-            "recipe": f"sparse {sparse} + fine-tune {finetune} epochs, to {target:g}x FLOPs"}
+            "recipe": f"sparse {sparse} + fine-tune {finetune} epochs, to {goal}"}
 
 
 # ------------------------------------------------------------------------------------------------ figures
@@ -305,13 +307,26 @@ def trained(start: Callable[[Setup], list[str]], fv2: bool = False, how: str = "
     return build
 
 
-def pruned(parent: str, target: float, fv2: bool = False) -> Callable[[Setup, str], dict]:
+def pruned(parent: str, amount: str, fv2: bool = False, imgsz: int | None = None) -> Callable[[Setup, str], dict]:
+    """The pipeline on yolov5n.pt or a trained row, to `amount`: "flops=F" (--target-flops F) or "latency=MS" (a
+    measured budget on this machine, --target-latency MS with width and depth moves); trained and scored at `imgsz`
+    when given (the family's own size otherwise)."""
+    kind, value = amount.split("=")
+    flags = {"flops": ["--target-flops", value],
+             "latency": ["--target-latency", value, "--latency-moves", "width,depth"]}[kind]  # fmt: skip
+    goal = f"{float(value):g}x FLOPs" if kind == "flops" else f"a {value} ms budget (width and depth moves)"
+
     def build(s: Setup, row: str) -> dict:
+        size = min(imgsz, s.imgsz) if imgsz else s.fv2_imgsz if fv2 else s.imgsz
+        amount_flags, words = flags, goal
+        if kind == "latency" and s.smoke:  # the toy model at 64 px runs in well under any real budget
+            amount_flags, words = ["--target-speedup", "1.3", "--latency-moves", "width,depth"], "1.3x (smoke)"
         src = str(s.weights) if parent == "yolov5n.pt" else trained_row(s, parent)["weights"]
-        p = pipeline(s, row, src, s.fv2_imgsz if fv2 else s.imgsz, target)
+        p = pipeline(s, row, src, size, amount_flags, words)
         fig = onnx_figures(s, p["weights"], s.project / row / f"{row}.onnx")
         before = "" if parent == "yolov5n.pt" else f" on {parent} ({read_row(s, parent)['epochs']} epochs)"
-        return {**p, **fig, "parent": parent, "epochs_text": p["recipe"] + before}
+        at = f", trained at {size} px" if imgsz else ""
+        return {**p, **fig, "parent": parent, "epochs_text": p["recipe"] + at + before}
 
     return build
 
@@ -368,10 +383,12 @@ def fv2_start(s: Setup) -> list[str]:
 ROWS = {r.name: r for r in (
     Row(YARDSTICK, "yolov5n, unpruned (the yardstick): yolov5n.pt fine-tuned",
         trained(lambda s: ["--weights", str(s.weights)], how="from yolov5n.pt")),
-    Row("yolov5n-p70", "yolov5n pruned to 0.7x FLOPs (pipeline)", pruned("yolov5n.pt", 0.7)),
+    Row("yolov5n-p70", "yolov5n pruned to 0.7x FLOPs (pipeline)", pruned("yolov5n.pt", "flops=0.7")),
     Row("yolov5n-p70-int8", "yolov5n 0.7x FLOPs, int8", int8("yolov5n-p70"), ("yolov5n-p70",)),
-    Row("yolov5n-p50", "yolov5n pruned to 0.5x FLOPs (pipeline)", pruned("yolov5n.pt", 0.5)),
+    Row("yolov5n-p50", "yolov5n pruned to 0.5x FLOPs (pipeline)", pruned("yolov5n.pt", "flops=0.5")),
     Row("yolov5n-p50-int8", "yolov5n 0.5x FLOPs, int8", int8("yolov5n-p50"), ("yolov5n-p50",)),
+    Row("yolov5n-3ms-256", "yolov5n pruned to a 3 ms budget at 256 px (pipeline --target-latency 3, trained at 256)",
+        pruned("yolov5n.pt", "latency=3", imgsz=256)),
     Row("v5lite-s", "YOLOv5-Lite-s-like (ShuffleNetV2 backbone), from scratch",
         trained(lambda s: ["--cfg", "v5lite-s.yaml"], how="from scratch")),
     Row("yolov5n-shufflenetv2", "yolov5n on a ShuffleNetV2 backbone, from scratch",
@@ -381,7 +398,7 @@ ROWS = {r.name: r for r in (
     Row("fastestv2-teacher", "YOLO-FastestV2 from the ImageNet backbone, --teacher the unpruned yolov5n", distilled,
         (YARDSTICK,)),
     Row("fastestv2-p70", "YOLO-FastestV2 pruned to 0.7x FLOPs (pipeline on the trained one)",
-        pruned("fastestv2", 0.7, fv2=True), ("fastestv2",)),
+        pruned("fastestv2", "flops=0.7", fv2=True), ("fastestv2",)),
     Row("yolov5n-p70-256", "yolov5n 0.7x FLOPs at 256 px (not retrained)", resized("yolov5n-p70", 256),
         ("yolov5n-p70",)),
     Row("yolov5n-p50-256", "yolov5n 0.5x FLOPs at 256 px (not retrained)", resized("yolov5n-p50", 256),
