@@ -177,7 +177,7 @@ def markdown(fig: dict) -> str:
             f"ONNX Runtime 1 thread; sparse stage {s['sparse_epochs']} epochs at {s['sparsity']:g}, "
             f"{sparse_words(s)}; both cuts re-fit on {s.get('reconstruct', 0)} train images; fine-tune "
             f"{s['finetune_epochs']} epochs each, seed {s['seed']})\n\n")  # fmt: skip
-    same = ("\nThe two cuts are the same model (same channels, same weights): the sparse stage decided for both.\n"
+    same = ("\n\nThe two cuts are the same model (same channels, same weights): the sparse stage decided for both.\n"
             if fig.get("same_model") else "")
     table = markdown_table(["model", "params M", "FLOPs kept", "median ms", "latency ratio", "latency / FLOPs",
                             "mAP50 as cut", "mAP50 fine-tuned", "mAP50-95 fine-tuned"], rows)  # fmt: skip

@@ -9,8 +9,8 @@ v5lite-s and yolov5n-shufflenetv2 from scratch, YOLO-FastestV2 from the authors'
 with `--teacher` (the unpruned yolov5n; recorded as not offered when the trainer refuses that teacher), and
 YOLO-FastestV2 pruned (the pipeline on the trained one), four rows run at 256 px as trained (not retrained), and
 yolov5n pruned to a 3 ms budget measured on this machine and trained at 256 (`--target-latency 3`, width and
-depth moves: the try at 3x the unpruned speed). Every row states its epochs and seed; yolov5 rows at
-320 unless named, YOLO-FastestV2 at its own 352 (in the input convention its checkpoint records: a model trained here from the
+depth moves: the try at 3x the unpruned speed). Every row states its epochs and seed; yolov5 rows at 320 unless
+named, YOLO-FastestV2 at its own 352 (in the input convention its checkpoint records: a model trained here from the
 backbone is letterboxed RGB, like every model this project trains; the map's input column says which).
 
 The map (after the rows, or alone with --map): every finished row's ONNX timed in one process, one thread,
