@@ -77,11 +77,11 @@ def prune_to_latency(
                 raise
             break  # the corrected goal fell below the floor: the closest cut so far stands
         timed = measure({"baseline": model, "pruned": pruned})
-        if config.target_speedup:  # the budget follows the baseline timed beside this cut
-            budget = timed["baseline"] / config.target_speedup
+        pace = timed["baseline"] / (rounds[0]["baseline_ms"] if rounds else timed["baseline"])
+        budget = budget_now(config, timed["baseline"], pace)
         predicted = plan.table.latency["predicted_ms"]
         rounds.append({"goal_ms": goal, "predicted_ms": predicted, "measured_ms": timed["pruned"],
-                       "baseline_ms": timed["baseline"], "budget_ms": budget})  # fmt: skip
+                       "baseline_ms": timed["baseline"], "budget_ms": budget, "pace": pace})  # fmt: skip
         if log is not None:
             log(f"latency cut {i + 1}: goal {goal:.3f} ms, predicted {predicted:.3f}, measured {timed['pruned']:.3f} "
                 f"(budget {budget:.3f}, baseline {timed['baseline']:.3f})")
@@ -94,7 +94,7 @@ def prune_to_latency(
             break
         goal = budget * predicted / timed["pruned"]
     assert best is not None
-    best.table.latency.update(_record(best, rounds, tolerance))
+    best.table.latency.update(_record(best, rounds, tolerance), target_ms=config.target_latency)
     return best.model, best.table
 
 
@@ -121,6 +121,17 @@ def _cut(model, graph, config, scores, calib_loader, goal: LatencyGoal, search: 
     return plan, pruned
 
 
+def budget_now(config: PruneConfig, baseline_ms: float, pace: float) -> float:
+    """This round's budget in ms. A speed-up's follows the baseline timed beside the cut. So does an absolute
+    budget, from the first round's pace: a VM's speed drifts by several percent within minutes (the baseline
+    moved 6.53 -> 6.73 -> 6.16 ms in three rounds of one run), and a cut timed during a fast minute would
+    otherwise look under budget and steer the next goal the wrong way. `pace` = this round's baseline / the
+    first round's."""
+    if config.target_speedup:
+        return baseline_ms / config.target_speedup
+    return config.target_latency * pace
+
+
 def _label(config: PruneConfig, budget: float, base_ms: float | None) -> str:
     if base_ms is None:
         return f"target_latency {budget:g} ms"
@@ -136,4 +147,5 @@ def _record(best: _Cut, rounds: list[dict], tolerance: float) -> dict:
         "measured_ms": chosen["measured_ms"], "measured_before_ms": chosen["baseline_ms"],
         "error_pct": 100.0 * (chosen["measured_ms"] - chosen["budget_ms"]) / chosen["budget_ms"],
         "tolerance_pct": 100.0 * tolerance, "within_tolerance": bool(best.error <= tolerance), "iterations": rounds,
+        "pace": chosen["pace"],
     }  # fmt: skip

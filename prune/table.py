@@ -95,6 +95,9 @@ class PruneTable:
         """Budget, predicted and measured latency of a latency-targeted cut."""
         lat = self.latency
         parts = [f"budget {lat['budget_ms']:.2f} ms" if "budget_ms" in lat else ""]
+        if lat.get("target_ms") and abs(lat["budget_ms"] / lat["target_ms"] - 1.0) > 0.005:
+            parts[0] = (f"budget {lat['target_ms']:.2f} ms ({lat['budget_ms']:.2f} at the machine's pace when the "
+                        "chosen cut was timed)")
         if "predicted_ms" in lat:
             parts.append(f"predicted {lat.get('predicted_before_ms', math.nan):.2f} -> {lat['predicted_ms']:.2f} ms")
         if "measured_ms" in lat:

@@ -171,6 +171,31 @@ def test_target_speedup_through_the_library(weights, table_file):
     assert lat["within_tolerance"] and abs(lat["error_pct"]) <= 5.0
 
 
+def test_an_absolute_budget_follows_the_machines_pace_between_rounds(weights, table_file):
+    """A table that undercounts this model by 20%, and a machine that runs 20% faster in round 2 than in round 1:
+    the budget in ms follows the baseline timed beside each cut, so round 2 lands on it (ignoring the pace, its
+    cut would look 20% under budget and the next goal would overshoot the other way)."""
+    model, _ = load_model(weights)
+    pred = ll.TablePredictor(ll.LatencyTable.from_json(table_file))
+    paces = iter([1.0, 0.8, 1.0])
+
+    def measure(models):
+        pace = next(paces)
+        return {n: pred.total_ms(ll.model_widths(m)) * (1.0 if n == "baseline" else 1.2) * pace
+                for n, m in models.items()}  # fmt: skip
+
+    full = pred.total_ms(ll.model_widths(model))
+    floor = pred.total_ms(ll.model_widths(calibration_models(model, PruneConfig(imgsz=IMGSZ))["floor"]))
+    target = floor + 0.6 * (full - floor)
+    cfg = PruneConfig(target_latency=target, imgsz=IMGSZ, round_to=1)
+    _, table = prune_to_latency(model, cfg, pred, measure, tolerance=0.05, iterations=2)
+    lat = table.latency
+    assert [r["pace"] for r in lat["iterations"]] == pytest.approx([1.0, 0.8])
+    assert lat["target_ms"] == pytest.approx(target) and lat["budget_ms"] == pytest.approx(0.8 * target)
+    assert lat["within_tolerance"] and abs(lat["error_pct"]) <= 5.0
+    assert f"budget {target:.2f} ms ({0.8 * target:.2f} at the machine's pace" in table.latency_line()
+
+
 def test_the_fitted_rest_never_predicts_a_negative_latency():
     """One timing below the conv sum (the tiny model at 64 px, yolov5n at 640) scales the convs instead of
     subtracting a constant; s, a, b >= 0 always, so a narrower model never predicts <= 0 ms."""
