@@ -288,8 +288,17 @@ class Pipeline:
         entries = build_entries(models, out, data=o.data, imgsz=o.imgsz, threads=threads, runs=o.latency_runs,
                                 eval_kwargs={"batch_size": o.batch_size, "workers": o.eval_workers}, log=self.log,
                                 skip_other_classes=True, derive=derive)
-        paths = write_report(out, entries, args=asdict(o), extras={})
+        paths = write_report(out, entries, args=asdict(o), extras=self._budget_extras())
         return {k: str(v) for k, v in paths.items()}
+
+    def _budget_extras(self) -> dict:
+        """A latency amount's budget, prediction and timing from the prune table, for the report to state."""
+        table = self.run_dir / "prune" / "prune_table.json"
+        if not self.opt.prune_config(self.opt.amount).wants_latency or not table.is_file():
+            return {}
+        totals = json.loads(table.read_text()).get("totals", {})
+        latency = {k: v for k, v in (totals.get("latency") or {}).items() if k != "iterations"}
+        return {"latency_budget": {**latency, "request": totals.get("request")}} if latency else {}
 
     def _formats(self, entries: list[ModelEntry], images: list) -> list[ModelEntry]:
         # start-up: the quantiser and the optional runtimes load only for --int8 / --formats

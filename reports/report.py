@@ -265,6 +265,7 @@ def markdown(report: dict[str, Any], entries: Sequence[ModelEntry], plot_files: 
             for r, k, v in lat_rows
         ]
         lines.append("")
+    lines += budget_lines((report.get("extras") or {}).get("latency_budget"), entries)
     if report.get("arguments"):
         lines += ["## Arguments", "", "```json", json.dumps(report["arguments"], indent=2, default=str), "```", ""]
     if plot_files:
@@ -272,6 +273,32 @@ def markdown(report: dict[str, Any], entries: Sequence[ModelEntry], plot_files: 
         lines += [f"![{p.stem}]({p.name})" for p in plot_files]
         lines.append("")
     return "\n".join(lines)
+
+
+def budget_lines(budget: Mapping[str, Any] | None, entries: Sequence[ModelEntry]) -> list[str]:
+    """A latency-targeted run's budget, the table's prediction and the prune stage's timing, then this report's
+    own timing of the pruned models. The two timings are minutes apart and a VM's pace drifts, so the report's is
+    also given at the pace of the cut (scaled by the baseline timed beside each: both are interleaved)."""
+    if not budget or "budget_ms" not in budget:
+        return []
+    target = budget.get("target_ms")
+    asked = budget.get("request") or f"{target or budget['budget_ms']:.2f} ms"
+    within = "within" if budget.get("within_tolerance") else "outside"
+    lines = ["## Latency budget", "",
+             f"- asked: {asked}; predicted by the latency table: {budget['predicted_ms']:.2f} ms",
+             f"- measured when cut: {budget['measured_ms']:.2f} ms against {budget['budget_ms']:.2f} ms at that "
+             f"moment's pace ({budget['error_pct']:+.1f}%, {within} the {budget.get('tolerance_pct', 5):g}% "
+             f"tolerance; baseline {budget['measured_before_ms']:.2f} ms beside it)"]  # fmt: skip
+    setting = f"onnxruntime {budget.get('threads', 1)} thread"
+    base = next((e.latency.get(setting) for e in entries if e.role == "baseline"), None)
+    for e in entries:
+        mine = e.latency.get(setting)
+        if e.role == "baseline" or not mine or not base:
+            continue
+        at_cut = mine["median_ms"] * budget["measured_before_ms"] / base["median_ms"]
+        lines.append(f"- {e.role}, timed in this report: {mine['median_ms']:.2f} ms beside the baseline's "
+                     f"{base['median_ms']:.2f} ms; {at_cut:.2f} ms at the pace of the cut")
+    return [*lines, ""]
 
 
 # ------------------------------------------------------------------------------------------- entry point

@@ -155,8 +155,11 @@ def test_pipeline_prune_stage_cuts_to_the_budget(tmp_path, data, monkeypatch):
     opt = PipelineOptions(data=str(data), weights=str(weights), imgsz=IMGSZ, target_flops=None, reconstruct=0,
                           target_latency=0.6 * pred.total_ms(pred.full), latency_moves="width,depth",
                           latency_tolerance=0.5, sparse_epochs=0, project=str(tmp_path / "runs"))  # fmt: skip
-    out = Pipeline(opt, tmp_path / "run", log=lambda m: None)._prune(str(weights), str(weights))
+    pipe = Pipeline(opt, tmp_path / "run", log=lambda m: None)
+    out = pipe._prune(str(weights), str(weights))
     _, meta = load_model(out["weights"])
     lat = meta["history"][-1]["latency"]
     assert lat["budget_ms"] == pytest.approx(opt.target_latency) and lat["table"] == "fake"
     assert lat["predicted_ms"] <= opt.target_latency + 1e-9 and "depth_moves" in lat
+    stated = pipe._budget_extras()["latency_budget"]  # what the report stage hands the report to state
+    assert stated["target_ms"] == pytest.approx(opt.target_latency) and "iterations" not in stated

@@ -232,3 +232,22 @@ def test_report_into_an_existing_folder_leaves_no_stale_files(tmp_path):
     second = report("--baseline", str(pt))
     assert "pruned.onnx" not in second and "detections_0.png" not in second and "detections_1.png" not in second
     assert {"baseline.onnx", "report.json", "report.md", "notes.txt"} <= second
+
+
+def test_a_latency_budget_is_stated_with_both_timings_at_the_cuts_pace():
+    """The report of a latency-targeted run states the budget, the table's prediction, the prune stage's timing
+    and its own, and converts its own to the pace the cut was timed at (the baseline beside each)."""
+    from reports.report import ModelEntry, budget_lines
+
+    budget = {"budget_ms": 2.9, "target_ms": 3.0, "predicted_ms": 3.42, "measured_ms": 3.17, "measured_before_ms": 6.73,
+              "error_pct": 9.3, "tolerance_pct": 5.0, "within_tolerance": False, "threads": 1}  # fmt: skip
+    entries = [ModelEntry(role=r, latency={"onnxruntime 1 thread": {"median_ms": ms}})
+               for r, ms in (("baseline", 5.30), ("pruned", 2.41), ("finetuned", 2.30))]  # fmt: skip
+    text = "\n".join(budget_lines(budget, entries))
+    assert "asked: 3.00 ms; predicted by the latency table: 3.42 ms" in text
+    named = budget_lines({**budget, "request": "target_latency 3 ms"}, entries)
+    assert "- asked: target_latency 3 ms; predicted by the latency table: 3.42 ms" in named
+    assert "measured when cut: 3.17 ms against 2.90 ms at that moment's pace (+9.3%, outside the 5% tolerance" in text
+    assert f"pruned, timed in this report: 2.41 ms beside the baseline's 5.30 ms; {2.41 * 6.73 / 5.30:.2f} ms" in text
+    assert "finetuned, timed in this report: 2.30 ms" in text and "baseline, timed" not in text
+    assert budget_lines(None, entries) == [] and budget_lines({}, entries) == []
